@@ -1,0 +1,3 @@
+from modelsurgeon.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""The architecture table's schema: which tensors a layer has, their roles, and the residual
+branches, loaded from `specs/<family>.yaml`. Nothing else in the package hard-codes tensor names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# How a branch scale s folds into the tensor that carries the branch output:
+#   multiply:    y = W x + b          -> W' = sW, b' = sb
+#   gain:        y = w * n(x) (+ b)   -> w' = sw, b' = sb
+#   offset_gain: y = (1 + w) * n(x)   -> w' = s(1 + w) - 1   (Gemma stores gains as offsets)
+Fold = Literal["multiply", "gain", "offset_gain"]
+Residual = Literal["pre_norm", "sandwich_norm", "post_norm", "parallel"]
+
+
+class Branch(BaseModel):
+    """The module whose output is one residual branch's contribution to the stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    module: str
+    fold: Fold
+
+
+class ArchSpec(BaseModel):
+    """One model family. `known=False` marks a spec detected from tensor names alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_type: str
+    architectures: list[str] = []
+    num_layers_key: str
+    layer_prefix: str
+    residual: Residual | None = None
+    modules: dict[str, str] = {}
+    globals: dict[str, str] = {}
+    branches: dict[str, Branch] = {}
+    layer_lists: list[str] = []
+    position_flags: list[str] = []
+    transposed_linears: bool = False
+    tie_key: str = "tie_word_embeddings"
+    known: bool = True
+
+    def layer_tensor(self, index: int, suffix: str) -> str:
+        return f"{self.layer_prefix}{index}.{suffix}"
+
+    def branch_tensors(self, suffixes: set[str]) -> dict[str, tuple[str, Fold]]:
+        """Map each present per-layer tensor suffix that carries a branch output to (branch, fold)."""
+        out: dict[str, tuple[str, Fold]] = {}
+        for name, br in self.branches.items():
+            for kind in ("weight", "bias"):
+                suffix = f"{br.module}.{kind}"
+                if suffix in suffixes:
+                    out[suffix] = (name, br.fold)
+        return out
+
+    def role_of(self, suffix: str) -> str | None:
+        module = suffix.rsplit(".", 1)[0]
+        return self.modules.get(module)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a checkpoint's tensors sit: per-layer tensors by suffix, and everything else."""
+
+    layers: list[dict[str, str]]  # layers[i][suffix] = full tensor name
+    others: list[str] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def split_layers(names: list[str], prefix: str) -> tuple[dict[int, dict[str, str]], list[str]]:
+    """Group tensor names under `prefix<i>.` by layer index; return (by_index, others)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.(.+)$")
+    by_index: dict[int, dict[str, str]] = {}
+    others: list[str] = []
+    for name in names:
+        m = pattern.match(name)
+        if m:
+            by_index.setdefault(int(m.group(1)), {})[m.group(2)] = name
+        else:
+            others.append(name)
+    return by_index, others

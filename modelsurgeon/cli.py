@@ -1,0 +1,139 @@
+"""The `surgeon` command line: thin commands that parse, call one library function, render."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from modelsurgeon.errors import SurgeonError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained language models from their checkpoints.")
+plan_app = typer.Typer(no_args_is_help=True, help="Check growth plans.")
+app.add_typer(plan_app, name="plan")
+out = Console()
+err = Console(stderr=True)
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
+    if not m or m.group(2) not in SIZE_UNITS:
+        raise typer.BadParameter(f"{text!r} is not a size; use e.g. 5GB, 500MB, 2GiB or a byte count")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
+
+
+def handled(fn):
+    """Turn SurgeonErrors into a message on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SurgeonError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+@app.command()
+@handled
+def grow(
+    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors).")],
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML (or a mergekit passthrough config).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
+) -> None:
+    """Apply a growth plan to a checkpoint."""
+    from modelsurgeon.engine import grow as grow_fn
+    from modelsurgeon.engine import prepare
+    from modelsurgeon.report import layer_map_table, summary_table
+
+    shard = parse_size(max_shard_size)
+    if not dry_run and output is None:
+        raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
+    prep = prepare(model, plan) if dry_run else _grow_with_progress(grow_fn, model, plan, output, force, shard)
+    if prep.loaded.translation:
+        out.print(prep.loaded.translation, highlight=False)
+    out.print(layer_map_table(prep))
+    out.print(summary_table(prep))
+    if not dry_run:
+        out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
+
+
+def _grow_with_progress(grow_fn, model, plan, output, force, shard):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
+        task = bar.add_task("writing", total=None)
+        return grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=lambda n: bar.advance(task, n))
+
+
+@app.command()
+@handled
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
+    from modelsurgeon.inspect import inspect_checkpoint
+    from modelsurgeon.report import inspect_table
+
+    info = inspect_checkpoint(model)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        out.print(inspect_table(info))
+
+
+@plan_app.command("check")
+@handled
+def plan_check(
+    plan: Annotated[Path, typer.Argument(help="Growth plan YAML.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check the plan against this checkpoint's headers.")] = None,
+) -> None:
+    """Validate a plan (schema; with --model, layer ranges, family and shapes too)."""
+    from modelsurgeon.plan import load_plan
+
+    loaded = load_plan(plan)
+    if loaded.translation:
+        out.print(loaded.translation, highlight=False)
+    if model is None:
+        out.print(f"[green]ok[/] {plan}: {len(loaded.plan.steps)} step(s), schema valid")
+        return
+    from modelsurgeon.engine import prepare
+
+    prep = prepare(model, loaded)
+    out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
+
+
+@app.command()
+@handled
+def demo(
+    workdir: Annotated[Optional[Path], typer.Option(help="Where to write the demo models (default: a temp dir).")] = None,
+) -> None:
+    """Build a tiny model locally, grow it with two shipped plans, check the results."""
+    from modelsurgeon.demo import run_demo
+
+    run_demo(workdir, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

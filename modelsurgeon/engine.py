@@ -1,0 +1,176 @@
+"""The growth pipeline: plan + checkpoint headers -> layer map -> output tensor list -> one
+streaming write into an atomic output directory. Everything that can be checked is checked
+from headers before the first byte is written."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
+from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.errors import CheckpointError, PlanError
+from modelsurgeon.io.reader import Checkpoint, open_checkpoint
+from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
+from modelsurgeon.ops.compile import Compiled, compile_plan
+from modelsurgeon.ops.depth import fold_branch_scale
+from modelsurgeon.ops.layermap import Equivalence, LayerEntry, LayerMap, identity_map
+from modelsurgeon.plan.load import LoadedPlan, load_plan
+
+DEFAULT_MAX_SHARD = 5 * 10**9
+NOT_PER_LAYER = {"architectures"}  # list-valued config keys that never index layers
+
+
+@dataclass
+class Prepared:
+    """Everything a grow will do, computed from headers alone (what --dry-run shows)."""
+
+    ckpt: Checkpoint
+    spec: ArchSpec
+    layout: Layout
+    loaded: LoadedPlan
+    compiled: Compiled
+    tensors: list[OutTensor]
+    config: dict
+    remapped_lists: list[str]
+    equivalence: Equivalence
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def layer_map(self) -> LayerMap:
+        return self.compiled.layer_map
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def params_in(self) -> int:
+        return sum(t.numel for t in self.ckpt.tensors.values())
+
+    @property
+    def params_out(self) -> int:
+        return sum(_numel(t.shape) for t in self.tensors)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _scaled(ckpt: Checkpoint, name: str, fold: str, is_bias: bool, scale: float) -> torch.Tensor:
+    return fold_branch_scale(ckpt.load(name), fold, is_bias, scale)
+
+
+def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[str]:
+    """Branch scales need the family's roles: refuse rather than write a wrong model."""
+    scaled = sorted({e.source for e in layer_map if e.scale != 1.0})
+    if not scaled:
+        return []
+    if not spec.known:
+        return [
+            f"branch scales (branch_scale, new: zero, scale) need to know which tensors carry each "
+            f"residual branch, and model_type {spec.model_type!r} is not in the architecture table "
+            f"(supported: {', '.join(SUPPORTED_FAMILIES)}); plans that only copy or reorder layers work"
+        ]
+    problems = []
+    for i in scaled:
+        suffixes = set(layout.layers[i])
+        present = spec.branch_tensors(suffixes)
+        missing = [b for b, br in spec.branches.items() if f"{br.module}.weight" not in suffixes]
+        unknown = [s for s in sorted(suffixes) if spec.role_of(s) is None and s not in present]
+        if missing:
+            problems.append(f"layer {i} lacks the branch output tensor(s) for {missing} that {spec.model_type} should have")
+        if unknown:
+            problems.append(f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: {unknown}")
+    return problems
+
+
+def _layer_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, j: int, e: LayerEntry) -> list[OutTensor]:
+    src = layout.layers[e.source]
+    branch = spec.branch_tensors(set(src)) if e.scale != 1.0 else {}
+    out = []
+    for suffix, name in src.items():
+        info = ckpt.tensors[name]
+        new_name = spec.layer_tensor(j, suffix)
+        if suffix in branch:
+            compute = partial(_scaled, ckpt, name, branch[suffix][1], suffix.endswith(".bias"), e.scale)
+            out.append(OutTensor(new_name, info.dtype, info.shape, info.nbytes, compute=compute))
+        else:
+            out.append(OutTensor(new_name, info.dtype, info.shape, info.nbytes, source=info))
+    return out
+
+
+def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[OutTensor]:
+    """Non-layer tensors copied as they are, then each output layer from its source layer.
+    Every input tensor ends up in the output or belongs to a layer the map leaves out."""
+    out = [OutTensor(n, ckpt.tensors[n].dtype, ckpt.tensors[n].shape, ckpt.tensors[n].nbytes, source=ckpt.tensors[n]) for n in layout.others]
+    for j, e in enumerate(layer_map):
+        out += _layer_tensors(ckpt, spec, layout, j, e)
+    return out
+
+
+def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int) -> tuple[dict, list[str]]:
+    """Set the layer count and remap every per-layer config list through the layer map: the
+    table's lists, and any other list with one entry per source layer."""
+    new = copy.deepcopy(config)
+    new[spec.num_layers_key] = len(layer_map)
+    keys = [k for k in spec.layer_lists if isinstance(config.get(k), list)]
+    if n_source > 1:
+        keys += [k for k, v in config.items() if isinstance(v, list) and len(v) == n_source and k not in keys and k not in NOT_PER_LAYER]
+    for k in keys:
+        if len(config[k]) != n_source:
+            raise CheckpointError(
+                f"config.json '{k}' has {len(config[k])} entries but the model has {n_source} layers",
+                hint=f"fix '{k}' in config.json so it has one entry per layer",
+            )
+        new[k] = [config[k][e.source] for e in layer_map]
+    return new, keys
+
+
+def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
+    """Validate the plan against the checkpoint from headers alone; write nothing."""
+    loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
+    ckpt = open_checkpoint(model)
+    spec = resolve_spec(ckpt.config, ckpt.names)
+    layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
+    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin)
+    problems = _scaling_problems(spec, layout, compiled.layer_map)
+    if problems:
+        raise PlanError(loaded.origin, problems, hint="use new: copy with branch_scale: 1 or a supported family")
+    config, remapped = rewrite_config(ckpt.config, spec, compiled.layer_map, layout.num_layers)
+    equivalence, warnings = compiled.equivalence, []
+    flags = [f for f in spec.position_flags if ckpt.config.get(f)]
+    if flags and compiled.layer_map != identity_map(layout.num_layers):
+        equivalence = "none"
+        warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
+    tensors = output_tensors(ckpt, spec, layout, compiled.layer_map)
+    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, warnings)
+
+
+def grow(
+    model: str | Path,
+    plan: str | Path | LoadedPlan,
+    out: str | Path,
+    force: bool = False,
+    max_shard_size: int = DEFAULT_MAX_SHARD,
+    progress: Callable[[int], None] | None = None,
+) -> Prepared:
+    """Apply a plan to a checkpoint and write the grown checkpoint to `out` atomically."""
+    from modelsurgeon.manifest import finish_output
+
+    prep = prepare(model, plan)
+    out = Path(out)
+    check_output_path(out, prep.ckpt.path, force)
+    check_free_space(out, prep.bytes_out)
+    with atomic_directory(out) as tmp:
+        write_shards(tmp, prep.tensors, max_shard_size, progress)
+        finish_output(prep, tmp, out)
+    return prep

@@ -1,0 +1,57 @@
+"""One error hierarchy. Each error names the input, what was expected, and carries a fix hint.
+
+Only `cli.py` turns these into exit codes; library code raises, never exits.
+"""
+
+from __future__ import annotations
+
+
+class SurgeonError(Exception):
+    """Base error: `message` says what is wrong, `hint` says how to fix it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class PlanError(SurgeonError):
+    """A growth plan is invalid; `problems` lists every problem found, each with its location."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str], hint: str = "") -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''} in the plan:\n{lines}", hint)
+
+
+class CheckpointError(SurgeonError):
+    """A checkpoint directory or file is missing, corrupt, or inconsistent."""
+
+    exit_code = 3
+
+
+class ShapeError(SurgeonError):
+    """Tensors do not have the shapes or dtypes the plan or architecture requires."""
+
+    exit_code = 4
+
+
+class OutputError(SurgeonError):
+    """The output location cannot be used (exists, inside the input, no space)."""
+
+    exit_code = 5
+
+
+class VerifyError(SurgeonError):
+    """A grown checkpoint failed the checks its equivalence class promises."""
+
+    exit_code = 6

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: lazy header-first reading and streaming, atomic, sharded writing."""

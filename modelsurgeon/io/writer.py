@@ -1,0 +1,200 @@
+"""Streaming, sharded safetensors writing with bounded memory, into an atomic output directory.
+
+Every output tensor's dtype and shape are known before the first byte is written (they come
+from the input headers), so each shard's header is written first and the data streamed after
+it, one tensor at a time. Unchanged tensors are copied by the kernel from their source byte
+range (never decoded); computed tensors exist in memory one at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modelsurgeon.errors import OutputError, ShapeError
+from modelsurgeon.io.st_format import TensorInfo, encode_header
+
+TORCH_TO_ST = {
+    torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
+COPY_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One output tensor: copied from `source` bytes, or produced by `compute()`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    source: TensorInfo | None = None
+    compute: Callable[[], torch.Tensor] | None = None
+
+
+def shard_groups(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
+    """Greedy, order-preserving packing into shards of at most max_shard_size bytes
+    (a single larger tensor gets a shard of its own)."""
+    groups: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    return groups
+
+
+def shard_names(n: int) -> list[str]:
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _copy_range(src: TensorInfo, fd: int) -> None:
+    with open(src.path, "rb", buffering=0) as fh:
+        offset, left = src.offset, src.nbytes
+        while left:
+            try:
+                n = os.copy_file_range(fh.fileno(), fd, min(left, 1 << 30), offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                n = 0
+            if n == 0:  # no kernel copy here (or EOF): fall back to bounded read/write
+                chunk = os.pread(fh.fileno(), min(left, COPY_CHUNK), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"{src.path}: unexpected end of file")
+                _write_all(fd, memoryview(chunk))
+                n = len(chunk)
+            offset += n
+            left -= n
+
+
+def _checked(t: OutTensor, value: torch.Tensor) -> torch.Tensor:
+    """Refuse a computed tensor whose dtype/shape differ from the plan, or that is not finite."""
+    got = TORCH_TO_ST.get(value.dtype)
+    if got != t.dtype or tuple(value.shape) != t.shape:
+        raise ShapeError(
+            f"computed tensor '{t.name}' is {got}{tuple(value.shape)}, planned {t.dtype}{t.shape}",
+            hint="this is a bug in modelsurgeon; please report it with the plan",
+        )
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ShapeError(f"computed tensor '{t.name}' has NaN or inf values", hint="check the plan's scales")
+    return value
+
+
+def _write_tensor(t: OutTensor, fd: int) -> None:
+    if t.source is not None:
+        _copy_range(t.source, fd)
+        return
+    value = _checked(t, t.compute()).contiguous()
+    _write_all(fd, memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+
+
+def write_shards(
+    directory: Path,
+    tensors: list[OutTensor],
+    max_shard_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """Write all tensors as HF-named shards (+ index when sharded); return the weight map."""
+    groups = shard_groups(tensors, max_shard_size)
+    names = shard_names(len(groups))
+    weight_map: dict[str, str] = {}
+    for group, fname in zip(groups, names):
+        header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in group], {"format": "pt"})
+        fd = os.open(directory / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, memoryview(header))
+            for t in group:
+                _write_tensor(t, fd)
+                weight_map[t.name] = fname
+                if progress:
+                    progress(t.nbytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if len(groups) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return weight_map
+
+
+def check_output_path(out: Path, model: Path, force: bool) -> None:
+    """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force."""
+    out_r, model_r = out.resolve(), model.resolve()
+    if out_r == model_r or model_r in out_r.parents or out_r in model_r.parents:
+        raise OutputError(
+            f"output {out} overlaps the input {model}",
+            hint="choose an output directory outside the model directory",
+        )
+    if out.exists() and not force:
+        raise OutputError(f"output {out} already exists", hint="choose a new path, or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} exists and is not a directory", hint="remove it or choose another path")
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise OutputError(
+            f"not enough disk space in {parent}: need {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
+            hint="free some space or write the output elsewhere",
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; on success it replaces `out` in one rename, on any
+    failure (exception, Ctrl-C, disk full) it is removed and `out` is left as it was."""
+    out = out.resolve()
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

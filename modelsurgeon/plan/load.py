@@ -1,0 +1,144 @@
+"""YAML -> Plan. Every schema problem is reported at once with its YAML path and line, what was
+expected, and a hint. A mergekit passthrough config is translated into an equivalent plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from modelsurgeon.errors import PlanError
+from modelsurgeon.plan.schema import OPS, Plan
+
+HINTS = {
+    "op": f"valid ops: {', '.join(OPS)}",
+    "factor": "factor is how many layers each selected layer (or block) becomes, an int >= 2",
+    "layers": "a selection: all | [0, 5, -1] | {from: 8, to: 24} | {every: 4} | {middle: 4}",
+    "branch_scale": "1 (default), split (1/k), sqrt (1/sqrt(k)), or a number >= 0",
+    "new": "copy (added layers are copies) or zero (identity copies: output projections zeroed)",
+    "name": "lower-case letters, digits, '-' and '_', starting with a letter or digit",
+    "trim": "an int number of layers, or a percent string such as '25%'",
+    "map": "a list of source indices, {from, to} ranges, or {layer: i, scale: s, new: zero}",
+}
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    """A validated plan plus its verbatim source text (kept for provenance)."""
+
+    plan: Plan
+    source_text: str
+    origin: str
+    translation: str | None = None  # set when the input was a mergekit config
+
+
+def _node_at(root: yaml.Node | None, loc: tuple) -> yaml.Node | None:
+    """The deepest YAML node along `loc` (stops where the path leaves the document)."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == part]
+            if not match:
+                break
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    return node
+
+
+def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
+    node = _node_at(root, loc)
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _field_names() -> set[str]:
+    from modelsurgeon.plan import schema
+
+    names: set[str] = set()
+    for model in (schema.Plan, schema.Interpolate, schema.Stack, schema.Splice, schema.LayerMapStep,
+                  schema.Drop, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
+        for fname, info in model.model_fields.items():
+            names.add(info.alias or fname)
+    return names
+
+
+def _clean_loc(raw: tuple, fields: set[str]) -> tuple[tuple, bool]:
+    """The user's YAML path from pydantic's loc, and whether the error is inside a union
+    alternative (loc parts like 'list[int]' or 'Range' that are neither fields nor op tags)."""
+    if len(raw) > 2 and raw[0] == "steps" and raw[2] in OPS:
+        raw = raw[:2] + raw[3:]  # the step's discriminator tag, not a YAML key
+    loc: list = []
+    for part in raw:
+        if isinstance(part, int) or part in fields:
+            loc.append(part)
+        else:
+            return tuple(loc), True
+    return tuple(loc), False
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
+    fields = _field_names()
+    problems = []
+    for err in exc.errors():
+        extra = err["type"] == "extra_forbidden"
+        loc, in_union = _clean_loc(err["loc"][:-1] if extra else err["loc"], fields)
+        if extra and not in_union:
+            loc = loc + (err["loc"][-1],)
+        msg = err["msg"].replace("Value error, ", "")
+        if in_union:  # one line per field, not one per rejected alternative
+            msg = f"{_shown(_value_at(root, loc))} is not one of the accepted forms"
+        line = _line_of(root, loc)
+        field = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        hint = HINTS.get(field, "")
+        where = _format_loc(loc) + (f" (line {line})" if line else "")
+        problems.append(f"{where}: {msg}" + (f" [hint: {hint}]" if hint else ""))
+    return list(dict.fromkeys(problems))
+
+
+def _value_at(root: yaml.Node | None, loc: tuple) -> object:
+    node = _node_at(root, loc)
+    return yaml.safe_load(yaml.serialize(node)) if node is not None else None
+
+
+def _shown(value: object) -> str:
+    return repr(value) if value is not None else "the value"
+
+
+def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
+    """Validate plan YAML text (native or mergekit passthrough)."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise PlanError(origin, [f"not valid YAML: {exc}"], hint="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise PlanError(origin, ["expected a mapping with name and steps"], hint="see plans/double.yaml")
+    translation = None
+    if "merge_method" in data or "slices" in data:
+        from modelsurgeon.plan.mergekit import translate_mergekit
+
+        data, translation = translate_mergekit(data, origin)
+        root = None
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(origin, _problems(exc, root), hint="see PLAN_FORMAT.md or plans/*.yaml") from None
+    return LoadedPlan(plan, text, origin, translation)
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(str(path), ["file not found"], hint="pass the path of a plan YAML, e.g. plans/double.yaml")
+    return parse_plan(path.read_text(), str(path))

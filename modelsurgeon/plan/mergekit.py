@@ -1,0 +1,93 @@
+"""Translate a mergekit passthrough config (one source model, slices of `layer_range`, optional
+`scale` on the output projections) into an equivalent `layers` step."""
+
+from __future__ import annotations
+
+from modelsurgeon.errors import PlanError
+
+# Scaling both residual-branch outputs by the same value is what mergekit users mean by
+# "scale o_proj and down_proj": exactly a branch scale.
+BRANCH_FILTERS = {"o_proj", "down_proj"}
+IGNORED_KEYS = {"dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "base_model"}
+
+
+def _value_at(value: object, k: int, n: int) -> float:
+    """mergekit's gradients: a list is interpolated linearly over the slice's layers."""
+    if not isinstance(value, list):
+        return float(value)
+    if len(value) == 1 or n == 1:
+        return float(value[0])
+    t = k / (n - 1) * (len(value) - 1)
+    lo = min(int(t), len(value) - 2)
+    return float(value[lo] + (value[lo + 1] - value[lo]) * (t - lo))
+
+
+def _slice_scale(params: dict | None, where: str, problems: list[str]) -> list[dict]:
+    """The `scale` parameter as a list of {filter, value} rules (empty: no scaling)."""
+    if not params:
+        return []
+    unknown = set(params) - {"scale"}
+    if unknown:
+        problems.append(f"{where}.parameters: only 'scale' translates to a growth plan, got {sorted(unknown)}")
+    rules = params.get("scale", [])
+    rules = rules if isinstance(rules, list) and rules and isinstance(rules[0], dict) else [{"value": rules}]
+    by_filter = {r.get("filter"): r.get("value", 1.0) for r in rules}
+    default = by_filter.pop(None, 1.0)
+    if default != 1.0:
+        problems.append(f"{where}: a scale without a filter scales every tensor, which is not a branch scale")
+    if by_filter and set(by_filter) != BRANCH_FILTERS:
+        problems.append(f"{where}: scale filters {sorted(by_filter)} must name both o_proj and down_proj")
+    elif by_filter and by_filter["o_proj"] != by_filter["down_proj"]:
+        problems.append(f"{where}: o_proj and down_proj scales differ; a branch scale needs them equal")
+    return [{"value": by_filter.get("o_proj", 1.0)}] if by_filter else []
+
+
+def _slice_entries(i: int, sl: object, problems: list[str]) -> tuple[str | None, list]:
+    where = f"slices[{i}]"
+    sources = sl.get("sources") if isinstance(sl, dict) else None
+    if not isinstance(sources, list) or len(sources) != 1:
+        problems.append(f"{where}: passthrough translation takes exactly one source per slice")
+        return None, []
+    src = sources[0]
+    rng = src.get("layer_range")
+    if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] < rng[1]):
+        problems.append(f"{where}.sources[0].layer_range: expected [start, end) with start < end, got {rng!r}")
+        return src.get("model"), []
+    rules = _slice_scale(src.get("parameters") or sl.get("parameters"), where, problems)
+    n = rng[1] - rng[0]
+    entries = []
+    for k, layer in enumerate(range(*rng)):
+        s = _value_at(rules[0]["value"], k, n) if rules else 1.0
+        entries.append(layer if s == 1.0 else {"layer": layer, "scale": s})
+    return src.get("model"), entries
+
+
+def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
+    """Return (native plan data, a human-readable account of the translation)."""
+    problems: list[str] = []
+    if data.get("merge_method") != "passthrough":
+        problems.append(f"merge_method: only 'passthrough' translates to a growth plan, got {data.get('merge_method')!r}")
+    slices = data.get("slices")
+    if not isinstance(slices, list) or not slices:
+        problems.append("slices: expected a non-empty list of slices")
+        slices = []
+    extra = set(data) - {"slices", "merge_method"} - IGNORED_KEYS
+    if extra:
+        problems.append(f"keys {sorted(extra)} have no growth-plan equivalent")
+    models, entries = set(), []
+    for i, sl in enumerate(slices):
+        model, part = _slice_entries(i, sl, problems)
+        models.add(model)
+        entries += part
+    if len(models) > 1:
+        problems.append(f"all slices must take the same source model, got {sorted(map(str, models))}")
+    if problems:
+        raise PlanError(origin, problems, hint="only single-model passthrough configs translate; write a native plan otherwise")
+    ignored = sorted(set(data) & IGNORED_KEYS)
+    plan = {"name": "mergekit-passthrough", "description": f"translated from {origin}",
+            "steps": [{"op": "layers", "map": entries}]}  # fmt: skip
+    note = (f"translated mergekit passthrough config {origin} (source model {models.pop()!r}; the MODEL "
+            f"argument is used) -> layers step with {len(entries)} output layers: {entries}")
+    if ignored:
+        note += f" (ignored, the source dtype and tokenizer are kept: {ignored})"
+    return plan, note

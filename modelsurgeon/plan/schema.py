@@ -1,0 +1,123 @@
+"""The plan format, version 1 (see PLAN_FORMAT.md): frozen pydantic models, unknown keys
+rejected, steps discriminated by `op`."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Range(_Strict):
+    """Layers from..to-1 (`to` exclusive, as in Python)."""
+
+    start: int = Field(alias="from")
+    stop: int = Field(alias="to")
+
+
+class Every(_Strict):
+    """The last layer of each group of n: n-1, 2n-1, ..."""
+
+    every: int = Field(ge=1)
+
+
+class Middle(_Strict):
+    """The n layers centred in the stack (MIDAS)."""
+
+    middle: int = Field(ge=1)
+
+
+Selection = Union[Literal["all"], list[int], Range, Every, Middle]
+BranchScale = Union[Literal["split", "sqrt"], float]
+NewInit = Literal["copy", "zero"]
+
+
+def _check_scale(value: BranchScale) -> BranchScale:
+    if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"branch_scale must be a finite number >= 0, 'split' or 'sqrt', got {value}")
+    return value
+
+
+class _Duplicate(_Strict):
+    factor: int = Field(ge=2)
+    layers: Selection = "all"
+    new: NewInit = "copy"
+    branch_scale: BranchScale = 1.0
+
+    _scale = field_validator("branch_scale")(_check_scale)
+
+
+class Interpolate(_Duplicate):
+    """Each selected layer becomes `factor` consecutive layers (copies right after it)."""
+
+    op: Literal["interpolate"]
+
+
+class Stack(_Duplicate):
+    """A contiguous block is repeated `factor` times (copies right after it)."""
+
+    op: Literal["stack"]
+
+
+class Splice(_Strict):
+    """SOLAR depth up-scaling: layers [0, L-trim) followed by [trim, L)."""
+
+    op: Literal["splice"]
+    trim: Union[int, str]
+
+    @field_validator("trim")
+    @classmethod
+    def _trim(cls, value: int | str) -> int | str:
+        if isinstance(value, str):
+            if not value.endswith("%"):
+                raise ValueError(f"trim must be an int or a percent string like '25%', got {value!r}")
+            try:
+                pct = float(value[:-1])
+            except ValueError:
+                raise ValueError(f"trim percent {value!r} is not a number") from None
+            if not 0 < pct < 100:
+                raise ValueError(f"trim percent must be between 0% and 100% (exclusive), got {value}")
+        elif value < 1:
+            raise ValueError(f"trim must be >= 1, got {value}")
+        return value
+
+
+class MapEntry(_Strict):
+    """One output layer of an explicit map: a source layer, its branch scale and init."""
+
+    layer: int
+    scale: float = 1.0
+    new: NewInit = "copy"
+
+    _scale = field_validator("scale")(_check_scale)
+
+
+class LayerMapStep(_Strict):
+    """An explicit output layer list."""
+
+    op: Literal["layers"]
+    map: list[Union[int, Range, MapEntry]] = Field(min_length=1)
+
+
+class Drop(_Strict):
+    """Remove the selected layers."""
+
+    op: Literal["drop"]
+    layers: Selection
+
+
+Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop], Field(discriminator="op")]
+OPS = ("interpolate", "stack", "splice", "layers", "drop")
+
+
+class Plan(_Strict):
+    """A named, ordered list of growth steps; each step sees the previous step's result."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    steps: list[Step] = Field(min_length=1)
