@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained
 plan_app = typer.Typer(no_args_is_help=True, help="Check growth plans.")
 app.add_typer(plan_app, name="plan")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -124,11 +124,12 @@ def plan_check(
 @handled
 def demo(
     workdir: Annotated[Optional[Path], typer.Option(help="Where to write the demo models (default: a temp dir).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Grow this checkpoint instead of a tiny one built here.")] = None,
 ) -> None:
     """Build a tiny model locally, grow it with two shipped plans, check the results."""
     from modelsurgeon.demo import run_demo
 
-    run_demo(workdir, out)
+    run_demo(workdir, out, model)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ class Prepared:
     config: dict
     remapped_lists: list[str]
     equivalence: Equivalence
+    accounting: dict[str, int]
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -117,6 +118,19 @@ def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: 
     return out
 
 
+def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap) -> dict[str, int]:
+    """Sort every input tensor into copied (non-layer), used by an output layer, or dropped
+    with a layer the plan leaves out; anything else would vanish silently, so it is an error."""
+    used = {e.source for e in layer_map}
+    in_used = {n for i in used for n in layout.layers[i].values()}
+    dropped = {n for i, layer in enumerate(layout.layers) if i not in used for n in layer.values()}
+    lost = set(ckpt.names) - set(layout.others) - in_used - dropped
+    if lost:
+        raise CheckpointError(f"{len(lost)} input tensor(s) would not reach the output: {sorted(lost)[:5]}",
+                              hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+    return {"copied": len(layout.others), "in_mapped_layers": len(in_used), "dropped_with_layers": len(dropped)}
+
+
 def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int) -> tuple[dict, list[str]]:
     """Set the layer count and remap every per-layer config list through the layer map: the
     table's lists, and any other list with one entry per source layer."""
@@ -152,7 +166,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
         equivalence = "none"
         warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
     tensors = output_tensors(ckpt, spec, layout, compiled.layer_map)
-    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, warnings)
+    accounting = account(ckpt, layout, compiled.layer_map)
+    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
 
 
 def grow(

@@ -77,6 +77,7 @@ def build_manifest(prep: Prepared, shards: int) -> dict:
         "equivalence": prep.equivalence,
         "layer_map": [{"layer": j, "source": e.source, "scale": e.scale, "new": e.new} for j, e in enumerate(prep.layer_map)],
         "config_lists_remapped": prep.remapped_lists,
+        "input_tensors": prep.accounting,
         "warnings": prep.warnings,
         "output": {"tensors": len(prep.tensors), "bytes": prep.bytes_out, "shards": shards,
                    "num_layers": len(prep.layer_map), "params": prep.params_out},

@@ -18,6 +18,14 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TB"
 
 
+def human_count(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if abs(n) < 1000 or unit == "B":
+            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}B"
+
+
 def layer_map_table(prep: Prepared) -> Table:
     per_layer = {e: 0 for e in range(prep.layout.num_layers)}
     for i, layer in enumerate(prep.layout.layers):

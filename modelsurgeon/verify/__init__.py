@@ -1,0 +1,1 @@
+"""Behavioural checks of grown checkpoints against their sources."""

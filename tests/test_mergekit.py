@@ -1,0 +1,65 @@
+"""mergekit passthrough configs translate to layer maps identical to the native plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelsurgeon.errors import PlanError
+from modelsurgeon.ops.compile import compile_plan
+from modelsurgeon.plan import parse_plan
+
+SOLAR = """
+slices:
+  - sources:
+      - model: upstage/base
+        layer_range: [0, 24]
+  - sources:
+      - model: upstage/base
+        layer_range: [8, 32]
+merge_method: passthrough
+dtype: bfloat16
+"""
+
+
+def test_solar_config_equals_native_splice():
+    loaded = parse_plan(SOLAR, "solar-mk.yml")
+    assert "translated mergekit passthrough" in loaded.translation and "dtype" in loaded.translation
+    mk = compile_plan(loaded.plan, 32).layer_map
+    native = compile_plan(parse_plan('name: s\nsteps:\n  - op: splice\n    trim: 8\n').plan, 32).layer_map
+    assert [(e.source, e.scale) for e in mk] == [(e.source, e.scale) for e in native]
+
+
+def test_scale_filters_become_branch_scales_with_gradients():
+    text = """
+merge_method: passthrough
+slices:
+  - sources: [{model: m, layer_range: [0, 2]}]
+  - sources:
+      - model: m
+        layer_range: [0, 3]
+        parameters:
+          scale:
+            - filter: o_proj
+              value: [0.0, 1.0]
+            - filter: down_proj
+              value: [0.0, 1.0]
+            - value: 1.0
+"""
+    m = compile_plan(parse_plan(text).plan, 3).layer_map
+    assert [(e.source, e.scale) for e in m] == [(0, 1.0), (1, 1.0), (0, 0.0), (1, 0.5), (2, 1.0)]
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("merge_method: linear\nslices: [{sources: [{model: m, layer_range: [0, 2]}]}]\n", "only 'passthrough'"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, {sources: [{model: b, layer_range: [0, 2]}]}]\n", "same source model"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, layer_range: [0, 2]}]}]\n", "exactly one source"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 2]}]}]\n", "start < end"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 0}]}}]}]\n", "both o_proj and down_proj"),
+        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: 0.5}}]}]\n", "without a filter"),
+    ],
+)
+def test_untranslatable_configs(text, msg):
+    with pytest.raises(PlanError, match=msg):
+        parse_plan(text)
