@@ -66,8 +66,8 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _scaled(ckpt: Checkpoint, name: str, fold: str, is_bias: bool, scale: float) -> torch.Tensor:
-    return fold_branch_scale(ckpt.load(name), fold, is_bias, scale)
+def _scaled(ckpt: Checkpoint, name: str, fold: str, is_bias: bool, scale: float, start: int, stop: int) -> torch.Tensor:
+    return fold_branch_scale(ckpt.load(name, (start, stop)), fold, is_bias, scale)
 
 
 def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[str]:

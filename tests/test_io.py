@@ -43,7 +43,7 @@ def plan_copy(ckpt, computed=()):
     out = []
     for name, info in ckpt.tensors.items():
         if name in computed:
-            out.append(OutTensor(name, info.dtype, info.shape, info.nbytes, compute=lambda n=name: ckpt.load(n) * 2))
+            out.append(OutTensor(name, info.dtype, info.shape, info.nbytes, compute=lambda a, b, n=name: ckpt.load(n, (a, b)) * 2))
         else:
             out.append(OutTensor(name, info.dtype, info.shape, info.nbytes, source=info))
     return out
@@ -89,6 +89,23 @@ def test_single_shard_is_model_safetensors(tmp_path, source):
     assert (out / "model.safetensors").read_bytes()[-100:] == (source.path / "model.safetensors").read_bytes()[-100:]
 
 
+def test_computed_tensors_stream_in_bounded_row_blocks(tmp_path, source, monkeypatch):
+    monkeypatch.setattr(writer, "CHUNK_ELEMENTS", 100)
+    assert writer.row_blocks((64, 32), 100) == [(i, i + 3) for i in range(0, 63, 3)] + [(63, 64)]
+    calls = []
+
+    def compute(a, b):
+        calls.append((a, b))
+        return source.load("a.weight", (a, b)) * 2
+
+    info = source.tensors["a.weight"]
+    out = tmp_path / "out"
+    out.mkdir()
+    write_shards(out, [OutTensor("a.weight", "F32", info.shape, info.nbytes, compute=compute)], 10**9)
+    assert len(calls) == 22 and max(b - a for a, b in calls) == 3
+    assert torch.equal(read_all(out)["a.weight"], tensors()["a.weight"] * 2)
+
+
 def test_oversized_tensor_gets_its_own_shard():
     ts = [OutTensor(n, "F32", (s,), s * 4) for n, s in (("a", 10), ("b", 1000), ("c", 10), ("d", 10))]
     assert [[t.name for t in g] for g in shard_groups(ts, 100)] == [["a"], ["b"], ["c", "d"]]
@@ -96,12 +113,12 @@ def test_oversized_tensor_gets_its_own_shard():
 
 def test_computed_tensor_is_checked(tmp_path, source):
     info = source.tensors["a.weight"]
-    bad = [OutTensor("a.weight", "F32", info.shape, info.nbytes, compute=lambda: torch.full(info.shape, float("nan")))]
+    bad = [OutTensor("a.weight", "F32", info.shape, info.nbytes, compute=lambda a, b: torch.full((b - a, 32), float("nan")))]
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(Exception, match="NaN or inf"):
         write_shards(out, bad, 10**9)
-    wrong = [OutTensor("a.weight", "BF16", info.shape, info.nbytes // 2, compute=lambda: torch.zeros(info.shape))]
+    wrong = [OutTensor("a.weight", "BF16", info.shape, info.nbytes // 2, compute=lambda a, b: torch.zeros(info.shape))]
     with pytest.raises(Exception, match="planned BF16"):
         writer._checked(wrong[0], torch.zeros(info.shape))
 

@@ -35,11 +35,13 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
-    def load(self, name: str) -> torch.Tensor:
-        """Read one tensor (memory-mapped; the caller owns the result)."""
+    def load(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Read one tensor, or only rows start..stop-1 of it (dim 0), through the memory map."""
         info = self.tensors[name]
         with safe_open(info.path, framework="pt") as fh:
-            return fh.get_tensor(name)
+            if rows is None or not info.shape:
+                return fh.get_tensor(name)
+            return fh.get_slice(name)[rows[0] : rows[1]]
 
 
 def _read_config(path: Path) -> dict:

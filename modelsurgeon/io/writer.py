@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -29,18 +30,40 @@ TORCH_TO_ST = {
 }  # fmt: skip
 ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
 COPY_CHUNK = 64 * 1024 * 1024
+# Computed tensors are produced a block of rows at a time, each block at most this many
+# elements (64 MB in float32), so memory stays bounded even for a 128K-vocab embedding.
+CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One output tensor: copied from `source` bytes, or produced by `compute()`."""
+    """One output tensor: copied from `source` bytes, or produced by `compute(start, stop)`,
+    which returns rows start..stop-1 (along dim 0) of the output tensor."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
     source: TensorInfo | None = None
-    compute: Callable[[], torch.Tensor] | None = None
+    compute: Callable[[int, int], torch.Tensor] | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def row_blocks(shape: tuple[int, ...], budget: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges along dim 0, each at most `budget` elements (at least one row)."""
+    budget = budget or CHUNK_ELEMENTS
+    if not shape:
+        return [(0, 1)]
+    rows = shape[0]
+    per_row = max(1, math.prod(shape[1:]))
+    step = max(1, budget // per_row)
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)] or [(0, 0)]
 
 
 def shard_groups(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
@@ -89,12 +112,13 @@ def _copy_range(src: TensorInfo, fd: int) -> None:
             left -= n
 
 
-def _checked(t: OutTensor, value: torch.Tensor) -> torch.Tensor:
-    """Refuse a computed tensor whose dtype/shape differ from the plan, or that is not finite."""
+def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Refuse a computed block whose dtype/shape differ from the plan, or that is not finite."""
     got = TORCH_TO_ST.get(value.dtype)
-    if got != t.dtype or tuple(value.shape) != t.shape:
+    want = t.shape if rows is None or not t.shape else (rows[1] - rows[0], *t.shape[1:])
+    if got != t.dtype or tuple(value.shape) != want:
         raise ShapeError(
-            f"computed tensor '{t.name}' is {got}{tuple(value.shape)}, planned {t.dtype}{t.shape}",
+            f"computed tensor '{t.name}' is {got}{tuple(value.shape)}, planned {t.dtype}{want}",
             hint="this is a bug in modelsurgeon; please report it with the plan",
         )
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -106,8 +130,9 @@ def _write_tensor(t: OutTensor, fd: int) -> None:
     if t.source is not None:
         _copy_range(t.source, fd)
         return
-    value = _checked(t, t.compute()).contiguous()
-    _write_all(fd, memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+    for rows in row_blocks(t.shape):
+        value = _checked(t, t.compute(*rows), rows).contiguous()
+        _write_all(fd, memoryview(value.reshape(-1).view(torch.uint8).numpy()))
 
 
 def write_shards(
