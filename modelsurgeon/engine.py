@@ -7,20 +7,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-
-import torch
 
 from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.build import output_tensors
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
-from modelsurgeon.ops.depth import fold_branch_scale
-from modelsurgeon.ops.layermap import Equivalence, LayerEntry, LayerMap, identity_map
+from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
+from modelsurgeon.ops.width import Dims, WidthPlan, model_dims
 from modelsurgeon.plan.load import LoadedPlan, load_plan
+from modelsurgeon.plan.schema import Widen
 
 DEFAULT_MAX_SHARD = 5 * 10**9
 NOT_PER_LAYER = {"architectures"}  # list-valued config keys that never index layers
@@ -56,18 +55,11 @@ class Prepared:
 
     @property
     def params_out(self) -> int:
-        return sum(_numel(t.shape) for t in self.tensors)
+        return sum(t.numel for t in self.tensors)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _scaled(ckpt: Checkpoint, name: str, fold: str, is_bias: bool, scale: float, start: int, stop: int) -> torch.Tensor:
-    return fold_branch_scale(ckpt.load(name, (start, stop)), fold, is_bias, scale)
+    @property
+    def width(self) -> WidthPlan | None:
+        return self.compiled.width
 
 
 def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[str]:
@@ -94,30 +86,6 @@ def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> li
     return problems
 
 
-def _layer_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, j: int, e: LayerEntry) -> list[OutTensor]:
-    src = layout.layers[e.source]
-    branch = spec.branch_tensors(set(src)) if e.scale != 1.0 else {}
-    out = []
-    for suffix, name in src.items():
-        info = ckpt.tensors[name]
-        new_name = spec.layer_tensor(j, suffix)
-        if suffix in branch:
-            compute = partial(_scaled, ckpt, name, branch[suffix][1], suffix.endswith(".bias"), e.scale)
-            out.append(OutTensor(new_name, info.dtype, info.shape, info.nbytes, compute=compute))
-        else:
-            out.append(OutTensor(new_name, info.dtype, info.shape, info.nbytes, source=info))
-    return out
-
-
-def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[OutTensor]:
-    """Non-layer tensors copied as they are, then each output layer from its source layer.
-    Every input tensor ends up in the output or belongs to a layer the map leaves out."""
-    out = [OutTensor(n, ckpt.tensors[n].dtype, ckpt.tensors[n].shape, ckpt.tensors[n].nbytes, source=ckpt.tensors[n]) for n in layout.others]
-    for j, e in enumerate(layer_map):
-        out += _layer_tensors(ckpt, spec, layout, j, e)
-    return out
-
-
 def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap) -> dict[str, int]:
     """Sort every input tensor into copied (non-layer), used by an output layer, or dropped
     with a layer the plan leaves out; anything else would vanish silently, so it is an error."""
@@ -129,6 +97,19 @@ def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap) -> dict[str, 
         raise CheckpointError(f"{len(lost)} input tensor(s) would not reach the output: {sorted(lost)[:5]}",
                               hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
     return {"copied": len(layout.others), "in_mapped_layers": len(in_used), "dropped_with_layers": len(dropped)}
+
+
+def _widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) -> None:
+    """Write every width dimension explicitly (a derived or null value, e.g. GPT-2's n_inner,
+    would otherwise be re-derived from the new hidden size)."""
+    keys, d = spec.config_keys, width.dst
+    config[keys.hidden], config[keys.ffn], config[keys.heads] = d.hidden, d.ffn, d.heads
+    if keys.kv_heads:
+        config[keys.kv_heads] = d.kv_heads
+    if keys.head_dim:
+        config[keys.head_dim] = d.head_dim
+    if untied:
+        config[spec.tie_key] = False
 
 
 def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int) -> tuple[dict, list[str]]:
@@ -149,13 +130,25 @@ def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: 
     return new, keys
 
 
+def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
+    """Width dimensions from config.json, with the FFN size read from the down projection."""
+    if not spec.known:
+        return None
+    down = next((n for s, n in layout.layers[0].items() if spec.role_of(s) == "down" and s.endswith(".weight")), None)
+    if down is None:
+        return None
+    shape = ckpt.tensors[down].shape
+    return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
+
+
 def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     """Validate the plan against the checkpoint from headers alone; write nothing."""
     loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
     layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
-    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin)
+    dims = _dims(ckpt, spec, layout) if any(isinstance(s, Widen) for s in loaded.plan.steps) else None
+    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin, spec, dims)
     problems = _scaling_problems(spec, layout, compiled.layer_map)
     if problems:
         raise PlanError(loaded.origin, problems, hint="use new: copy with branch_scale: 1 or a supported family")
@@ -165,7 +158,11 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     if flags and compiled.layer_map != identity_map(layout.num_layers):
         equivalence = "none"
         warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
-    tensors = output_tensors(ckpt, spec, layout, compiled.layer_map)
+    tensors, untied = output_tensors(ckpt, spec, layout, compiled.layer_map, compiled.width, loaded.origin)
+    if compiled.width is not None:
+        _widen_config(config, spec, compiled.width, untied)
+        if untied:
+            warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     accounting = account(ckpt, layout, compiled.layer_map)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
 

@@ -25,6 +25,18 @@ class Branch(BaseModel):
     fold: Fold
 
 
+class ConfigKeys(BaseModel):
+    """config.json keys of the width dimensions; None where the family derives the value
+    (e.g. head_dim = hidden / heads in GPT-2), which constrains how width may grow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: str = "hidden_size"
+    ffn: str = "intermediate_size"
+    heads: str = "num_attention_heads"
+    kv_heads: str | None = "num_key_value_heads"
+    head_dim: str | None = "head_dim"
+
+
 class ArchSpec(BaseModel):
     """One model family. `known=False` marks a spec detected from tensor names alone."""
 
@@ -41,6 +53,11 @@ class ArchSpec(BaseModel):
     position_flags: list[str] = []
     transposed_linears: bool = False
     tie_key: str = "tie_word_embeddings"
+    config_keys: ConfigKeys = ConfigKeys()
+    qkv_layout: Literal["blocks", "per_head"] = "blocks"  # fused q|k|v, or per head [q k v]
+    qk_norm: Literal["per_head", "full"] = "per_head"  # q/k norms over head_dim, or over all heads
+    norm_fold: Fold = "gain"  # how a scale folds into this family's norm gains
+    embed_scale: Literal["none", "sqrt_hidden"] = "none"  # Gemma multiplies embeddings by sqrt(hidden)
     known: bool = True
 
     def layer_tensor(self, index: int, suffix: str) -> str:

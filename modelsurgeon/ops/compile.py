@@ -1,13 +1,16 @@
-"""Compile a whole plan into one layer map over the source layers, step by step."""
+"""Compile a whole plan: depth steps into one layer map over the source layers, widen steps
+into one width plan (widening applies to every layer, so the two commute)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.depth import DEPTH_OPS
-from modelsurgeon.ops.layermap import Equivalence, LayerMap, classify, compose, identity_map, weakest
-from modelsurgeon.plan.schema import Plan
+from modelsurgeon.ops.layermap import Equivalence, LayerMap, Local, classify, compose, identity_map, weakest
+from modelsurgeon.ops.width import Dims, WidthPlan, compose_plan, widen_step
+from modelsurgeon.plan.schema import Plan, Widen
 
 
 @dataclass(frozen=True)
@@ -22,25 +25,48 @@ class StepResult:
 class Compiled:
     layer_map: LayerMap
     steps: tuple[StepResult, ...]
+    width: WidthPlan | None = None
 
     @property
     def equivalence(self) -> Equivalence:
         return weakest([s.equivalence for s in self.steps])
 
 
-def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>") -> Compiled:
+class _Widths:
+    """Accumulates widen steps; dims is None for families whose roles are unknown."""
+
+    def __init__(self, spec: ArchSpec | None, dims: Dims | None) -> None:
+        self.spec, self.src, self.dims, self.plan = spec, dims, dims, None
+
+    def apply(self, step: Widen) -> Equivalence:
+        if self.dims is None or self.spec is None:
+            raise ValueError("op: widen needs the family's tensor roles, which this model's family lacks in the table")
+        if step.noise is not None and self.plan is not None and self.plan.noise is not None:
+            raise ValueError("noise: set noise on one widen step only")
+        new, maps, cls = widen_step(step, self.dims, self.spec)
+        self.plan = compose_plan(self.plan, self.src, new, maps, step.noise)
+        self.dims = new
+        return cls
+
+
+def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSpec | None = None, dims: Dims | None = None) -> Compiled:
     """Raises PlanError with each failing step's location and the valid range. A step that fails
-    leaves the layer count unknown, so later steps are checked only up to the first failure."""
+    leaves the model's shape unknown, so later steps are checked only up to the first failure."""
     current = identity_map(n_layers)
+    widths = _Widths(spec, dims)
     results: list[StepResult] = []
     for i, step in enumerate(plan.steps):
         try:
-            local = DEPTH_OPS[step.op](step, len(current))
+            if isinstance(step, Widen):
+                cls = widths.apply(step)
+                results.append(StepResult(step.op, len(current), len(current), cls))
+                continue
+            local: Local = DEPTH_OPS[step.op](step, len(current))
         except ValueError as exc:
             problems = [f"steps[{i}].{exc} (the step sees {len(current)} layers)"]
             if i + 1 < len(plan.steps):
                 problems.append(f"steps[{i + 1}..] not checked: they depend on steps[{i}]")
-            raise PlanError(origin, problems, hint="fix the step to fit the model's layer count") from None
+            raise PlanError(origin, problems, hint="fix the step to fit the model") from None
         results.append(StepResult(step.op, len(current), len(local), classify(local, len(current))))
         current = compose(current, local)
-    return Compiled(current, tuple(results))
+    return Compiled(current, tuple(results), widths.plan)

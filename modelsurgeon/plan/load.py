@@ -21,6 +21,10 @@ HINTS = {
     "name": "lower-case letters, digits, '-' and '_', starting with a letter or digit",
     "trim": "an int number of layers, or a percent string such as '25%'",
     "map": "a list of source indices, {from, to} ranges, or {layer: i, scale: s, new: zero}",
+    "hidden": "'<n>x' (integer multiples are exact) or a target size (approximate)",
+    "ffn": "'<n>x' or any target size >= the current one (exact)",
+    "heads": "an integer multiple like '2x' (query and key/value heads both; head_dim kept)",
+    "noise": "{snr_db: 30, seed: 0} or {std: 0.001, seed: 0}",
 }
 
 
@@ -67,7 +71,7 @@ def _field_names() -> set[str]:
 
     names: set[str] = set()
     for model in (schema.Plan, schema.Interpolate, schema.Stack, schema.Splice, schema.LayerMapStep,
-                  schema.Drop, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
+                  schema.Drop, schema.Widen, schema.NoiseSpec, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
         for fname, info in model.model_fields.items():
             names.add(info.alias or fname)
     return names

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -111,8 +113,72 @@ class Drop(_Strict):
     layers: Selection
 
 
-Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop], Field(discriminator="op")]
-OPS = ("interpolate", "stack", "splice", "layers", "drop")
+class NoiseSpec(_Strict):
+    """Symmetry-breaking noise on replicated input splits, cancelling between replicas: either
+    relative (`snr_db`: signal-to-noise ratio against each weight's RMS) or absolute (`std`)."""
+
+    snr_db: float | None = None
+    std: float | None = Field(default=None, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> NoiseSpec:
+        if (self.snr_db is None) == (self.std is None):
+            raise ValueError("give exactly one of snr_db or std")
+        return self
+
+
+SIZE = re.compile(r"^(\d+(?:\.\d+)?)x$")
+
+
+def parse_size(value: int | str, current: int) -> int:
+    """'2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is the target itself."""
+    if isinstance(value, int):
+        return value
+    return round(float(SIZE.match(value).group(1)) * current)
+
+
+def _check_size(value: int | str | None) -> int | str | None:
+    if value is None:
+        return value
+    if isinstance(value, str):
+        m = SIZE.match(value)
+        if not m:
+            raise ValueError(f"expected '<n>x' (e.g. '2x') or a target size, got {value!r}")
+        if float(m.group(1)) < 1:
+            raise ValueError(f"a widen factor must be >= 1 (widen never shrinks), got {value}")
+    elif value < 1:
+        raise ValueError(f"a target size must be >= 1, got {value}")
+    return value
+
+
+class Widen(_Strict):
+    """Grow width, function-preserving: hidden (tile), ffn (Net2WiderNet), heads (copy heads)."""
+
+    op: Literal["widen"]
+    hidden: Union[int, str, None] = None
+    ffn: Union[int, str, None] = None
+    heads: Union[str, None] = None
+    noise: NoiseSpec | None = None
+
+    _sizes = field_validator("hidden", "ffn", "heads")(_check_size)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+x", value):
+            raise ValueError(f"heads takes an integer multiple like '2x' (copies of whole heads), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Widen:
+        if self.hidden is None and self.ffn is None and self.heads is None:
+            raise ValueError("widen needs at least one of hidden, ffn, heads")
+        return self
+
+
+Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop, Widen], Field(discriminator="op")]
+OPS = ("interpolate", "stack", "splice", "layers", "drop", "widen")
 
 
 class Plan(_Strict):
