@@ -55,11 +55,12 @@ def grow(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
+    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and measure the logits drift.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
     from modelsurgeon.engine import grow as grow_fn
     from modelsurgeon.engine import prepare
-    from modelsurgeon.report import layer_map_table, summary_table
+    from modelsurgeon.report import layer_map_table, summary_table, width_table
 
     shard = parse_size(max_shard_size)
     if not dry_run and output is None:
@@ -68,7 +69,14 @@ def grow(
     if prep.loaded.translation:
         out.print(prep.loaded.translation, highlight=False)
     out.print(layer_map_table(prep))
+    if prep.width is not None:
+        out.print(width_table(prep))
     out.print(summary_table(prep))
+    if dry_run and drift:
+        from modelsurgeon.verify.drift import measure_drift
+
+        r = measure_drift(model, prep.loaded)
+        out.print(f"measured drift: max |dlogit| {r.max_abs:.3g}, KL {r.mean_kl:.4g} nats/token, top-1 {r.top1:.3f} over {r.positions} positions")
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
 
@@ -130,6 +138,43 @@ def demo(
     from modelsurgeon.demo import run_demo
 
     run_demo(workdir, out, model)
+
+
+@app.command()
+@handled
+def convert(
+    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
+    to: Annotated[str, typer.Option(help="Output format: safetensors, bin or gguf (llama, mistral, qwen2).")] = "safetensors",
+    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB. torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
+    from modelsurgeon.convert import convert as convert_fn
+    from modelsurgeon.convert import prepare_conversion
+    from modelsurgeon.convert.report import describe
+
+    shard = parse_size(max_shard_size)
+    if not dry_run and output is None:
+        raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
+    if dry_run:
+        conv = prepare_conversion(model, to, dtype, shard)
+    else:
+        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
+    out.print(describe(conv), highlight=False, markup=False)
+    out.print("dry run: nothing written" if dry_run else f"[green]wrote[/] {output}", highlight=False)
+
+
+def _with_progress(run):
+    """Call run(advance) under a transient byte progress bar on stderr."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
+        task = bar.add_task("writing", total=None)
+        return run(lambda n: bar.advance(task, n))
 
 
 def main() -> None:

@@ -51,8 +51,48 @@ def summary_table(prep: Prepared) -> Table:
     t.add_row("tensors", f"{len(prep.ckpt.tensors)} -> {len(prep.tensors)}")
     if prep.remapped_lists:
         t.add_row("config lists remapped", ", ".join(prep.remapped_lists))
+    if prep.width is not None:
+        from modelsurgeon.ops.width import tp_degrees
+
+        d = prep.width.dst
+        t.add_row("tensor parallel", f"{d.heads} query / {d.kv_heads} kv heads divide TP degrees {tp_degrees(d)}")
     for w in prep.warnings:
         t.add_row("[yellow]warning[/]", w)
+    return t
+
+
+def _role(prep: Prepared, name: str) -> str:
+    prefix = prep.spec.layer_prefix
+    if name.startswith(prefix):
+        suffix = name[len(prefix):].split(".", 1)[1]
+        role = prep.spec.role_of(suffix) or suffix
+    else:
+        role = prep.spec.globals.get(name.rsplit(".", 1)[0]) or name
+    return role + (" bias" if name.endswith(".bias") else "")
+
+
+def _by_role(prep: Prepared, items) -> dict[str, tuple[tuple[int, ...], int]]:
+    """role -> (shape of its first tensor, total parameters)."""
+    out: dict[str, tuple[tuple[int, ...], int]] = {}
+    for name, shape, numel in items:
+        role = _role(prep, name)
+        first, total = out.get(role, (shape, 0))
+        out[role] = (first, total + numel)
+    return out
+
+
+def width_table(prep: Prepared) -> Table:
+    """Per tensor class: old and new shape (of one tensor) and the parameter change."""
+    before = _by_role(prep, ((n, t.shape, t.numel) for n, t in prep.ckpt.tensors.items()))
+    after = _by_role(prep, ((t.name, t.shape, t.numel) for t in prep.tensors))
+    s, d = prep.width.src, prep.width.dst
+    t = Table(title=f"width: hidden {s.hidden}->{d.hidden}, ffn {s.ffn}->{d.ffn}, heads {s.heads}/{s.kv_heads}->{d.heads}/{d.kv_heads} (q/kv)")
+    for col in ("tensor class", "shape before", "shape after", "params before", "params after"):
+        t.add_column(col, justify="right")
+    for role in after:
+        b_shape, b_n = before.get(role, ((), 0))
+        a_shape, a_n = after[role]
+        t.add_row(role, str(list(b_shape)), str(list(a_shape)), f"{b_n:,}", f"{a_n:,}")
     return t
 
 

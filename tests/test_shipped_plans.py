@@ -17,7 +17,7 @@ PLANS = sorted((Path(__file__).parent.parent / "plans").glob("*.yaml"))
 
 
 def test_the_five_plans_are_shipped():
-    assert {p.stem for p in PLANS} >= {"double", "llama-pro", "solar", "stack4", "midas"}
+    assert {p.stem for p in PLANS} >= {"double", "llama-pro", "solar", "stack4", "midas", "hypercloning-2x"}
 
 
 @pytest.mark.parametrize("path", PLANS, ids=lambda p: p.stem)
@@ -29,7 +29,8 @@ def test_shipped_plan(path, tiny, tmp_path):
     prep = grow(src, load_plan(path), tmp_path / "out")
     assert prep.equivalence == claimed
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
-    assert model.config.num_hidden_layers == len(prep.layer_map) > 8
+    assert model.config.num_hidden_layers == len(prep.layer_map) >= 8
+    assert prep.params_out > prep.params_in  # every shipped plan grows the model
     ids = prompt_ids(model.config.vocab_size)
     if claimed == "exact":
         source = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
