@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
-
-import torch
+from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import PlanError, ShapeError
 from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.st_format import DTYPE_SIZES
-from modelsurgeon.io.writer import ST_TO_TORCH, OutTensor
+from modelsurgeon.io.writer import OutTensor
 from modelsurgeon.ops.layermap import LayerMap
-from modelsurgeon.ops.width import Transform, WidthPlan, compute_rows, tied_compensation, transform_for
+
+if TYPE_CHECKING:  # tensor transforms import torch; byte copies never need it
+    import torch
+
+    from modelsurgeon.ops.width import Transform, WidthPlan
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,13 @@ def layer_jobs(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[Job]
 
 def global_jobs(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, width: WidthPlan | None) -> tuple[list[Job], bool]:
     """Non-layer tensors, with the tied-embedding rule under width growth; returns (jobs, untied)."""
-    embed, lm_head, final = (_global_name(spec, r) for r in ("embed", "lm_head", "final_norm"))
+    embed, lm_head = _global_name(spec, "embed"), _global_name(spec, "lm_head")
     tied = lm_head is not None and lm_head not in ckpt.tensors
-    a, c = tied_compensation(width, spec) if width is not None else (1.0, 1.0)
+    a, c = (1.0, 1.0)
+    if width is not None:
+        from modelsurgeon.ops.width import tied_compensation
+
+        a, c = tied_compensation(width, spec)
     uniform = width is None or width.dst.hidden % width.src.hidden == 0
     jobs = []
     for name in layout.others:
@@ -68,6 +76,10 @@ def global_jobs(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, width: WidthPl
 
 
 def _transform(job: Job, spec: ArchSpec, width: WidthPlan | None) -> Transform | None:
+    if width is None and not job.folds:
+        return None
+    from modelsurgeon.ops.width import Transform, transform_for
+
     is_bias = job.out.endswith(".bias")
     out_map = in_map = None
     split = transposed = False
@@ -101,9 +113,12 @@ def make_tensor(ckpt: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: 
     t = _transform(job, spec, width)
     if t is None:
         return OutTensor(job.out, info.dtype, info.shape, info.nbytes, source=info)
+    from modelsurgeon.io.dtypes import ST_TO_TORCH
+    from modelsurgeon.ops.width import compute_rows
+
     _check_source_shape(job, t, info.shape)
     shape = t.shape(info.shape)
-    nbytes = DTYPE_SIZES[info.dtype] * int(torch.Size(shape).numel())
+    nbytes = DTYPE_SIZES[info.dtype] * math.prod(shape)
     load = partial(_load, ckpt, job.src)
     compute = partial(compute_rows, t, load, job.out.endswith(".bias"), ST_TO_TORCH[info.dtype])
     if t.transposed:  # computed whole: cache it across the writer's row blocks

@@ -8,6 +8,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
@@ -17,9 +18,11 @@ from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
-from modelsurgeon.ops.width import Dims, WidthPlan, model_dims
 from modelsurgeon.plan.load import LoadedPlan, load_plan
 from modelsurgeon.plan.schema import Widen
+
+if TYPE_CHECKING:
+    from modelsurgeon.ops.width import Dims, WidthPlan
 
 DEFAULT_MAX_SHARD = 5 * 10**9
 NOT_PER_LAYER = {"architectures"}  # list-valued config keys that never index layers
@@ -137,6 +140,8 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     down = next((n for s, n in layout.layers[0].items() if spec.role_of(s) == "down" and s.endswith(".weight")), None)
     if down is None:
         return None
+    from modelsurgeon.ops.width import model_dims
+
     shape = ckpt.tensors[down].shape
     return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
 
@@ -176,13 +181,14 @@ def grow(
     progress: Callable[[int], None] | None = None,
 ) -> Prepared:
     """Apply a plan to a checkpoint and write the grown checkpoint to `out` atomically."""
-    from modelsurgeon.manifest import finish_output
+    from modelsurgeon.manifest import ConfigCheck, finish_output
 
     prep = prepare(model, plan)
     out = Path(out)
     check_output_path(out, prep.ckpt.path, force)
     check_free_space(out, prep.bytes_out)
+    check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map))
     with atomic_directory(out) as tmp:
         write_shards(tmp, prep.tensors, max_shard_size, progress)
-        finish_output(prep, tmp, out)
+        finish_output(prep, tmp, check)
     return prep

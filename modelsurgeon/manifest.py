@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+import threading
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,25 +28,49 @@ def tool_version() -> str:
         return "0+unknown"
 
 
-def validate_config(directory: Path, model_type: str, num_layers_key: str, expected_layers: int) -> bool:
-    """Load the written config with transformers (which checks per-layer lists); False when
-    transformers does not know the model type, so it could not be validated."""
+def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> bool:
+    """Load the rewritten config.json with transformers, as users will (it checks per-layer
+    lists); False when transformers does not know the model type, so it was not validated."""
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if model_type not in CONFIG_MAPPING:
+    if config.get("model_type") not in CONFIG_MAPPING:
         return False
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        cfg = AutoConfig.from_pretrained(directory)
-    except Exception as exc:  # transformers raises many kinds; all mean the same here
-        raise CheckpointError(
-            f"the rewritten config.json does not load in transformers: {exc}",
-            hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="surgeon-config-") as tmp:
+        write_json(Path(tmp) / "config.json", config)
+        try:
+            cfg = AutoConfig.from_pretrained(tmp)
+        except Exception as exc:  # transformers raises many kinds; all mean the same here
+            raise CheckpointError(
+                f"the rewritten config.json does not load in transformers: {exc}",
+                hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
+            ) from None
     if getattr(cfg, num_layers_key, None) != expected_layers:
         raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
     return True
+
+
+class ConfigCheck:
+    """validate_config in a background thread: importing transformers (and torch) takes
+    seconds of CPU, which overlaps the weight copy (its syscalls release the GIL)."""
+
+    def __init__(self, config: dict, num_layers_key: str, expected_layers: int) -> None:
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=(config, num_layers_key, expected_layers), daemon=True)
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        try:
+            self._outcome.append(validate_config(*args))
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._outcome.append(exc)
+
+    def result(self) -> bool:
+        self._thread.join()
+        if isinstance(self._outcome[0], BaseException):
+            raise self._outcome[0]
+        return self._outcome[0]
 
 
 def _source_manifest(src: Path) -> dict | None:
@@ -103,15 +129,24 @@ approx: first-order equal; none: needs training to recover). Full provenance is 
     return (source_card.rstrip() + "\n" + section) if source_card else f"# {prep.loaded.plan.name}\n{section}"
 
 
-def finish_output(prep: Prepared, tmp: Path, out: Path) -> None:
+def finish_output(prep: Prepared, tmp: Path, check: ConfigCheck) -> None:
     """Write everything but the weights into `tmp` (weights already there)."""
     skipped = copy_extra_files(prep.ckpt.path, tmp)
     if skipped:
         prep.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
     write_json(tmp / "config.json", prep.config)
-    if not validate_config(tmp, prep.spec.model_type, prep.spec.num_layers_key, len(prep.layer_map)):
+    if not check.result():
         prep.warnings.append(f"transformers does not know model_type {prep.spec.model_type!r}; config.json not validated")
     shards = len(list(tmp.glob("*.safetensors")))
     write_json(tmp / MANIFEST, build_manifest(prep, shards))
     card = prep.ckpt.path / "README.md"
     (tmp / "README.md").write_text(model_card(prep, card.read_text() if card.is_file() else ""))
+
+
+def extend_lineage(src: Path, stage: dict, source: dict) -> dict:
+    """The input's surgeon.json with `stage` appended to its lineage (every other field kept),
+    or a new manifest whose source is `source` when the input has none."""
+    previous = _source_manifest(src)
+    if previous is None:
+        return {"tool": "modelsurgeon", "version": tool_version(), "source": source, "lineage": [stage]}
+    return {**previous, "lineage": previous.get("lineage", []) + [stage]}

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.st_format import TensorInfo, read_header
+
+if TYPE_CHECKING:  # a pure byte-copy grow never needs torch
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -16,19 +16,23 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import OutputError, ShapeError
 from modelsurgeon.io.st_format import TensorInfo, encode_header
 
-TORCH_TO_ST = {
-    torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}  # fmt: skip
-ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
+if TYPE_CHECKING:  # torch loads only when a tensor is computed: a pure copy never needs it
+    import torch
+
+
+def __getattr__(name: str):
+    if name in ("TORCH_TO_ST", "ST_TO_TORCH"):
+        from modelsurgeon.io import dtypes
+
+        return getattr(dtypes, name)
+    raise AttributeError(name)
+
+
 COPY_CHUNK = 64 * 1024 * 1024
 # Computed tensors are produced a block of rows at a time, each block at most this many
 # elements (64 MB in float32), so memory stays bounded even for a 128K-vocab embedding.
@@ -114,6 +118,10 @@ def _copy_range(src: TensorInfo, fd: int) -> None:
 
 def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Refuse a computed block whose dtype/shape differ from the plan, or that is not finite."""
+    import torch
+
+    from modelsurgeon.io.dtypes import TORCH_TO_ST
+
     got = TORCH_TO_ST.get(value.dtype)
     want = t.shape if rows is None or not t.shape else (rows[1] - rows[0], *t.shape[1:])
     if got != t.dtype or tuple(value.shape) != want:
@@ -130,6 +138,8 @@ def _write_tensor(t: OutTensor, fd: int) -> None:
     if t.source is not None:
         _copy_range(t.source, fd)
         return
+    import torch
+
     for rows in row_blocks(t.shape):
         value = _checked(t, t.compute(*rows), rows).contiguous()
         _write_all(fd, memoryview(value.reshape(-1).view(torch.uint8).numpy()))

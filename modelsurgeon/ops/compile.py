@@ -4,13 +4,16 @@ into one width plan (widening applies to every layer, so the two commute)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.depth import DEPTH_OPS
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, Local, classify, compose, identity_map, weakest
-from modelsurgeon.ops.width import Dims, WidthPlan, compose_plan, widen_step
 from modelsurgeon.plan.schema import Plan, Widen
+
+if TYPE_CHECKING:  # width maps need torch; plans without widen steps never import it
+    from modelsurgeon.ops.width import Dims, WidthPlan
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class _Widths:
             raise ValueError("op: widen needs the family's tensor roles, which this model's family lacks in the table")
         if step.noise is not None and self.plan is not None and self.plan.noise is not None:
             raise ValueError("noise: set noise on one widen step only")
+        from modelsurgeon.ops.width import compose_plan, widen_step
+
         new, maps, cls = widen_step(step, self.dims, self.spec)
         self.plan = compose_plan(self.plan, self.src, new, maps, step.noise)
         self.dims = new

@@ -24,7 +24,7 @@ import torch
 from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.ops import axismap as am
 from modelsurgeon.ops.axismap import AxisMap
-from modelsurgeon.ops.depth import fold_branch_scale
+from modelsurgeon.ops.fold import fold_branch_scale
 from modelsurgeon.ops.layermap import Equivalence
 from modelsurgeon.plan.schema import NoiseSpec, Widen, parse_size
 
