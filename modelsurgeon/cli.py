@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from modelsurgeon.errors import SurgeonError
 
@@ -38,9 +39,9 @@ def handled(fn):
         try:
             return fn(*args, **kwargs)
         except SurgeonError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+            if exc.hint:  # escaped: a hint like `pip install modelsurgeon[gguf]` must print as written
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -147,7 +148,7 @@ def convert(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     to: Annotated[str, typer.Option(help="Output format: safetensors, bin or gguf (llama, mistral, qwen2).")] = "safetensors",
     dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
-    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB. torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
@@ -163,7 +164,7 @@ def convert(
         conv = prepare_conversion(model, to, dtype, shard)
     else:
         conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
-    out.print(describe(conv), highlight=False, markup=False)
+    out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)
     out.print("dry run: nothing written" if dry_run else f"[green]wrote[/] {output}", highlight=False)
 
 
@@ -175,6 +176,36 @@ def _with_progress(run):
     with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
         task = bar.add_task("writing", total=None)
         return run(lambda n: bar.advance(task, n))
+
+
+@app.command()
+@handled
+def verify(
+    source: Annotated[Path, typer.Argument(help="Source checkpoint directory.")],
+    grown: Annotated[Path, typer.Argument(help="Grown checkpoint directory (its surgeon.json gives the class and layer map).")],
+    engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,
+    layerwise: Annotated[bool, typer.Option("--layerwise", help="Load one decoder layer at a time (models larger than RAM).")] = False,
+    vllm_python: Annotated[Optional[Path], typer.Option(help="Python with vLLM (default: $SURGEON_VLLM_PYTHON, .vllm-venv).")] = None,
+) -> None:
+    """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
+    from modelsurgeon.verify import verify_checkpoint
+    from modelsurgeon.verify.report import render
+
+    report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
+                               expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
+    if json_path is not None and str(json_path) != "-":
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if str(json_path) == "-":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        out.print(render(report))
+    report.raise_if_failed()
 
 
 def main() -> None:

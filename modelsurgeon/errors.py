@@ -55,3 +55,9 @@ class VerifyError(SurgeonError):
     """A grown checkpoint failed the checks its equivalence class promises."""
 
     exit_code = 6
+
+
+class ConvertError(SurgeonError):
+    """A conversion cannot be done as asked (format, dtype, family or tokenizer not supported)."""
+
+    exit_code = 7

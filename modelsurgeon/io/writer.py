@@ -116,6 +116,17 @@ def _copy_range(src: TensorInfo, fd: int) -> None:
             left -= n
 
 
+def all_finite(value: torch.Tensor) -> bool:
+    """torch.isfinite(value).all(), about 40x faster on CPU: a sum is finite only when every
+    element is (inf and NaN propagate), so the exact, slow check runs only when the sum
+    overflowed or something is wrong."""
+    import torch
+
+    if value.element_size() == 1:  # float8 has no sum/isfinite kernels; float16 holds it exactly
+        value = value.to(torch.float16)
+    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
+
+
 def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Refuse a computed block whose dtype/shape differ from the plan, or that is not finite."""
     import torch
@@ -129,7 +140,7 @@ def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = N
             f"computed tensor '{t.name}' is {got}{tuple(value.shape)}, planned {t.dtype}{want}",
             hint="this is a bug in modelsurgeon; please report it with the plan",
         )
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if value.is_floating_point() and not all_finite(value):
         raise ShapeError(f"computed tensor '{t.name}' has NaN or inf values", hint="check the plan's scales")
     return value
 

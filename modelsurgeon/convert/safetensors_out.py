@@ -1,0 +1,61 @@
+"""Output tensors for safetensors and .bin checkpoints: a new dtype and/or a new shard size.
+
+A tensor whose bytes do not change (same dtype, safetensors input) is copied by the kernel from
+its source byte range; every other tensor is produced a block of rows at a time as exactly
+`tensor.to(dtype)`, so memory stays bounded by the block size (see io.writer)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from modelsurgeon.convert.options import DTYPE_NAMES, target_dtype
+from modelsurgeon.convert.source import Source, SourceTensor
+from modelsurgeon.errors import CheckpointError, ConvertError, SurgeonError
+from modelsurgeon.io.st_format import DTYPE_SIZES
+from modelsurgeon.io.dtypes import ST_TO_TORCH
+from modelsurgeon.io.writer import OutTensor, all_finite
+
+
+def _not_finite(name: str, value: torch.Tensor, dtype: str) -> SurgeonError:
+    """Say whether a non-finite block came from the input or from the cast overflowing."""
+    if value.is_floating_point() and not all_finite(value):
+        return CheckpointError(f"source tensor '{name}' already holds NaN or inf values",
+                          hint="the checkpoint is damaged; fix or re-export it before converting")
+    peak = float(value.abs().max())
+    return ConvertError(
+        f"tensor '{name}' overflows {DTYPE_NAMES.get(dtype, dtype)}: its largest magnitude is {peak:.4g}",
+        hint="convert to bfloat16 or float32, which have float32's range",
+    )
+
+
+def cast_rows(src: Source, name: str, dtype: str, start: int, stop: int) -> torch.Tensor:
+    """Rows start..stop-1 of one source tensor as `tensor.to(dtype)` gives them."""
+    cast = src.load(name, (start, stop), ST_TO_TORCH[dtype]).contiguous()
+    if cast.is_floating_point() and not all_finite(cast):
+        raise _not_finite(name, src.load(name, (start, stop)), dtype)
+    return cast
+
+
+def out_tensor(src: Source, t: SourceTensor, dtype: str | None, copy_bytes: bool = True) -> OutTensor:
+    """The output tensor for `t` in dtype `dtype` (None: keep); a byte copy where possible."""
+    out = target_dtype(t.dtype, dtype)
+    nbytes = t.numel * DTYPE_SIZES[out]
+    if copy_bytes and out == t.dtype and t.info is not None:
+        return OutTensor(t.name, out, t.shape, nbytes, source=t.info)
+    return OutTensor(t.name, out, t.shape, nbytes, compute=partial(cast_rows, src, t.name, out))
+
+
+def out_tensors(src: Source, dtype: str | None, copy_bytes: bool = True) -> list[OutTensor]:
+    """Every source tensor, in source order; `copy_bytes=False` for writers that need values."""
+    return [out_tensor(src, t, dtype, copy_bytes) for t in src.tensors.values()]
+
+
+def converted_config(config: dict, dtype: str | None) -> dict:
+    """config.json with its dtype entry naming the new dtype (unchanged when no dtype was asked)."""
+    if dtype is None:
+        return dict(config)
+    name = DTYPE_NAMES[dtype]
+    keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]  # old readers know torch_dtype
+    return {**config, **{k: name for k in keys}}
