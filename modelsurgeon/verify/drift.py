@@ -10,9 +10,11 @@ from modelsurgeon.plan.load import LoadedPlan
 from modelsurgeon.verify.logits import LogitsReport, compare_logits
 
 
-def measure_drift(model: str | Path, plan: LoadedPlan) -> LogitsReport:
-    """Grow into a temporary directory next to nothing the user owns, compare, clean up."""
+def measure_drift(model: str | Path, plan: LoadedPlan, with_prep: bool = False):
+    """Grow into a temporary directory, compare with the source, clean up. Returns the
+    LogitsReport (and the Prepared grow when with_prep)."""
     with tempfile.TemporaryDirectory(prefix="surgeon-drift-") as tmp:
         out = Path(tmp) / "grown"
-        grow(model, plan, out)
-        return compare_logits(Path(model), out)
+        prep = grow(model, plan, out)
+        report = compare_logits(Path(model), out)
+    return (report, prep) if with_prep else report
