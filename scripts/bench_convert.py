@@ -30,27 +30,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from benchlib import RSS_HELPER  # scripts/ is on sys.path when a script runs
+
 GB, MB = 1e9, 1e6
 REPO = Path(__file__).resolve().parent.parent
 LAYER_PARTS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
-
-# One job per fresh helper: RUSAGE_CHILDREN's ru_maxrss is the peak of the largest waited-for
-# descendant and sticks for the life of the waiting process, so a long-lived parent would let
-# an earlier, bigger job leak into a later job's number. ru_maxrss counts mapped file pages too.
-RSS_HELPER = r"""
-import json, os, resource, subprocess, sys, time
-result, log, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-with open(log, "wb") as fh:
-    t0 = time.perf_counter()
-    rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    t1 = time.perf_counter()
-os.sync()
-t2 = time.perf_counter()
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"rc": rc, "wall_s": t1 - t0, "durable_s": t2 - t0, "peak_rss": ru.ru_maxrss * 1024,
-           "cpu_s": ru.ru_utime + ru.ru_stime}, open(result, "w"))
-"""
 
 
 def spec_of(small: bool) -> dict:

@@ -24,6 +24,7 @@ import torch
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.dtypes import ST_TO_TORCH, TORCH_TO_ST
+from modelsurgeon.io.reader import read_index
 from modelsurgeon.io.writer import OutTensor, row_blocks, shard_groups
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -35,15 +36,7 @@ def bin_files(path: Path) -> tuple[list[Path], Path | None]:
     """The weight files of a .bin checkpoint directory, in index order, and the index path."""
     index = path / BIN_INDEX
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid index ({exc!r})", hint="re-export the checkpoint") from None
-        files = [path / f for f in dict.fromkeys(weight_map.values())]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shard(s) that do not exist: {', '.join(missing)}",
-                                  hint="the download is incomplete; fetch the missing shards")
+        files, _ = read_index(index)
         return files, index
     if (path / BIN_SINGLE).is_file():
         return [path / BIN_SINGLE], None

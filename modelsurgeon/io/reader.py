@@ -63,20 +63,27 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def read_index(index: Path) -> tuple[list[Path], dict[str, str]]:
+    """A shard index (safetensors or .bin): its shard files in order of first mention, all
+    present, and its tensor -> file map."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a valid index ({exc!r})", hint="re-export the checkpoint") from None
+    files = [index.parent / f for f in dict.fromkeys(weight_map.values())]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{index} names shard(s) that do not exist: {', '.join(missing)}",
+            hint="the download is incomplete; fetch the missing shards",
+        )
+    return files, weight_map
+
+
 def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] | None]:
     index = path / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid index ({exc!r})", hint="re-export the checkpoint") from None
-        files = [path / f for f in dict.fromkeys(weight_map.values())]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{index} names shard(s) that do not exist: {', '.join(missing)}",
-                hint="the download is incomplete; fetch the missing shards",
-            )
+        files, weight_map = read_index(index)
         return files, index, weight_map
     files = sorted(path.glob("*.safetensors"))
     if files:
