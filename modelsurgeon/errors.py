@@ -61,3 +61,32 @@ class ConvertError(SurgeonError):
     """A conversion cannot be done as asked (format, dtype, family or tokenizer not supported)."""
 
     exit_code = 7
+
+
+class TrainError(SurgeonError):
+    """A training stage cannot run as asked (method, targets, layers, budget, resume state)."""
+
+    exit_code = 9
+
+
+class TrainInterrupted(TrainError):
+    """Training stopped on Ctrl-C after saving a resumable checkpoint (shell convention: 128 + SIGINT)."""
+
+    exit_code = 130
+
+
+class DataError(SurgeonError):
+    """Training or evaluation data cannot be read, parsed or packed as asked."""
+
+    exit_code = 8
+
+
+class RecipeError(PlanError):
+    """A `surgeon progressive` recipe is invalid; every problem is listed before anything trains."""
+
+    exit_code = 10
+
+    def __init__(self, source: str, problems: list[str], hint: str = "") -> None:
+        super().__init__(source, problems, hint)
+        self.message = self.message.replace("in the plan:", "in the recipe:", 1)
+        self.args = (self.message,)
