@@ -1,0 +1,126 @@
+"""Trainer callbacks: metrics.jsonl rows, Ctrl-C into a resumable checkpoint, a rich progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+# Trainer log keys -> metrics.jsonl keys.
+TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
+
+
+class MetricsCallback(TrainerCallback):
+    """Append one JSON row per logging step (and per evaluation) to `path`.
+
+    On resume the Trainer restarts from its last checkpoint, so rows logged after that step
+    (by the interrupted run) are dropped first: the file then matches an uninterrupted run."""
+
+    def __init__(self, path: Path, tokens_per_step: int) -> None:
+        self.path = path
+        self.tokens_per_step = tokens_per_step
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        kept = [r for r in read_metrics(self.path) if r["step"] <= state.global_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "tokens": state.global_step * self.tokens_per_step}
+        if "eval_loss" in logs:
+            row["eval_loss"] = logs["eval_loss"]
+        elif "loss" in logs:
+            row.update({ours: logs[k] for k, ours in TRAIN_KEYS.items() if k in logs})
+        else:  # the end-of-training summary (runtime, samples/s): not a curve point
+            return
+        row["elapsed_s"] = round(time.perf_counter() - self.start, 3)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class InterruptCallback(TrainerCallback):
+    """Turn Ctrl-C into "save a checkpoint and stop" at the end of the current optimizer step.
+
+    The Trainer checks `control` after each step, so setting should_save and
+    should_training_stop there makes it write a normal, resumable checkpoint. A second Ctrl-C
+    falls through to Python's KeyboardInterrupt (the default handler is back by then)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum, frame):
+            self.requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+class RichProgressCallback(TrainerCallback):
+    """A progress bar on stderr with the latest loss, learning rate and throughput."""
+
+    def __init__(self, console, tokens_per_step: int) -> None:
+        self.console = console
+        self.tokens_per_step = tokens_per_step
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        self.progress = Progress("[progress.description]{task.description}", *columns, "{task.fields[info]}",
+                                 console=self.console, transient=True)  # fmt: skip
+        self.progress.start()
+        self.task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step, info="")
+        self._t0, self._step0 = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        rate = (state.global_step - self._step0) * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
+        parts = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
+        self.progress.update(self.task, info=" ".join(parts + [f"{rate:,.0f} tok/s"]))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
