@@ -1,0 +1,225 @@
+"""Check a recipe against its start model before anything trains: simulate the layer count
+through the stages, validate each stage's options and growth plan at that point, budget every
+stage in steps, tokens and FLOPs, and size the baselines to match. Every problem at once."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from modelsurgeon.errors import RecipeError, SurgeonError
+from modelsurgeon.progressive.flops import ArchCounts, StageFlops, stage_flops
+from modelsurgeon.progressive.init import InitModel, counts_of_checkpoint, counts_of_config, init_config, load_tokenizer
+from modelsurgeon.progressive.recipe import Baseline, LoadedRecipe, Stage
+
+
+@dataclass
+class PlannedStage:
+    index: int  # 1-based position in the recipe
+    kind: str  # train | grow
+    n_layers: int  # after the stage
+    counts: ArchCounts
+    options: object = None  # TrainOptions (train)
+    seq_len: int = 0
+    steps: int = 0  # the cap (train)
+    flops: StageFlops | None = None  # at the cap (train)
+    trained_layers: int | None = None
+    plan: object = None  # LoadedPlan (grow)
+    new_layers: int = 0  # layers the growth added (grow)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:02d}-{self.kind}"
+
+
+@dataclass
+class PlannedBaseline:
+    spec: Baseline
+    init: InitModel
+    counts: ArchCounts
+    options: object  # TrainOptions with steps set from the match
+    seq_len: int
+    per_step_flops: int
+
+
+@dataclass
+class RecipePlan:
+    loaded: LoadedRecipe
+    start_counts: ArchCounts
+    max_positions: int
+    stages: list[PlannedStage] = field(default_factory=list)
+    baselines: list[PlannedBaseline] = field(default_factory=list)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(s.flops.total for s in self.stages if s.flops)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.flops.tokens for s in self.stages if s.flops)
+
+    @property
+    def final_counts(self) -> ArchCounts:
+        return self.stages[-1].counts if self.stages else self.start_counts
+
+
+def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None, int]:
+    r = loaded.recipe
+    try:
+        if r.init is not None:
+            config = init_config(r.init, load_tokenizer(r.init.tokenizer, Path.cwd()))
+            return counts_of_config(config), getattr(config, "max_position_embeddings", None) or 1024
+        counts = counts_of_checkpoint(Path(r.start))
+        cfg = json.loads((Path(r.start) / "config.json").read_text())
+        return counts, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024
+    except (SurgeonError, ValueError, OSError) as exc:
+        key = "init" if r.init is not None else "start"
+        problems.append(f"{loaded.where(key)}: {exc}")
+        return None, 0
+
+
+def _options(fields: dict, where: str, problems: list[str]):
+    from modelsurgeon.train.options import make_options
+
+    try:
+        return make_options(**fields)
+    except SurgeonError as exc:
+        problems.append(f"{where}: {exc.message.replace(chr(10) + '  - ', '; ')}")
+        return None
+
+
+def lora_targets(options, counts: ArchCounts) -> list[str] | None:
+    """LoRA module suffixes for FLOP counting: --targets names a role, module or its last part."""
+    if options.targets is None:
+        return None
+    return [m for m, _, _ in counts.linears if m in options.targets or m.rsplit(".", 1)[-1] in options.targets] or None
+
+
+def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: PlannedStage | None, problems: list[str]):
+    loaded, r = plan.loaded, plan.loaded.recipe
+    where = loaded.where("stages", i, "train")
+    options = _options(stage.train.options(r.defaults, r.data), where, problems)
+    if options is None:
+        return None
+    trained = None
+    if options.method in ("new", "lora-new"):
+        if prev is None or prev.kind != "grow":
+            problems.append(f"{where}: method {options.method} trains the layers a growth added; put it right after a grow stage")
+            return None
+        trained = prev.new_layers
+    elif options.layers is not None:
+        from modelsurgeon.plan.selection import resolve_selection
+
+        try:
+            trained = len(resolve_selection(options.layers, counts.n_layers))
+        except ValueError as exc:
+            problems.append(f"{where}: layers: {exc}")
+    if options.is_lora and r.init is not None and not any(s.kind == "train" for s in plan.stages):
+        problems.append(f"{where}: the start model is randomly initialised, so its first train stage must be method full (not {options.method})")
+    if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
+        problems.append(f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that follows a train stage")
+    seq_len = options.seq_len or min(1024, plan.max_positions)
+    if seq_len > plan.max_positions:
+        problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
+    steps = options.total_steps(seq_len)
+    flops = stage_flops(counts, steps * options.tokens_per_step(seq_len), seq_len, options.method,
+                        lora_r=options.lora_r, lora_targets=lora_targets(options, counts), trained_layers=trained)  # fmt: skip
+    return PlannedStage(i + 1, "train", counts.n_layers, counts, options, seq_len, steps, flops, trained)
+
+
+def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
+    from modelsurgeon.arch.registry import load_specs
+    from modelsurgeon.engine import prepare
+    from modelsurgeon.ops.compile import compile_plan
+    from modelsurgeon.plan.load import load_plan, parse_plan
+    from modelsurgeon.plan.schema import Widen
+
+    loaded, r = plan.loaded, plan.loaded.recipe
+    where = loaded.where("stages", i, "grow")
+    g = stage.grow
+    try:
+        if g.plan is not None:
+            lp = load_plan(g.plan)
+        else:
+            lp = parse_plan(yaml.safe_dump({"name": f"stage-{i + 1:02d}", **g.model_extra}), f"{loaded.origin}: stages[{i}].grow")
+        if any(isinstance(s, Widen) for s in lp.plan.steps):
+            problems.append(f"{where}: recipes grow depth only (FLOPs assume layers keep their shape); remove the widen step")
+            return None
+        first_grow = not any(s.kind == "grow" for s in plan.stages)
+        if first_grow and r.start is not None and not plan.stages:
+            layer_map = prepare(r.start, lp).layer_map  # checks branch scaling against the real checkpoint
+        else:
+            family = r.init.family if r.init is not None else None
+            spec = load_specs().get(family) if family else None
+            layer_map = compile_plan(lp.plan, counts.n_layers, lp.origin, spec).layer_map
+    except SurgeonError as exc:
+        detail = "; ".join(getattr(exc, "problems", [])) or exc.message
+        problems.append(f"{where}: the plan does not fit the {counts.n_layers}-layer model at this point: {detail}")
+        return None
+    new = sum(1 for e in layer_map if e.new)
+    return PlannedStage(i + 1, "grow", len(layer_map), counts.with_layers(len(layer_map)), plan=lp, new_layers=new)
+
+
+def _baseline(plan: RecipePlan, b: Baseline, i: int, problems: list[str]) -> PlannedBaseline | None:
+    loaded, r = plan.loaded, plan.loaded.recipe
+    where = loaded.where("baselines", i)
+    base = r.init.model_dump() if r.init is not None else {}
+    try:
+        init = InitModel.model_validate({**base, **b.init})
+        config = init_config(init, load_tokenizer(init.tokenizer, Path.cwd()))
+        counts = counts_of_config(config)
+    except (ValueError, OSError) as exc:
+        problems.append(f"{where}.init: {exc} (a baseline is built from scratch: give init fields over the recipe's init)")
+        return None
+    fixed = [k for k in ("steps", "tokens") if k in b.train]
+    if fixed:
+        problems.append(f"{where}.train: {'/'.join(fixed)} is set by match: {b.match}; remove it")
+        return None
+    options = _options({**r.defaults, "data": r.data, "method": "full", **b.train, "steps": 1}, f"{where}.train", problems)
+    if options is None:
+        return None
+    if options.method != "full":
+        problems.append(f"{where}.train: a from-scratch baseline trains with method full, not {options.method}")
+        return None
+    seq_len = options.seq_len or min(1024, plan.max_positions)
+    per_step = stage_flops(counts, options.tokens_per_step(seq_len), seq_len, "full").total
+    steps = match_steps(b.match, plan.total_flops, plan.total_tokens, per_step, options.tokens_per_step(seq_len))
+    if steps < 1:
+        problems.append(f"{where}: cannot be FLOP-matched: the progressive run's {plan.total_flops:.3g} planned FLOPs "
+                        f"buy less than one {per_step:.3g}-FLOP step of this {counts.n_layers}-layer baseline "
+                        f"[hint: lengthen the stages, or shrink the baseline's batch_size/seq_len]")  # fmt: skip
+        return None
+    return PlannedBaseline(b, init, counts, options.model_copy(update={"steps": steps}), seq_len, per_step)
+
+
+def match_steps(match: str, flops: int, tokens: int, per_step_flops: int, tokens_per_step: int) -> int:
+    """Baseline steps whose FLOPs (or tokens) are nearest the progressive run's total."""
+    if match == "tokens":
+        return math.ceil(tokens / tokens_per_step)
+    return round(flops / per_step_flops)
+
+
+def plan_recipe(loaded: LoadedRecipe) -> RecipePlan:
+    """Raises RecipeError listing every problem; nothing is trained or written."""
+    problems: list[str] = []
+    counts, max_positions = _start(loaded, problems)
+    if counts is None:
+        raise RecipeError(loaded.origin, problems, hint="fix the start model")
+    plan = RecipePlan(loaded, counts, max_positions)
+    for i, stage in enumerate(loaded.recipe.stages):
+        prev = plan.stages[-1] if plan.stages else None
+        current = plan.final_counts
+        planned = _train(plan, stage, i, current, prev, problems) if stage.kind == "train" else _grow(plan, stage, i, current, problems)
+        if planned is None and stage.kind == "grow":
+            break  # later stages depend on the layer count this one would have produced
+        if planned is not None:
+            plan.stages.append(planned)
+    if not problems:
+        plan.baselines = [p for i, b in enumerate(loaded.recipe.baselines) if (p := _baseline(plan, b, i, problems))]
+    if problems:
+        raise RecipeError(loaded.origin, problems, hint="fix these before training; nothing was written")
+    return plan
