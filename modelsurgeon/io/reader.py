@@ -54,13 +54,18 @@ def _read_config(path: Path) -> dict:
             f"{path}: no config.json",
             hint="MODEL must be a Hugging Face model directory (config.json + *.safetensors)",
         )
+    return read_json_object(cfg, hint="fix or re-export config.json")
+
+
+def read_json_object(path: Path, hint: str) -> dict:
+    """A JSON file that must hold an object; anything else is a CheckpointError with `hint`."""
     try:
-        config = json.loads(cfg.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg}: not valid JSON ({exc})", hint="fix or re-export config.json") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{cfg}: expected a JSON object", hint="fix or re-export config.json")
-    return config
+        raise CheckpointError(f"{path}: not valid JSON ({exc})", hint=hint) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object", hint=hint)
+    return value
 
 
 def read_index(index: Path) -> tuple[list[Path], dict[str, str]]:

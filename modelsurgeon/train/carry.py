@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.errors import CheckpointError, TrainError
-from modelsurgeon.io.reader import Checkpoint, open_checkpoint
+from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.manifest import MANIFEST
 
 if TYPE_CHECKING:
@@ -81,11 +81,8 @@ def _read_state(opt_dir: Path) -> dict:
             f"{opt_dir}: expected {STATE_FILE} and {MOMENTS_FILE} (the optimizer state `surgeon train-stage` writes)",
             hint="pass the optimizer/ directory of the train-stage output that the model was grown from",
         )
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})", hint="the optimizer state is corrupt; use --carry-optimizer reset") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state.get("naming") not in ("checkpoint", "peft"):
+    state = read_json_object(path, hint="the optimizer state is corrupt; use --carry-optimizer reset")
+    if not isinstance(state.get("step"), int) or state.get("naming") not in ("checkpoint", "peft"):
         raise CheckpointError(f"{path}: expected {{\"step\": int, \"naming\": \"checkpoint\"|\"peft\", ...}}",
                               hint="the optimizer state was not written by train-stage; use --carry-optimizer reset")  # fmt: skip
     return state

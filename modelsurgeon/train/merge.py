@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.errors import CheckpointError, OutputError
 from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
-from modelsurgeon.io.reader import Checkpoint, open_checkpoint
+from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.io.st_format import TensorInfo, read_header
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
 from modelsurgeon.manifest import MANIFEST, extend_lineage
@@ -94,13 +94,7 @@ def _read_adapter_config(adapter: Path) -> dict:
         pickled = (adapter / "adapter_model.bin").is_file()
         raise CheckpointError(f"{adapter}: no {ADAPTER_WEIGHTS}{' (only adapter_model.bin)' if pickled else ''}",
                               hint="save the adapter with peft's save_pretrained (safe_serialization=True, the default)")  # fmt: skip
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})", hint="re-save the adapter") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object", hint="re-save the adapter")
-    return config
+    return read_json_object(cfg_path, hint="re-save the adapter")
 
 
 def _refusals(config: dict) -> list[str]:
