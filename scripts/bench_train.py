@@ -187,14 +187,7 @@ def bench_rss(model: Path, work: Path) -> dict:
     grown = work / "grown-2x"
     if not grown.exists():
         grow(model, plan, grown)
-    try:
-        import modelsurgeon.train.shared  # noqa: F401
-    except ImportError:
-        print("load_shared is not available yet (modelsurgeon.train.shared); RSS with sharing skipped", file=sys.stderr)
-        modes = ("import_only", "from_pretrained")
-    else:
-        modes = ("import_only", "from_pretrained", "load_shared")
-    out = {mode: rss(mode, grown) for mode in modes}
+    out = {mode: rss(mode, grown) for mode in ("import_only", "from_pretrained", "load_shared")}
     out["source_from_pretrained"] = rss("from_pretrained", model)
     return out
 

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--plans", type=Path, nargs="*", default=PLANS)
     args = ap.parse_args()
-    print(f"| plan | class | max abs dlogit | KL (nats/token) | top-1 agreement | grow + compare (s) |")
+    print("| plan | class | max abs dlogit | KL (nats/token) | top-1 agreement | grow + compare (s) |")
     print("|---|---|---|---|---|---|")
     for path in args.plans:
         loaded = load_plan(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelsurgeon.engine import grow
 from modelsurgeon.plan.load import LoadedPlan
-from modelsurgeon.verify.logits import LogitsReport, compare_logits
+from modelsurgeon.verify.logits import compare_logits
 
 
 def measure_drift(model: str | Path, plan: LoadedPlan, with_prep: bool = False):
