@@ -66,6 +66,32 @@ def _format_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
+def where(root: yaml.Node | None, loc: tuple) -> str:
+    """A YAML path as the user wrote it, with its line when the document has one."""
+    line = _line_of(root, loc)
+    return _format_loc(loc) + (f" (line {line})" if line else "")
+
+
+def problem(root: yaml.Node | None, loc: tuple, msg: str, hints: dict[str, str]) -> str:
+    """One reported problem: where, what, and the hint of the innermost field named in `loc`."""
+    field = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    hint = hints.get(field, "")
+    return f"{where(root, loc)}: {msg}" + (f" [hint: {hint}]" if hint else "")
+
+
+def read_yaml(text: str, origin: str, error: type[PlanError], shape: str, example: str) -> tuple[dict, yaml.Node]:
+    """The document as data and as nodes (for line numbers); `error` when it is not YAML or not
+    a mapping (`shape` says what mapping was expected, `example` where to look)."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise error(origin, [f"not valid YAML: {exc}"], hint="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise error(origin, [f"expected a mapping with {shape}"], hint=f"see {example}")
+    return data, root
+
+
 def _field_names() -> set[str]:
     from modelsurgeon.plan import schema
 
@@ -102,11 +128,7 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
         msg = err["msg"].replace("Value error, ", "")
         if in_union:  # one line per field, not one per rejected alternative
             msg = f"{_shown(_value_at(root, loc))} is not one of the accepted forms"
-        line = _line_of(root, loc)
-        field = next((p for p in reversed(loc) if isinstance(p, str)), "")
-        hint = HINTS.get(field, "")
-        where = _format_loc(loc) + (f" (line {line})" if line else "")
-        problems.append(f"{where}: {msg}" + (f" [hint: {hint}]" if hint else ""))
+        problems.append(problem(root, loc, msg, HINTS))
     return list(dict.fromkeys(problems))
 
 
@@ -121,13 +143,7 @@ def _shown(value: object) -> str:
 
 def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     """Validate plan YAML text (native or mergekit passthrough)."""
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise PlanError(origin, [f"not valid YAML: {exc}"], hint="fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise PlanError(origin, ["expected a mapping with name and steps"], hint="see plans/double.yaml")
+    data, root = read_yaml(text, origin, PlanError, "name and steps", "plans/double.yaml")
     translation = None
     if "merge_method" in data or "slices" in data:
         from modelsurgeon.plan.mergekit import translate_mergekit

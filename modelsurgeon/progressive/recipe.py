@@ -28,7 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelsurgeon.errors import RecipeError
-from modelsurgeon.plan.load import _format_loc, _line_of
+from modelsurgeon.plan.load import problem, read_yaml
+from modelsurgeon.plan.load import where as yaml_where
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
 from modelsurgeon.progressive.triggers import Trigger
@@ -149,32 +150,20 @@ class LoadedRecipe:
     root: yaml.Node | None  # for line numbers of problems found after the schema check
 
     def where(self, *loc) -> str:
-        line = _line_of(self.root, tuple(loc))
-        return _format_loc(tuple(loc)) + (f" (line {line})" if line else "")
+        return yaml_where(self.root, tuple(loc))
 
 
 def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or not p[:1].isupper() and "[" not in p)
-        line = _line_of(root, loc)
-        where = _format_loc(loc) + (f" (line {line})" if line else "")
-        field = next((p for p in reversed(loc) if isinstance(p, str)), "")
-        hint = RECIPE_HINTS.get(field, "")
-        msg = err["msg"].replace("Value error, ", "")
-        problems.append(f"{where}: {msg}" + (f" [hint: {hint}]" if hint else ""))
+        problems.append(problem(root, loc, err["msg"].replace("Value error, ", ""), RECIPE_HINTS))
     return list(dict.fromkeys(problems))
 
 
 def parse_recipe(text: str, origin: str = "<recipe>") -> LoadedRecipe:
     """Validate recipe YAML text against the schema (no files or models are read yet)."""
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(origin, [f"not valid YAML: {exc}"], hint="fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise RecipeError(origin, ["expected a mapping with name, data and stages"], hint="see plans/recipes/seed-idea.yaml")
+    data, root = read_yaml(text, origin, RecipeError, "name, data and stages", "plans/recipes/seed-idea.yaml")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
