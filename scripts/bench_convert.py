@@ -4,8 +4,8 @@
     python scripts/bench_convert.py            # 1B-class llama (hidden 2048, 16 layers, vocab 128256, tied, bf16)
     python scripts/bench_convert.py --small    # quick run (hidden 512, 4 layers, vocab 32000)
 
-The synthetic checkpoint is reused from bench_out/synthetic/ when scripts/bench_grow.py already
-made one of the same shape, else generated here tensor by tensor (no model is instantiated).
+The synthetic checkpoint comes from scripts/benchlib.py (shared with bench_grow.py; generated
+tensor by tensor once, cached under bench_out/synthetic/, no model instantiated).
 Jobs: bf16 -> float32, float32 -> bf16 (back to the source), a bf16 reshard (pure byte copies),
 bf16 -> .bin shards and bf16 -> GGUF, each in a fresh subprocess whose wall time and peak RSS
 are reported; `cp -r` of the bf16 and of the float32 checkpoint are the baselines. Every job
@@ -28,67 +28,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from benchlib import RSS_HELPER  # scripts/ is on sys.path when a script runs
+from benchlib import RSS_HELPER, background_busy, dir_bytes, ensure_synthetic, synth_spec  # scripts/ is on sys.path
 
 GB, MB = 1e9, 1e6
 REPO = Path(__file__).resolve().parent.parent
-LAYER_PARTS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
-
-
-def spec_of(small: bool) -> dict:
-    if small:
-        return {"hidden": 512, "layers": 4, "intermediate": 2048, "heads": 8, "kv_heads": 2, "vocab": 32000}
-    return {"hidden": 2048, "layers": 16, "intermediate": 8192, "heads": 32, "kv_heads": 8, "vocab": 128256}
-
-
-def shapes(s: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """LlamaForCausalLM's state dict with tied embeddings (no lm_head)."""
-    h, i, hd = s["hidden"], s["intermediate"], s["hidden"] // s["heads"]
-    q, kv = s["heads"] * hd, s["kv_heads"] * hd
-    per_layer = [(h,), (q, h), (kv, h), (kv, h), (h, q), (h,), (i, h), (i, h), (h, i)]
-    out = [("model.embed_tokens.weight", (s["vocab"], h))]
-    for n in range(s["layers"]):
-        out += [(f"model.layers.{n}.{p}.weight", shape) for p, shape in zip(LAYER_PARTS, per_layer)]
-    return out + [("model.norm.weight", (h,))]
-
-
-def generate(directory: Path, s: dict) -> None:
-    """A random bf16 checkpoint in 2 shards, one shard in memory at a time."""
-    from transformers import LlamaConfig
-
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    LlamaConfig(hidden_size=s["hidden"], intermediate_size=s["intermediate"], num_hidden_layers=s["layers"],
-                num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], vocab_size=s["vocab"],
-                tie_word_embeddings=True, architectures=["LlamaForCausalLM"], dtype="bfloat16").save_pretrained(tmp)  # fmt: skip
-    gen, names = torch.Generator().manual_seed(0), shapes(s)
-    halves = [names[: len(names) // 2], names[len(names) // 2 :]]
-    weight_map, total = {}, 0
-    for k, group in enumerate(halves):
-        fname = f"model-{k + 1:05d}-of-00002.safetensors"
-        tensors = {n: torch.randn(shape, generator=gen, dtype=torch.bfloat16).mul_(0.02) for n, shape in group}
-        save_file(tensors, tmp / fname, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, fname))
-        total += sum(t.nbytes for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-
-
-def synthetic(workdir: Path, s: dict) -> Path:
-    name = f"llama-h{s['hidden']}-l{s['layers']}-i{s['intermediate']}-v{s['vocab']}-s2"
-    model = workdir / "synthetic" / name
-    if not (model / "model.safetensors.index.json").is_file():
-        print(f"generating {model} ...", flush=True)
-        generate(model, s)
-    return model
-
-
 def gguf_source(run: Path, model: Path) -> Path:
     """The synthetic model plus a tokenizer (GGUF carries one), its weights linked, not copied."""
     from modelsurgeon.tiny import tiny_tokenizer
@@ -102,33 +46,14 @@ def gguf_source(run: Path, model: Path) -> Path:
     return src
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def weight_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-
-
-def busy_elsewhere(seconds: float = 1.0) -> float | None:
-    """Share of all CPUs other processes use while this script sleeps: on a shared machine a
-    busy neighbour inflates every time in the table, so it is measured and shown."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return sum(fields) - fields[3] - fields[4], sum(fields)
-
-    try:
-        (b0, t0), _, (b1, t1) = sample(), time.sleep(seconds), sample()
-    except (OSError, ValueError):
-        return None
-    return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
 
 def run_job(name: str, cmd: list[str], reads: list[Path], out: Path, logs: Path) -> dict:
     os.sync()  # no job pays for an earlier job's writeback
     subprocess.run(["cat", *map(str, reads)], stdout=subprocess.DEVNULL, check=True)  # warm inputs
-    busy = busy_elsewhere()
+    busy = background_busy()
     result, log = logs / f"{name}.json", logs / f"{name}.log"
     print(f"  {name}: {' '.join(cmd)}", flush=True)
     subprocess.run([sys.executable, "-c", RSS_HELPER, str(result), str(log), *cmd], check=True)
@@ -227,7 +152,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="repeat every job; report medians (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the float32 and round-trip outputs")
     args = ap.parse_args()
-    model = synthetic(args.workdir, spec_of(args.small))
+    spec = synth_spec(512, 4, 2048, 32000) if args.small else synth_spec(2048, 16, 8192, 128256)
+    model, _ = ensure_synthetic(args.workdir, spec)
     run = args.workdir / "convert"
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -24,139 +24,22 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from benchlib import RSS_HELPER  # scripts/ is on sys.path when a script runs
+from benchlib import (  # scripts/ is on sys.path when a script runs
+    RSS_HELPER, background_busy, dir_bytes, ensure_synthetic, layer_shapes, llama_shapes, synth_spec,
+)
 
 GB = 1e9
 MB = 1e6
-SYNTH_VERSION = 1  # bump when the generator changes, so stale caches are regenerated
-LAYER_PARTS = (
-    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-    "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-)  # fmt: skip
-
 RSS_METHOD = (
     "peak RSS = ru_maxrss of getrusage(RUSAGE_CHILDREN) in a fresh helper process per job "
     "(the largest single process of the job's tree, file-backed mmap pages included)"
 )
-
-
-# ----------------------------------------------------------------------------- synthetic model
-
-
-def synth_spec(args: argparse.Namespace) -> dict:
-    heads = args.heads or max(1, args.hidden // 64)  # head_dim 64, as in Llama 3.2 1B
-    kv_heads = args.kv_heads or max(1, heads // 4)
-    return {
-        "hidden": args.hidden, "layers": args.layers, "intermediate": args.intermediate,
-        "heads": heads, "kv_heads": kv_heads, "vocab": args.vocab, "tied": True,
-        "dtype": "bfloat16", "shards": args.shards, "seed": 0, "version": SYNTH_VERSION,
-    }  # fmt: skip
-
-
-def synth_dir(workdir: Path, spec: dict) -> Path:
-    s = spec
-    name = f"llama-h{s['hidden']}-l{s['layers']}-i{s['intermediate']}-v{s['vocab']}-s{s['shards']}"
-    return workdir / "synthetic" / name
-
-
-def layer_shapes(spec: dict, i: int) -> list[tuple[str, tuple[int, ...]]]:
-    h, inter = spec["hidden"], spec["intermediate"]
-    hd = h // spec["heads"]
-    q, kv = spec["heads"] * hd, spec["kv_heads"] * hd
-    shapes = [(h,), (q, h), (kv, h), (kv, h), (h, q), (h,), (inter, h), (inter, h), (h, inter)]
-    return [(f"model.layers.{i}.{p}.weight", s) for p, s in zip(LAYER_PARTS, shapes)]
-
-
-def llama_shapes(spec: dict, layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes exactly as LlamaForCausalLM's state dict (no lm_head when tied)."""
-    out = [("model.embed_tokens.weight", (spec["vocab"], spec["hidden"]))]
-    for i in range(layers):
-        out += layer_shapes(spec, i)
-    out.append(("model.norm.weight", (spec["hidden"],)))
-    if not spec["tied"]:
-        out.append(("lm_head.weight", (spec["vocab"], spec["hidden"])))
-    return out
-
-
-def nbytes(shape: tuple[int, ...]) -> int:
-    n = 2  # bf16
-    for d in shape:
-        n *= d
-    return n
-
-
-def assign_shards(shapes: list, n: int) -> list[list]:
-    """Split in order into n groups of about equal bytes (by each tensor's start offset)."""
-    target = sum(nbytes(s) for _, s in shapes) / n
-    groups: list[list] = [[] for _ in range(n)]
-    offset = 0
-    for name, shape in shapes:
-        groups[min(int(offset // target), n - 1)].append((name, shape))
-        offset += nbytes(shape)
-    return [g for g in groups if g]
-
-
-def random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    # randn straight in bf16 is ~2.5x faster than float32 + cast and can never give NaN/inf.
-    t = torch.randn(shape, generator=gen, dtype=torch.bfloat16).mul_(0.02)
-    return t.add_(1.0) if name.endswith("norm.weight") else t  # RMSNorm gains sit near 1
-
-
-def write_config(directory: Path, spec: dict) -> None:
-    from transformers import LlamaConfig  # only needed here; keeps --help fast
-
-    LlamaConfig(
-        hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
-        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
-        num_key_value_heads=spec["kv_heads"], vocab_size=spec["vocab"],
-        tie_word_embeddings=spec["tied"], architectures=["LlamaForCausalLM"], dtype=spec["dtype"],
-    ).save_pretrained(directory)  # fmt: skip
-
-
-def write_shards(directory: Path, spec: dict) -> None:
-    """One shard in memory at a time: generate its tensors, save, drop."""
-    gen = torch.Generator().manual_seed(spec["seed"])
-    groups = assign_shards(llama_shapes(spec, spec["layers"]), spec["shards"])
-    weight_map, total = {}, 0
-    for k, group in enumerate(groups):
-        fname = "model.safetensors" if len(groups) == 1 else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {name: random_tensor(name, shape, gen) for name, shape in group}
-        save_file(tensors, directory / fname, metadata={"format": "pt"})
-        del tensors
-        weight_map.update({name: fname for name, _ in group})
-        total += sum(nbytes(s) for _, s in group)
-    if len(groups) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def ensure_synthetic(workdir: Path, spec: dict) -> tuple[Path, float | None]:
-    """Return the model directory, generating it unless a matching one is cached."""
-    model = synth_dir(workdir, spec)
-    # The stamp lives beside the model, not in it: the model dir stays a plain HF checkpoint
-    # (tools copy unknown side files into their outputs).
-    stamp = model.with_name(model.name + ".json")
-    if stamp.exists() and json.loads(stamp.read_text()) == spec:
-        return model, None
-    tmp = model.with_name(model.name + ".tmp")  # generate aside so a Ctrl-C never leaves a half cache
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.perf_counter()
-    write_config(tmp, spec)
-    write_shards(tmp, spec)
-    stamp.unlink(missing_ok=True)
-    shutil.rmtree(model, ignore_errors=True)
-    os.replace(tmp, model)
-    stamp.write_text(json.dumps(spec, indent=2) + "\n")  # last: only a complete model is stamped
-    return model, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -175,10 +58,6 @@ class Job:
     bg_busy: float | None = None  # share of all CPUs busy with other processes just before the job
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def model_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
@@ -189,26 +68,6 @@ def warm(paths: list[Path]) -> None:
     os.sync()
     if paths:  # cat with no files would read stdin
         subprocess.run(["cat", *map(str, paths)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-
-
-def cpu_times() -> tuple[int, int] | None:
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None  # not Linux: no background measurement
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-def background_busy(seconds: float = 1.0) -> float | None:
-    """CPU share used by other processes while this benchmark sits idle: on a shared machine,
-    a busy neighbour inflates every time in the table, so it is measured and shown, not guessed."""
-    a = cpu_times()
-    time.sleep(seconds)
-    b = cpu_times()
-    if a is None or b is None or b[1] == a[1]:
-        return None
-    return (b[0] - a[0]) / (b[1] - a[1])
 
 
 def run_job(name: str, cmd: list[str], out: Path, reads: list[Path], logs: Path, env=None) -> Job:
@@ -470,7 +329,7 @@ def find_mergekit(args: argparse.Namespace) -> Path | None:
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict, Path, float | None]:
-    spec = synth_spec(args)
+    spec = synth_spec(args.hidden, args.layers, args.intermediate, args.vocab, args.heads, args.kv_heads, args.shards)
     print(f"synthetic llama: {spec}")
     model, gen_s = ensure_synthetic(args.workdir, spec)
     size = dir_bytes(model)
