@@ -56,7 +56,7 @@ def grow(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
-    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and measure the logits drift.")] = False,
+    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and report verify's logit drift.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
@@ -79,8 +79,9 @@ def grow(
     if dry_run and drift:
         from modelsurgeon.verify.drift import measure_drift
 
-        r = measure_drift(model, prep.loaded)
-        out.print(f"measured drift: max |dlogit| {r.max_abs:.3g}, KL {r.mean_kl:.4g} nats/token, top-1 {r.top1:.3f} over {r.positions} positions")
+        _, report = measure_drift(model, prep.loaded)
+        line = f"measured drift (surgeon verify on a temporary grown copy): {report.drift_line()}"
+        out.print(line, highlight=False, soft_wrap=True)
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
     if verify and not dry_run:  # the output stays: it was written correctly, it just fails its promise

@@ -49,7 +49,28 @@ def _mappable(claims: Claims, src: Structure, out: Structure) -> bool:
     return bool(m) and len(m) == out.num_layers and all(0 <= s < src.num_layers for s, _ in m)
 
 
-def _torch_checks(report: VerifyReport, runs: dict[str, ModelRun], claims: Claims, src: Structure, out: Structure, ids) -> None:
+def _diagnosis_map(claims: Claims, src: Structure, out: Structure, notes: list[str]) -> list[tuple[int, float]] | None:
+    """The layer map that aligns hidden states and drives the program check, or None."""
+    if not _mappable(claims, src, out):
+        return None
+    key = src.spec.config_keys.hidden
+    a, b = src.ckpt.config.get(key), out.ckpt.config.get(key)
+    if isinstance(a, int) and isinstance(b, int) and b % a:
+        # Uneven replication (bert2BERT) gives norms other statistics: approximate by design, and
+        # no fold reads GROWN's stream back at SOURCE's width, so only the logits can be compared.
+        notes.append(f"{key} {a} -> {b} is not a multiple (uneven replication): hidden states cannot be aligned")
+        return None
+    return claims.layer_map
+
+
+def _torch_checks(
+    report: VerifyReport,
+    runs: dict[str, ModelRun],
+    claims: Claims,
+    src: Structure,
+    layer_map: list[tuple[int, float]] | None,
+    ids: list[list[int]],
+) -> None:
     b = BOUNDS[report.dtype]
     s_run, g_run = runs["source"], runs["grown"]
     scale = max(float(x.abs().max()) for x in s_run.logits)
@@ -57,7 +78,6 @@ def _torch_checks(report: VerifyReport, runs: dict[str, ModelRun], claims: Claim
     stats = logit_stats(s_run.logits, g_run.logits, tol)
     greedy = greedy_stats(s_run.greedy, g_run.greedy, s_run.greedy_logits, tol)
     ppl = (perplexity(s_run.logits, ids), perplexity(g_run.logits, ids))
-    layer_map = claims.layer_map if _mappable(claims, src, out) else None
     drift = layer_drift(s_run.hidden, g_run.hidden, alignment(layer_map, src.num_layers)) if layer_map else []
     if not layer_map:
         report.notes.append("no usable layer map: per-layer hidden-state diagnosis skipped")
@@ -188,13 +208,13 @@ def verify_checkpoint(
     dev = pick_device(device)
     report = VerifyReport(str(source), str(grown), claims.equivalence, claims.origin, engine, dtype, str(dev), layerwise,
                           len(ids), sum(map(len, ids)), max_new_tokens, strict, notes=list(claims.notes))  # fmt: skip
-    layer_map = claims.layer_map if _mappable(claims, src, out) else None
+    layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
     if engine != "vllm":
-        _torch_checks(report, runs, claims, src, out, ids)
+        _torch_checks(report, runs, claims, src, layer_map, ids)
     if engine != "torch":
         _vllm_checks(report, runs, out, ids, vllm_python)
     report.timings["total"] = time.perf_counter() - start
