@@ -85,12 +85,9 @@ def grow(
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
     if verify and not dry_run:  # the output stays: it was written correctly, it just fails its promise
-        from modelsurgeon.verify import verify_checkpoint
-        from modelsurgeon.verify.report import render
+        from modelsurgeon.verify.api import verify_and_show
 
-        report = verify_checkpoint(model, output)
-        out.print(render(report))
-        report.raise_if_failed()
+        verify_and_show(model, output, out)
 
 
 def _grow_with_progress(grow_fn, model, plan, output, force, shard):

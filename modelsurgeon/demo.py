@@ -13,8 +13,8 @@ from rich.table import Table
 from modelsurgeon.engine import Prepared, grow
 from modelsurgeon.plan import load_plan
 from modelsurgeon.report import human_count
-from modelsurgeon.verify.api import verify_checkpoint
-from modelsurgeon.verify.report import VerifyReport, render
+from modelsurgeon.verify.api import verify_and_show
+from modelsurgeon.verify.report import VerifyReport
 
 DEMO_PLANS = ("llama-pro", "double")
 PLAN_DIR = Path(__file__).resolve().parent / "plans"
@@ -58,9 +58,7 @@ def run_demo(workdir: Path | None, console: Console, model: Path | None = None) 
         prep = grow(model, load_plan(shipped_plan(name)), out, force=True)
         seconds = time.perf_counter() - start
         table = table or _table(model.name, prep)
-        report = verify_checkpoint(model, out)
-        console.print(render(report))
-        report.raise_if_failed()
+        report = verify_and_show(model, out, console)
         table.add_row(*_row(name, prep, report, seconds))
         results.append({"plan": name, "out": str(out), "report": report})
     console.print(table)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
+from test_cli import run
 
 from modelsurgeon import demo
-from modelsurgeon.cli import app
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.plan import load_plan, parse_plan
 from modelsurgeon.verify import verify_checkpoint
@@ -22,10 +22,6 @@ from modelsurgeon.verify.drift import measure_drift
 
 ROOT = Path(__file__).parent.parent
 DOUBLE = ROOT / "plans" / "double.yaml"  # approx: the logits move, so equal numbers are not equal zeros
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_dry_run_drift_reports_verify_on_the_grown_model(tiny, tmp_path):
@@ -52,13 +48,15 @@ def test_drift_of_an_uneven_widen_compares_logits_only(tiny):
 
 
 def test_demo_shows_verify_reports(tmp_path):
-    result = run("demo", "--workdir", tmp_path)
-    assert result.exit_code == 0, result.output
-    model = tmp_path / "tiny-llama"
-    for name in demo.DEMO_PLANS:
-        report = verify_checkpoint(model, tmp_path / f"tiny-llama-{name}")
-        assert f"{report.metrics['logits']['mean_kl']:.4g} nats/token" in result.output
-    assert result.output.count("checks: PASS") == len(demo.DEMO_PLANS) and "GROWN = layer map" in result.output
+    console = Console(record=True, width=200)
+    results = demo.run_demo(tmp_path, console)
+    shown = console.export_text()
+    for r in results:
+        again = verify_checkpoint(tmp_path / "tiny-llama", r["out"])
+        assert r["report"].metrics["logits"] == again.metrics["logits"]
+        assert f"surgeon verify: {r['out']} " in shown
+        assert f"KL(source || grown) │ {again.metrics['logits']['mean_kl']:.4g} nats/token" in shown
+    assert [r["plan"] for r in results] == list(demo.DEMO_PLANS) and shown.count("checks: PASS") == len(results)
 
 
 def test_demo_fails_with_verify_message(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,8 +16,11 @@ from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, fini
 from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
-from modelsurgeon.verify.report import Check, VerifyReport
+from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ENGINES = ("torch", "vllm", "both")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -218,4 +222,13 @@ def verify_checkpoint(
     if engine != "torch":
         _vllm_checks(report, runs, out, ids, vllm_python)
     report.timings["total"] = time.perf_counter() - start
+    return report
+
+
+def verify_and_show(source: str | Path, grown: str | Path, console: Console) -> VerifyReport:
+    """What `grow --verify` and `demo` run on an output they wrote: verify_checkpoint with its
+    defaults, the report printed, then its VerifyError raised when a check fails."""
+    report = verify_checkpoint(source, grown)
+    console.print(render(report))
+    report.raise_if_failed()
     return report
