@@ -244,7 +244,10 @@ def merge_lora(
 def train_stage(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory to train (with its tokenizer).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of training options (field names as below, e.g. lora_r: 8); flags given override it.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="YAML file of training options (names as below, e.g. lora_r: 8); flags override it."),
+    ] = None,
     resume: Annotated[bool, flag("--resume", help="Continue an interrupted run of this command from its last checkpoint.")] = False,
     force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",

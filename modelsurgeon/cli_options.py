@@ -60,16 +60,16 @@ def _help(field: FieldInfo, annotation) -> tuple[str, str | bool]:
 
 def option_parameter(name: str, field: FieldInfo, panel: str) -> inspect.Parameter:
     """One keyword parameter of a Typer command for a model field (`lora_r` -> --lora-r)."""
-    flag = "--" + name.replace("_", "-")
+    dashed = name.replace("_", "-")
     kind = cli_type(field.annotation)
     text, shown = _help(field, field.annotation)
     # a bool field is a flag pair (--bf16/--no-bf16): the negative form overrides a --config file
     if kind is bool:
-        option = typer.Option(f"{flag}/--no-{flag[2:]}", help=text, metavar="", rich_help_panel=panel)
+        option = typer.Option(f"--{dashed}/--no-{dashed}", help=text, metavar="", rich_help_panel=panel)
     else:
-        option = typer.Option(flag, help=text, show_default=shown, rich_help_panel=panel)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[kind], option])  # fmt: skip
+        option = typer.Option(f"--{dashed}", help=text, show_default=shown, rich_help_panel=panel)
+    annotation = Annotated[Optional[kind], option]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
 def with_model_options(model: type[BaseModel], panel: str):

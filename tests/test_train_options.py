@@ -51,7 +51,8 @@ def captured(monkeypatch):
 def test_registry_holds_one_object_per_method_module():
     assert METHODS == {"lora": LORA, "full": FULL, "new": NEW, "lora-new": LORA_NEW}
     assert [m.adapter for m in METHODS.values()] == [True, False, False, True]
-    assert {m.name: m.layers for m in METHODS.values()} == {"lora": "chosen", "full": "all", "new": "new", "lora-new": "new"}
+    layers = {m.name: m.layers for m in METHODS.values()}
+    assert layers == {"lora": "chosen", "full": "all", "new": "new", "lora-new": "new"}
     # only a LoRA base is frozen, so only it may be loaded in bfloat16
     assert [m.base_dtype(bf16=True) for m in METHODS.values()] == ["bfloat16", "float32", "float32", "bfloat16"]
 
@@ -97,7 +98,8 @@ def test_boolean_options_render_as_flags():
 def test_config_file_with_flags_overriding_it(tmp_path, captured):
     config = tmp_path / "stage.yaml"
     config.write_text(f"method: full\ndata: [{DATA}]\nsteps: 5\nlr: 1.0e-3\nbf16: true\ntargets: null\n")
-    result = invoke(tmp_path / "model", "-o", tmp_path / "out", "--config", config, "--steps", 7, "--no-bf16", "--seed", 3)
+    flags = ["--steps", 7, "--no-bf16", "--seed", 3]
+    result = invoke(tmp_path / "model", "-o", tmp_path / "out", "--config", config, *flags)
     assert "stopped before training" in result.output, result.output
     got = captured[0]
     assert (got.method, got.data, got.lr) == ("full", [DATA], 1e-3)  # from the file

@@ -173,7 +173,9 @@ def make_options(**fields) -> TrainOptions:
     return validate_options(fields)
 
 
-def validate_options(fields: dict, config: Path | None = None, from_config: frozenset[str] = frozenset()) -> TrainOptions:
+def validate_options(
+    fields: dict, config: Path | None = None, from_config: frozenset[str] = frozenset()
+) -> TrainOptions:
     """TrainOptions from fields, every problem reported at once as a TrainError; a problem with a
     field in `from_config` names the --config file and key instead of the flag."""
     try:
@@ -205,7 +207,8 @@ def load_options(config: Path | None, flags: dict) -> TrainOptions:
 
 def read_config(path: Path) -> dict:
     """A --config file: a YAML mapping of train-stage option fields (as recipes' `train:` write them)."""
-    hint = f"write option fields as YAML, e.g. `method: lora` and `steps: 100`; fields: {', '.join(TrainOptions.model_fields)}"
+    fields = ", ".join(TrainOptions.model_fields)
+    hint = f"write option fields as YAML, e.g. `method: lora` and `steps: 100`; fields: {fields}"
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -227,8 +227,10 @@ def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: 
     with atomic_directory(out) as tmp:
         write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size)
         method.save_extras(net, tmp)
-        save_optimizer(tmp / "optimizer", net, unwrapped_optimizer(trainer), trainer.lr_scheduler, step=stage["steps"],
-                       method=method.name, naming=method.optimizer_naming)  # fmt: skip
+        optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
+        save_optimizer(
+            tmp / "optimizer", net, optimizer, scheduler, step=stage["steps"], method=method.name, naming=method.optimizer_naming
+        )
         finish_files(tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps")
 
 

@@ -7,6 +7,7 @@ planning, model loading and output writing ask the object instead of testing its
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -24,7 +25,7 @@ LayerChoice = Literal["all", "chosen", "new"]
 
 
 @dataclass(frozen=True)
-class TrainMethod:
+class TrainMethod(ABC):
     """One way to train a stage. Subclasses say how the update is attached and saved."""
 
     name: str
@@ -38,9 +39,9 @@ class TrainMethod:
         """The dtype the base model loads in (torch attribute name)."""
         return "float32"
 
+    @abstractmethod
     def attach(self, model: nn.Module, plan: MethodPlan, options: TrainOptions, spec: ArchSpec) -> nn.Module:
         """Make exactly the planned parameters trainable; return the module the Trainer trains."""
-        raise NotImplementedError(f"method {self.name!r} does not say how it trains")
 
     def trained_model(self, net: nn.Module) -> nn.Module:
         """The model whose weights become OUT's tensors (after training `net`)."""
@@ -48,3 +49,4 @@ class TrainMethod:
 
     def save_extras(self, net: nn.Module, directory: Path) -> None:
         """Anything besides the weights that OUT keeps for this method (nothing by default)."""
+        return None

@@ -26,4 +26,5 @@ def get_method(name: str) -> TrainMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise TrainError(unknown_method(name), hint="see `surgeon train-stage --help` for what each method trains") from None
+        hint = "see `surgeon train-stage --help` for what each method trains"
+        raise TrainError(unknown_method(name), hint=hint) from None
