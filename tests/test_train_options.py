@@ -117,6 +117,8 @@ def test_config_problems_name_the_file_and_key(tmp_path):
     assert f"{config}: lora_rank: Extra inputs are not permitted" in info.value.message
     with pytest.raises(TrainError, match="--steps: Input should be greater"):  # the same bad value as a flag
         load_options(config, {"steps": 0})
+    with pytest.raises(TrainError, match="--data: required: give the flag, or the field in a --config file"):
+        load_options(None, {"steps": 1})
     config.write_text("- method: lora\n")
     with pytest.raises(TrainError, match="expected a mapping of option fields, got list"):
         load_options(config, {})

@@ -190,6 +190,8 @@ def validate_options(
 
 def _problem(error: dict, config: Path | None, from_config: frozenset[str]) -> str:
     msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        msg = "required: give the flag, or the field in a --config file"
     if not error["loc"]:
         return msg
     key = str(error["loc"][0])
