@@ -170,9 +170,8 @@ def _load_model(model: Path, options: TrainOptions, setup: _Setup):
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from modelsurgeon.train.methods import apply_method
-
-    dtype = torch.bfloat16 if options.bf16 and options.is_lora else torch.float32
+    method = options.train_method
+    dtype = getattr(torch, method.base_dtype(options.bf16))
     shared = None
     if options.share_duplicates:
         from modelsurgeon.train.shared import load_shared
@@ -183,7 +182,7 @@ def _load_model(model: Path, options: TrainOptions, setup: _Setup):
         base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
     set_seed(options.seed)
     with quiet():
-        return apply_method(base, setup.plan, options, setup.spec), shared
+        return method.attach(base, setup.plan, options, setup.spec), shared
 
 
 def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
@@ -221,15 +220,17 @@ def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: 
     from modelsurgeon.train.backend import unwrapped_optimizer
     from modelsurgeon.train.output import finish_files, save_optimizer, source_record, write_weights
 
-    base = net.get_base_model() if options.is_lora else net
+    method = options.train_method
+    base = method.trained_model(net)
     check_free_space(out, setup.ckpt.total_bytes)
     source = source_record(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
     with atomic_directory(out) as tmp:
         write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size)
-        if options.is_lora:
-            net.save_pretrained(tmp / "adapter")
-        save_optimizer(tmp / "optimizer", net, unwrapped_optimizer(trainer), trainer.lr_scheduler, step=stage["steps"],
-                       method=options.method, naming="peft" if options.is_lora else "checkpoint")  # fmt: skip
+        method.save_extras(net, tmp)
+        optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
+        save_optimizer(
+            tmp / "optimizer", net, optimizer, scheduler, step=stage["steps"], method=method.name, naming=method.optimizer_naming
+        )
         finish_files(tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps")
 
 
@@ -288,7 +289,7 @@ def train_stage(
     model, out = Path(model), Path(out)
     check_output_path(out, model, force)
     setup = _setup(model, options)
-    seq_len = options.seq_len or min(1024, _max_positions(setup.ckpt.config) or 1024)
+    seq_len = options.sequence_length(_max_positions(setup.ckpt.config))
     work = work_dir(out)
     probe = training_arguments(options, work, 1)  # world size and rank under `accelerate launch`
     total, per_step = options.total_steps(seq_len, probe.world_size), options.tokens_per_step(seq_len, probe.world_size)

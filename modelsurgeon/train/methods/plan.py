@@ -1,6 +1,6 @@
-"""What a stage trains: LoRA on the family's linear roles, everything, or only the layers the
-last growth added. Resolved from headers and surgeon.json before any weight is loaded, then
-applied to the loaded model (peft wrapper or requires_grad flags)."""
+"""What a stage trains, resolved against the checkpoint from headers and surgeon.json before any
+weight is loaded: which layers (the method's choice: all, --layers, or the new ones) and, for
+LoRA methods, which modules. The method object then applies the plan to the loaded model."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import TrainError
 from modelsurgeon.manifest import MANIFEST
 from modelsurgeon.plan.selection import resolve_selection
-from modelsurgeon.train.options import TrainOptions
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from modelsurgeon.train.options import TrainOptions
 
 # Roles of the table's linear modules (norms and embeddings are not LoRA targets).
 LINEAR_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
@@ -90,19 +91,20 @@ def resolve_targets(spec: ArchSpec, layout: Layout, targets: list[str] | None) -
 
 def plan_method(options: TrainOptions, model_dir: Path, spec: ArchSpec, layout: Layout) -> MethodPlan:
     """Resolve the method against the checkpoint (headers and surgeon.json only)."""
+    method = options.train_method
     n = layout.num_layers
     layers = None
-    if options.method in ("new", "lora-new"):
+    if method.layers == "new":
         layers = new_layers(model_dir)
         if max(layers) >= n:
             raise TrainError(f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
                              hint="surgeon.json belongs to another checkpoint; regrow the model")  # fmt: skip
-    elif options.layers is not None:
+    elif method.layers == "chosen" and options.layers is not None:
         try:
             layers = resolve_selection(options.layers, n)
         except ValueError as exc:
             raise TrainError(f"--layers: {exc}", hint=f"the model has {n} layers") from None
-    if not options.is_lora:
+    if not method.adapter:
         return MethodPlan(options.method, layers, None)
     targets = resolve_targets(spec, layout, options.targets)
     return MethodPlan(options.method, layers, targets, fan_in_fan_out=spec.transposed_linears)
@@ -117,32 +119,6 @@ def changed_tensors(plan: MethodPlan, spec: ArchSpec, layout: Layout) -> set[str
         return {n for i in indices for n in layout.layers[i].values()}
     wanted = {f"{t}.weight" for t in plan.targets}
     return {layout.layers[i][s] for i in indices for s in wanted if s in layout.layers[i]}
-
-
-def lora_config(plan: MethodPlan, options: TrainOptions, spec: ArchSpec):
-    from peft import LoraConfig
-
-    # layers_pattern is the name before the layer index ("layers" in model.layers.3., "h" in GPT-2)
-    pattern = spec.layer_prefix.rstrip(".").rsplit(".", 1)[-1]
-    return LoraConfig(
-        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-        target_modules=plan.targets, layers_to_transform=plan.layers,
-        layers_pattern=pattern if plan.layers is not None else None,
-        fan_in_fan_out=plan.fan_in_fan_out, bias="none", task_type="CAUSAL_LM",
-    )  # fmt: skip
-
-
-def apply_method(model: nn.Module, plan: MethodPlan, options: TrainOptions, spec: ArchSpec) -> nn.Module:
-    """Wrap with LoRA adapters, or set requires_grad so only the planned layers train."""
-    if plan.targets is not None:
-        from peft import get_peft_model
-
-        return get_peft_model(model, lora_config(plan, options, spec))
-    if plan.layers is not None:
-        prefixes = tuple(f"{spec.layer_prefix}{i}." for i in plan.layers)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(prefixes))
-    return model
 
 
 def trainable_params(model: nn.Module) -> tuple[int, int]:
