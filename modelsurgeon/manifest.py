@@ -106,7 +106,8 @@ def build_manifest(prep: Prepared, shards: int) -> dict:
         "input_tensors": prep.accounting,
         "warnings": prep.warnings,
         "output": {"tensors": len(prep.tensors), "bytes": prep.bytes_out, "shards": shards,
-                   "num_layers": len(prep.layer_map), "params": prep.params_out},
+                   "num_layers": len(prep.layer_map), "params": prep.params_out,
+                   "model_type": prep.config.get("model_type"), "experts": prep.experts},
         "lineage": (previous or {}).get("lineage", []) + [stage],
     }  # fmt: skip
 
