@@ -182,3 +182,38 @@ def test_upcycle_after_depth_growth_composes(tiny, tmp_path):
     prep = grow(src, plan(steps), tmp_path / "out")
     assert prep.equivalence == "exact" and prep.experts == {**prep.experts, "experts": 8, "top_k": 4, "moe_layers": 4}
     assert max_diff(load(tmp_path / "out"), load(src)) <= 1e-5
+
+
+def _perturb(path, name: str, rows=slice(None)) -> None:
+    from safetensors.torch import save_file
+
+    f = path / "model.safetensors"
+    values = tensors(path)
+    values[name] = values[name].clone()
+    values[name][rows] += 0.5
+    save_file(values, f, metadata={"format": "pt"})
+
+
+def test_verify_passes_upcycled_and_names_a_perturbed_expert(tiny, tmp_path):
+    from modelsurgeon.verify import verify_checkpoint
+
+    src = tiny("qwen2", n_layers=2)
+    grow(src, plan(UPCYCLE_4x2), tmp_path / "out")
+    assert verify_checkpoint(src, tmp_path / "out").passed
+    _perturb(tmp_path / "out", "model.layers.1.mlp.experts.2.up_proj.weight")
+    report = verify_checkpoint(src, tmp_path / "out")
+    structure = next(c for c in report.checks if c.name == "experts and router rows copied")
+    assert not report.passed and not structure.passed
+    assert "grown layer 1 expert 2: mlp.experts.2.up_proj.weight" in structure.value + structure.detail
+
+
+def test_verify_names_a_perturbed_router_row_after_expert_growth(tiny, tmp_path):
+    from modelsurgeon.verify import verify_checkpoint
+
+    src = tiny("mixtral", n_layers=2)
+    grow(src, plan("  - op: experts\n    factor: 2\n"), tmp_path / "out")
+    assert verify_checkpoint(src, tmp_path / "out").passed
+    _perturb(tmp_path / "out", "model.layers.0.block_sparse_moe.gate.weight", rows=5)
+    report = verify_checkpoint(src, tmp_path / "out")
+    text = " ".join(c.value + c.detail for c in report.checks)
+    assert not report.passed and "grown layer 0 router: the row of expert 5 differs from source layer 0 expert 2" in text
