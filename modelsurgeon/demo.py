@@ -10,10 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.plan import load_plan
-from modelsurgeon.report import human_count
+from modelsurgeon.units import human_count
 from modelsurgeon.verify.logits import compare_logits
 
 DEMO_PLANS = ("llama-pro", "double")

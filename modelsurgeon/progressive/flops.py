@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.train.methods import LINEAR_ROLES  # the modules LoRA adapts are the matmuls we count
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
 
 
 @dataclass(frozen=True)

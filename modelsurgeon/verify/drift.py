@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan.load import LoadedPlan
 from modelsurgeon.verify.logits import compare_logits
 
