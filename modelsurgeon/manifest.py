@@ -223,7 +223,8 @@ def _problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         # Union members show up in the location ("lineage[1].train.steps"); the kind already says which.
         loc = tuple(p for p in err["loc"] if p not in ("grow", "train", "merge-lora", "convert"))
-        got = "" if err["type"] == "missing" else f" (got {err['input']!r:.60})"
+        scalar = isinstance(err["input"], (str, int, float, bool)) or err["input"] is None
+        got = f" (got {err['input']!r:.60})" if scalar and err["type"] != "missing" else ""
         problems.append(f"{_location(loc)}: {err['msg']}{got}")
     return problems
 
@@ -238,7 +239,7 @@ def read_manifest(directory: str | Path) -> Manifest | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    hint = f"restore the {MANIFEST} the command wrote, or fix the fields named (see tests/data/manifests/ for examples)"
+    hint = f"restore the {MANIFEST} the command wrote, or fix the fields named above"
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
