@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
+from modelsurgeon.ops.compile import StepResult
 from modelsurgeon.ops.layermap import Equivalence, LayerEntry, LayerMap, compose, identity_map
+from modelsurgeon.plan.load import format_loc
 
 MANIFEST = "surgeon.json"
 
@@ -70,13 +72,6 @@ class PlanRecord(_Record):
     origin: str
     text: str
     mergekit_translation: str | None = None
-
-
-class StepRecord(_Record):
-    op: str
-    layers_in: int
-    layers_out: int
-    equivalence: Equivalence
 
 
 class LayerRecord(_Record):
@@ -171,7 +166,7 @@ class Manifest(_Record):
     source: SourceRecord
     # The last growth (absent when nothing was grown, e.g. a converted or trained plain model).
     plan: PlanRecord | None = None
-    steps: list[StepRecord] | None = None
+    steps: list[StepResult] | None = None
     equivalence: Equivalence | None = None
     layer_map: list[LayerRecord] | None = None
     config_lists_remapped: list[str] | None = None
@@ -211,13 +206,6 @@ def parse_layer_map(records: list) -> list[LayerRecord]:
     return _LAYER_MAP.validate_python(records)
 
 
-def _location(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
@@ -225,7 +213,7 @@ def _problems(exc: ValidationError) -> list[str]:
         loc = tuple(p for p in err["loc"] if p not in ("grow", "train", "merge-lora", "convert"))
         scalar = isinstance(err["input"], (str, int, float, bool)) or err["input"] is None
         got = f" (got {err['input']!r:.60})" if scalar and err["type"] != "missing" else ""
-        problems.append(f"{_location(loc)}: {err['msg']}{got}")
+        problems.append(f"{format_loc(loc)}: {err['msg']}{got}")
     return problems
 
 
@@ -264,7 +252,9 @@ def extend_lineage(previous: Manifest | None, stage: Stage, source: SourceRecord
     return previous.with_stage(stage)
 
 
-def finish_output(tmp: Path, source: Path, manifest: Manifest, config: dict | None = None, card: str | None = None) -> list[str]:
+def finish_output(
+    tmp: Path, source: Path, manifest: Manifest, config: dict | None = None, card: str | None = None
+) -> list[str]:
     """Everything a writing command leaves beside the weights in `tmp`: the other top-level
     files of `source` (tokenizer, generation config, ...), config.json (`config`; None copies
     SOURCE's byte for byte), surgeon.json, and the model card (`card`; None copies SOURCE's

@@ -129,12 +129,12 @@ def break_file(tmp_path: Path, edit) -> Path:
     "edit, named",
     [
         (lambda d: d["layer_map"][3].update(scale="big"), "layer_map[3].scale: Input should be a valid number"),
-        (lambda d: d["layer_map"][1].update(source=-1), "layer_map[1].source: Input should be greater than or equal to 0"),
+        (lambda d: d["layer_map"][1].update(source=-1), "layer_map[1].source: Input should be greater than or equal"),
         (lambda d: d["lineage"][1].update(steps="many"), "lineage[1].steps"),
         (lambda d: d["lineage"][0].update(kind="upcycle"), "lineage[0]: Input tag 'upcycle'"),
         (lambda d: d["source"].pop("tensors"), "source.tensors: Field required"),
         (lambda d: d.update(equivalance="exact"), "equivalance: Extra inputs are not permitted"),
-        (lambda d: d.update(equivalence="maybe"), "equivalence: Input should be 'exact', 'approx' or 'none' (got 'maybe')"),
+        (lambda d: d.update(equivalence="maybe"), "equivalence: Input should be 'exact', 'approx' or 'none'"),
     ],
 )
 def test_a_broken_file_names_the_field(tmp_path, edit, named):

@@ -17,17 +17,10 @@ from modelsurgeon.convert.options import DTYPE_NAMES, parse_dtype, parse_format
 from modelsurgeon.convert.safetensors_out import converted_config, out_tensors
 from modelsurgeon.convert.source import Source, open_source
 from modelsurgeon.errors import ConvertError
-from modelsurgeon.io.writer import (
-    DEFAULT_MAX_SHARD,
-    OutTensor,
-    atomic_directory,
-    check_free_space,
-    check_output_path,
-    shard_groups,
-    shard_names,
-    write_shards,
-)
-from modelsurgeon.manifest import ConvertStage, extend_lineage, finish_output, now, read_manifest, source_record, tool_version
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.io.writer import shard_groups, shard_names, write_shards
+from modelsurgeon.manifest import ConvertStage, extend_lineage, finish_output, now, read_manifest, source_record
+from modelsurgeon.manifest import tool_version
 
 
 @dataclass

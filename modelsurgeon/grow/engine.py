@@ -16,14 +16,8 @@ from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
 from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.io.writer import (
-    DEFAULT_MAX_SHARD,
-    OutTensor,
-    atomic_directory,
-    check_free_space,
-    check_output_path,
-    write_shards,
-)
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.io.writer import write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.plan.load import LoadedPlan, load_plan

@@ -11,19 +11,8 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import file_sha256, subdirectories, write_json
-from modelsurgeon.manifest import (
-    GrowStage,
-    LayerRecord,
-    Manifest,
-    OutputRecord,
-    PlanRecord,
-    StepRecord,
-    finish_output,
-    now,
-    read_manifest,
-    source_record,
-    tool_version,
-)
+from modelsurgeon.manifest import GrowStage, LayerRecord, Manifest, OutputRecord, PlanRecord, finish_output, now
+from modelsurgeon.manifest import read_manifest, source_record, tool_version
 
 if TYPE_CHECKING:
     from modelsurgeon.grow.engine import Prepared
@@ -87,12 +76,10 @@ def build_manifest(prep: Prepared, shards: int) -> Manifest:
     previous = read_manifest(ckpt.path)
     plan = PlanRecord(name=prep.loaded.plan.name, origin=prep.loaded.origin, text=prep.loaded.source_text,
                       mergekit_translation=prep.loaded.translation)  # fmt: skip
-    steps = [StepRecord(op=s.op, layers_in=s.layers_in, layers_out=s.layers_out, equivalence=s.equivalence)
-             for s in prep.compiled.steps]  # fmt: skip
     output = OutputRecord(tensors=len(prep.tensors), bytes=prep.bytes_out, shards=shards,
                           num_layers=len(prep.layer_map), params=prep.params_out)  # fmt: skip
     return Manifest(
-        tool="modelsurgeon", version=tool_version(), source=source, plan=plan, steps=steps,
+        tool="modelsurgeon", version=tool_version(), source=source, plan=plan, steps=list(prep.compiled.steps),
         equivalence=prep.equivalence, layer_map=layer_map, config_lists_remapped=prep.remapped_lists,
         input_tensors=prep.accounting, warnings=prep.warnings, output=output,
         lineage=[*(previous.lineage if previous else []), stage],

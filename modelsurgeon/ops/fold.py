@@ -23,7 +23,9 @@ def apply_folds(x: torch.Tensor, folds: tuple[tuple[str, float], ...], is_bias: 
     return x
 
 
-def folded_rows(folds: tuple[tuple[str, float], ...], load, is_bias: bool, dtype: torch.dtype, start: int, stop: int) -> torch.Tensor:
+def folded_rows(
+    folds: tuple[tuple[str, float], ...], load, is_bias: bool, dtype: torch.dtype, start: int, stop: int
+) -> torch.Tensor:
     """Rows start..stop-1 of a tensor whose only change is its folds; `load(a, b)` reads source
     rows a..b-1. Computed in float32, cast to `dtype`."""
     return apply_folds(load(start, stop).to(torch.float32), folds, is_bias).to(dtype)

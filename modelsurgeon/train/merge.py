@@ -26,15 +26,8 @@ from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import file_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.io.st_format import TensorInfo, read_header
-from modelsurgeon.io.writer import (
-    DEFAULT_MAX_SHARD,
-    OutTensor,
-    atomic_directory,
-    check_free_space,
-    check_no_overlap,
-    check_output_path,
-    write_shards,
-)
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_no_overlap
+from modelsurgeon.io.writer import check_output_path, write_shards
 from modelsurgeon.manifest import MANIFEST, MergeLoraStage, extend_lineage, finish_output, read_manifest, source_record
 
 if TYPE_CHECKING:
