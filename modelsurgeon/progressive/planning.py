@@ -133,7 +133,7 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
     from modelsurgeon.arch.registry import load_specs
-    from modelsurgeon.engine import prepare
+    from modelsurgeon.grow.engine import prepare
     from modelsurgeon.ops.compile import compile_plan
     from modelsurgeon.plan.load import load_plan, parse_plan
     from modelsurgeon.plan.schema import Widen

@@ -12,10 +12,9 @@ import torch
 
 from modelsurgeon.errors import TrainError
 from modelsurgeon.io.dtypes import ST_TO_TORCH
-from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
 from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.writer import OutTensor, write_shards
-from modelsurgeon.manifest import MANIFEST, extend_lineage
+from modelsurgeon.manifest import SourceRecord, TrainStage, extend_lineage, finish_output, read_manifest, source_record
 from modelsurgeon.train.callbacks import read_metrics
 
 ADAPTER = "default"  # peft's name for the one adapter a stage trains
@@ -113,11 +112,10 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def source_record(ckpt: Checkpoint, model_type: str, num_layers: int) -> dict:
-    """surgeon.json's `source` for a MODEL that has no manifest of its own."""
-    return {"path": str(ckpt.path.resolve()), "model_type": model_type, "num_layers": num_layers,
-            "tensors": len(ckpt.tensors), "bytes": ckpt.total_bytes,
-            "config_sha256": file_sha256(ckpt.path / "config.json"), "headers_sha256": headers_sha256(ckpt.files)}  # fmt: skip
+def stage_source(ckpt: Checkpoint, model_type: str, num_layers: int) -> SourceRecord:
+    """The record of MODEL, the stage's input."""
+    return source_record(ckpt.path, ckpt.files, model_type=model_type, num_layers=num_layers,
+                         tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
 
 
 def model_card(src: Path, stage: dict) -> str:
@@ -133,16 +131,15 @@ def model_card(src: Path, stage: dict) -> str:
 """
 
 
-def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: dict, title: str) -> list[str]:
+def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: SourceRecord, title: str) -> list[str]:
     """Everything but the weights, adapter and optimizer: config, tokenizer and other files
     copied from MODEL, metrics.jsonl, loss.png, surgeon.json and the model card."""
-    skipped = copy_extra_files(ckpt.path, tmp)  # sub-directories (an old adapter/, optimizer/) are stale here
-    write_json(tmp / "config.json", ckpt.config)
+    manifest = extend_lineage(read_manifest(ckpt.path), TrainStage.model_validate(stage), source)
+    # sub-directories (an old adapter/, optimizer/) are stale here
+    skipped = finish_output(tmp, ckpt.path, manifest, ckpt.config, model_card(ckpt.path, stage))
     rows = read_metrics(work / "metrics.jsonl")
     (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plot_losses(rows, tmp / "loss.png", title)
-    write_json(tmp / MANIFEST, extend_lineage(ckpt.path, stage, source))
-    (tmp / "README.md").write_text(model_card(ckpt.path, stage))
     return skipped
 
 

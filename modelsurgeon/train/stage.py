@@ -18,12 +18,11 @@ from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.io.writer import atomic_directory, check_free_space, check_output_path
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.manifest import read_manifest
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 
-DEFAULT_MAX_SHARD = 5 * 10**9
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
 
@@ -193,8 +192,8 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
 
     parent = options.optimizer_from
     if parent is None:
-        manifest = model_dir / MANIFEST
-        source = json.loads(manifest.read_text()).get("source", {}).get("path") if manifest.is_file() else None
+        manifest = read_manifest(model_dir)
+        source = manifest.source.path if manifest is not None else None
         if source is None:
             raise TrainError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
                              hint="pass the parent stage's OUT/optimizer with --optimizer-from")  # fmt: skip
@@ -218,12 +217,12 @@ def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, res
 
 def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int) -> None:
     from modelsurgeon.train.backend import unwrapped_optimizer
-    from modelsurgeon.train.output import finish_files, save_optimizer, source_record, write_weights
+    from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
 
     method = options.train_method
     base = method.trained_model(net)
     check_free_space(out, setup.ckpt.total_bytes)
-    source = source_record(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
+    source = stage_source(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
     with atomic_directory(out) as tmp:
         write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size)
         method.save_extras(net, tmp)
