@@ -240,7 +240,7 @@ def merge_lora(
 @handled
 def train_stage(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory to train (with its tokenizer).")],
-    data: Annotated[list[str], typer.Option("--data", help="Training data, repeatable: a file or dir (.jsonl/.json/.parquet/.csv/.txt), hf:NAME, hf:NAME:CONFIG@SPLIT or synthetic:arith; SPEC*WEIGHT to mix.")],
+    data: Annotated[list[str], typer.Option("--data", help="Training data, repeatable: a file or dir (.jsonl/.json/.parquet/.csv/.txt), hf:NAME, hf:NAME:CONFIG@SPLIT, synthetic:arith or dm-math:MODULE[:SPLIT]; SPEC*WEIGHT to mix.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
     method: Annotated[str, typer.Option(help="lora, full, new (only the layers the last grow added) or lora-new.")] = "lora",
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (or give --tokens).")] = None,
