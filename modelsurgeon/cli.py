@@ -269,6 +269,7 @@ def train_stage(
     share_duplicates: Annotated[bool, typer.Option("--share-duplicates", help="LoRA on a grown model: copies of one layer share one frozen base tensor.")] = False,
     carry_optimizer: Annotated[Optional[str], typer.Option(help="full/new after a grow: AdamW moments from the parent stage (reset, copy or scale).")] = None,
     optimizer_from: Annotated[Optional[Path], typer.Option(help="The parent stage's OUT/optimizer (default: from MODEL's surgeon.json).")] = None,
+    ramp_new_steps: Annotated[Optional[int], typer.Option(help="After a grow: fade the new layers in, their residual branches scaled from 0 to 1 over N steps (Gradual DropIn).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of this command from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
@@ -283,6 +284,8 @@ def train_stage(
     from modelsurgeon.train import train_stage as train_fn
 
     fields.update(targets=[t for v in targets for t in v.split(",") if t] if targets else None, layers=parse_layers(layers) if layers else None)
+    if ramp_new_steps is not None:
+        fields["ramp_new"] = {"steps": fields.pop("ramp_new_steps")}
     options = make_options(**fields)
     try:
         result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_size(max_shard_size))

@@ -248,3 +248,14 @@ def test_exact_match_scores_right_and_wrong_answers(cache):
     wrong, endless = problems[1].question, problems[4].question
     got = dm_math.exact_match(Oracle(tok, answers, [wrong], [endless]), tok, problems, batch_size=4)
     assert got == [i not in (1, 4) for i in range(9)]
+
+
+def test_packed_dm_math_text_has_no_unknown_characters(cache):
+    from modelsurgeon.data import build_blocks
+
+    tok = ascii_tokenizer()
+    spec = parse_data_spec("dm-math:arithmetic__mixed:n=200")
+    data = build_blocks([spec], tok, seq_len=64, seed=0)
+    ids = torch.cat([data.train.flatten(), data.eval.flatten()])
+    assert tok.unk_token_id not in ids and (ids == tok.convert_tokens_to_ids("\n")).sum() > 100
+    assert data.stats["sources"][0]["text"] == ["dm-math question + newline + answer"]

@@ -25,6 +25,13 @@ DEFAULT_LR = {"lora": 2e-4, "lora-new": 2e-4, "new": 1e-4, "full": 2e-5}
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup", "wsd": "warmup_stable_decay"}
 
 
+class RampNew(BaseModel):
+    """`ramp_new`: Gradual DropIn of the layers the last growth added (see train/ramp.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(ge=1)  # the new layers' branch scale rises linearly from 0 to 1 over these steps
+
+
 class TrainOptions(BaseModel):
     """Everything `surgeon train-stage` can be told, with its defaults."""
 
@@ -60,6 +67,7 @@ class TrainOptions(BaseModel):
     share_duplicates: bool = False
     carry_optimizer: CarryPolicy | None = None
     optimizer_from: Path | None = None
+    ramp_new: RampNew | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainOptions:
