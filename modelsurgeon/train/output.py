@@ -5,7 +5,7 @@ scheduler state, metrics.jsonl, loss.png, and surgeon.json with the stage in its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from modelsurgeon.io.dtypes import ST_TO_TORCH
 from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.writer import OutTensor, write_shards
 from modelsurgeon.manifest import SourceRecord, TrainStage, extend_lineage, finish_output, read_manifest, source_record
+from modelsurgeon.ops.fold import fold_branch_scale
 from modelsurgeon.train.callbacks import read_metrics
 
 ADAPTER = "default"  # peft's name for the one adapter a stage trains
@@ -24,14 +25,20 @@ ADAPTER = "default"  # peft's name for the one adapter a stage trains
 class MergedWeights:
     """Trained tensors by checkpoint name, computed one at a time: a LoRA-wrapped module's base
     weight plus peft's delta (B @ A * scale, transposed for Conv1D), or a trained parameter.
-    The model is not modified, so shared base tensors (--share-duplicates) stay intact."""
+    The model is not modified, so shared base tensors (--share-duplicates) stay intact. `folds`
+    (ramp_new) folds a branch scale into the tensors carrying the new layers' branch outputs."""
 
     model: torch.nn.Module  # the transformers model, with peft's LoRA layers injected when LoRA
+    folds: dict[str, tuple[str, float]] = field(default_factory=dict)  # tensor -> (fold rule, scale)
     _cached: tuple[str, torch.Tensor] | None = None
 
     def full(self, name: str) -> torch.Tensor:
         if self._cached is None or self._cached[0] != name:
-            self._cached = (name, self._compute(name))
+            tensor = self._compute(name)
+            if name in self.folds:
+                fold, scale = self.folds[name]
+                tensor = fold_branch_scale(tensor.detach(), fold, name.endswith(".bias"), scale)
+            self._cached = (name, tensor)
         return self._cached[1]
 
     @torch.no_grad()
@@ -143,5 +150,7 @@ def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: S
     return skipped
 
 
-def write_weights(tmp: Path, ckpt: Checkpoint, changed: set[str], model: torch.nn.Module, max_shard_size: int) -> None:
-    write_shards(tmp, weight_tensors(ckpt, changed, MergedWeights(model)), max_shard_size)
+def write_weights(tmp: Path, ckpt: Checkpoint, changed: set[str], model: torch.nn.Module, max_shard_size: int,
+                  folds: dict[str, tuple[str, float]] | None = None) -> None:
+    folds = folds or {}
+    write_shards(tmp, weight_tensors(ckpt, changed | set(folds), MergedWeights(model, folds)), max_shard_size)
