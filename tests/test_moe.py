@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.engine import grow, prepare
+from modelsurgeon.grow.engine import grow, prepare
 from modelsurgeon.errors import PlanError
 from modelsurgeon.plan import parse_plan
 from reference import logits, prompt_ids

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
 from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.depth import DEPTH_OPS
@@ -17,8 +19,10 @@ if TYPE_CHECKING:  # width maps need torch; plans without widen steps never impo
     from modelsurgeon.ops.width import Dims, WidthPlan
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(BaseModel):
+    """What one plan step did, as surgeon.json's `steps` records it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     op: str
     layers_in: int
     layers_out: int
@@ -71,13 +75,13 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
                 if spec is None or not spec.known:
                     raise ValueError(f"op: {step.op} needs the family's tensor roles, which this model's family lacks")
                 moe, cls = apply_step(step, moe, spec, len(current))
-                results.append(StepResult(step.op, len(current), len(current), cls))
+                results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
                 continue
             if isinstance(step, Widen) and moe is not None:
                 raise ValueError("op: widen does not grow mixture-of-experts layers yet; widen before upcycling")
             if isinstance(step, Widen):
                 cls = widths.apply(step)
-                results.append(StepResult(step.op, len(current), len(current), cls))
+                results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
                 continue
             local: Local = DEPTH_OPS[step.op](step, len(current))
         except ValueError as exc:
@@ -85,7 +89,8 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
             if i + 1 < len(plan.steps):
                 problems.append(f"steps[{i + 1}..] not checked: they depend on steps[{i}]")
             raise PlanError(origin, problems, hint="fix the step to fit the model") from None
-        results.append(StepResult(step.op, len(current), len(local), classify(local, len(current))))
+        layers_out, equivalence = len(local), classify(local, len(current))
+        results.append(StepResult(op=step.op, layers_in=len(current), layers_out=layers_out, equivalence=equivalence))
         current = compose(current, local)
         moe = moe.remap(local) if moe is not None else None
     return Compiled(current, tuple(results), widths.plan, moe)
