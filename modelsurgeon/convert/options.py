@@ -3,6 +3,8 @@ file is read, and the dtype rule itself (`tensor.to(dtype)` for floating tensors
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from modelsurgeon.errors import ConvertError
 
 FORMATS = ("safetensors", "bin", "gguf")
@@ -14,10 +16,18 @@ DTYPE_NAMES = {code: name for name, code in DTYPES.items()}
 FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
-def parse_format(name: str) -> str:
+def parse_format(name: str | None, out: Path | None = None) -> str:
+    """The output format asked for; when none is, GGUF for an OUT named *.gguf, else safetensors."""
+    if name is None:
+        return "gguf" if out is not None and gguf_file(out) else "safetensors"
     if name not in FORMATS:
         raise ConvertError(f"unknown output format {name!r}", hint=f"use one of: {', '.join(FORMATS)}")
     return name
+
+
+def gguf_file(out: Path) -> bool:
+    """Whether OUT is one .gguf file (a directory of that name, existing, is a directory output)."""
+    return out.suffix.lower() == ".gguf" and not out.is_dir()
 
 
 def parse_dtype(name: str | None) -> str | None:
