@@ -42,10 +42,12 @@ def _gemma(writer, config: dict, hp, every: int) -> None:
         writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
     if config.get("final_logit_softcapping"):
         writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-    window = config.get("sliding_window")
-    if window:
+    window, pattern = config.get("sliding_window"), _layer_pattern(config, hp.n_layers, every)
+    if window and any(pattern):
         writer.add_sliding_window(int(window))
-        writer.add_sliding_window_pattern(_layer_pattern(config, hp.n_layers, every))
+        writer.add_sliding_window_pattern(pattern)
+    elif hp.family == "gemma2":  # llama.cpp's gemma2 always slides (default 4096): make the window the context
+        writer.add_sliding_window(hp.n_ctx)
 
 
 def _gemma2(writer, config: dict, hp) -> None:
