@@ -16,6 +16,7 @@ from modelsurgeon.build import output_tensors
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
+from modelsurgeon.ops.cast import cast_output
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.plan.load import LoadedPlan, load_plan
@@ -168,6 +169,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
         _widen_config(config, spec, compiled.width, untied)
         if untied:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
+    if loaded.dtype is not None:  # a mergekit config's dtype: the write casts, as convert --dtype does
+        tensors, config = cast_output(tensors, config, loaded.dtype, ckpt.load, loaded.origin)
     accounting = account(ckpt, layout, compiled.layer_map)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
 
