@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
@@ -146,7 +145,7 @@ def test_gguf_family_transforms(tiny, tmp_path, family):
         assert torch.equal(got["position_embd.weight"].reshape(128, 32), hf["transformer.wpe.weight"])
         assert not any(n.endswith((".attn.bias", ".attn.masked_bias")) for n in got)
     else:
-        w, b = hf["gpt_neox.layers.0.attention.query_key_value.weight"], hf["gpt_neox.layers.0.attention.query_key_value.bias"]
+        w, b = (hf[f"gpt_neox.layers.0.attention.query_key_value.{k}"] for k in ("weight", "bias"))
         q_of_head_1 = w[3 * 8 : 4 * 8]  # 4 heads of 8: rows [q0 k0 v0 q1 k1 v1 ...]
         v_of_head_3 = b[11 * 8 : 12 * 8]
         qkv, qkv_b = got["blk.0.attn_qkv.weight"].reshape(96, 32), got["blk.0.attn_qkv.bias"]
@@ -163,12 +162,14 @@ def test_gguf_single_file_output(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
     reader = gguf.GGUFReader(tmp_path / "tiny.gguf")
-    assert reader.fields["general.architecture"].contents() == "qwen2" and len(reader.tensors) == 2 * 12 + 3  # 12 per layer: q/k/v carry biases
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert len(reader.tensors) == 2 * 12 + 3  # 12 per layer: q/k/v carry biases
     manifest = json.loads(reader.fields["modelsurgeon.manifest"].contents())
     assert manifest["lineage"][-1]["to"] == "gguf" and manifest["lineage"][-1]["files"] == ["tiny.gguf"]
     again = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf")])
     assert again.exit_code != 0 and "already exists" in again.output
-    forced = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf"), "--force", "--dtype", "bfloat16"])
+    forced = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf"), "--force",
+                                 "--dtype", "bfloat16"])
     assert forced.exit_code == 0, forced.output
     assert gguf.GGUFReader(tmp_path / "tiny.gguf").fields["general.file_type"].contents() == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]  # no temporary left behind
@@ -208,7 +209,8 @@ def test_gguf_llama3_rope_factors_match_transformers(tiny, tmp_path):
     assert fields["llama.rope.freq_base"] == 500000.0
 
 
-FULL_ATTENTION = {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}  # llama.cpp's qwen2/3 have no window
+# llama.cpp's qwen2/3 graphs have no sliding window
+FULL_ATTENTION = {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}
 LLAMA_CPP_CASES = {
     "llama": ("llama", {}), "mistral": ("mistral", {}), "qwen2": ("qwen2", FULL_ATTENTION),
     "llama-tied": ("llama", {"tie_word_embeddings": True}), "llama3-rope": ("llama", {"rope_parameters": LLAMA3_ROPE}),
@@ -262,7 +264,8 @@ def test_gguf_logits_match_llama_cpp(tiny, tmp_path, case):
     with torch.no_grad():
         want = model(torch.tensor([PROMPT])).logits[0]
     # An F32 KV cache: llama.cpp's default F16 cache rounds keys and values.
-    llm = llama_cpp.Llama(str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64, type_k=0, type_v=0)
+    llm = llama_cpp.Llama(str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64,
+                          type_k=0, type_v=0)
     llm.eval(PROMPT)
     got = torch.tensor(np.array(llm.scores[: len(PROMPT)]))
     llm.close()

@@ -73,7 +73,8 @@ def test_untranslatable_configs(text, msg):
 SPLICE = "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n  - sources: [{model: m, layer_range: [1, 4]}]\n"
 
 
-@pytest.mark.parametrize("key, dtype, to", [("dtype", "bfloat16", torch.bfloat16), ("out_dtype", "float16", torch.float16)])
+@pytest.mark.parametrize("key, dtype, to", [("dtype", "bfloat16", torch.bfloat16),
+                                            ("out_dtype", "float16", torch.float16)])
 def test_mergekit_dtype_casts_the_output(tiny, tmp_path, key, dtype, to):
     """mergekit writes its merge in out_dtype (else dtype); so does grow: every output tensor
     is bit-identical to `source.to(dtype)`, the files shrink to that dtype's size, and

@@ -95,5 +95,5 @@ def gemma_scale_warning(config: dict, hp) -> list[str]:
     wanted = config.get("query_pre_attn_scalar", used)
     if wanted == used:
         return []
-    return [f"query_pre_attn_scalar={wanted} is not in the GGUF: llama.cpp scales attention by 1/sqrt({used}) "
-            f"for a {hp.n_layers}-layer {hp.family}, so its outputs differ from transformers"]
+    why = f"llama.cpp scales attention by 1/sqrt({used}) for a {hp.n_layers}-layer {hp.family}"
+    return [f"query_pre_attn_scalar={wanted} is not in the GGUF: {why}, so its outputs differ from transformers"]

@@ -139,7 +139,8 @@ def plan_gguf(src: Source, dtype: str | None) -> GgufPlan:
         factors = tuple(llama3_rope_factors(hp))
         tensors.append(GgufTensor(rope_name, None, (len(factors),), "F32", values=factors))
     name, name_warnings = general_name(src.path.name, vocab)
-    return GgufPlan(hp, vocab, tensors, dtype, name, [*attention_warnings(src.config, hp), *vocab.warnings, *name_warnings])
+    warnings = [*attention_warnings(src.config, hp), *vocab.warnings, *name_warnings]
+    return GgufPlan(hp, vocab, tensors, dtype, name, warnings)
 
 
 def permute_rows(block: torch.Tensor, heads: int) -> torch.Tensor:

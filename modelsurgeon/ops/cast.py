@@ -24,9 +24,9 @@ def _rows(t: OutTensor, load: Load, dtype: str, origin: str, start: int, stop: i
     value = t.compute(start, stop) if t.compute is not None else load(t.source.name, (start, stop) if t.shape else None)
     cast = value.to(ST_TO_TORCH[dtype])
     if cast.is_floating_point() and not all_finite(cast) and all_finite(value):
-        raise PlanError(origin, [f"dtype: tensor '{t.name}' overflows {DTYPE_NAMES[dtype]} "
-                                 f"(largest magnitude {float(value.abs().max()):.4g})"],
-                        hint="use bfloat16 or float32, which have float32's range")  # fmt: skip
+        peak = float(value.abs().max())
+        problem = f"dtype: tensor '{t.name}' overflows {DTYPE_NAMES[dtype]} (largest magnitude {peak:.4g})"
+        raise PlanError(origin, [problem], hint="use bfloat16 or float32, which have float32's range")
     return cast
 
 
@@ -44,6 +44,8 @@ def cast_tensors(tensors: list[OutTensor], dtype: str, load: Load, origin: str) 
     return out
 
 
-def cast_output(tensors: list[OutTensor], config: dict, dtype: str, load: Load, origin: str) -> tuple[list[OutTensor], dict]:
+def cast_output(
+    tensors: list[OutTensor], config: dict, dtype: str, load: Load, origin: str
+) -> tuple[list[OutTensor], dict]:
     """The tensors and config.json of an output written as `dtype`."""
     return cast_tensors(tensors, dtype, load, origin), converted_config(config, DTYPES[dtype])
