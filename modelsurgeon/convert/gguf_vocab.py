@@ -121,5 +121,5 @@ def general_name(name: str, vocab: Vocab) -> tuple[str, list[str]]:
     safe = name.lower()
     for p in PHI3_NAMES:
         safe = safe.replace(p, "phi_3")
-    why = f"llama.cpp looks up {list(PHI3_TOKENS)} for names containing 'phi3' or 'phi-3'; the vocabulary lacks {missing}"
+    why = f"llama.cpp looks up {list(PHI3_TOKENS)} for names containing 'phi3' or 'phi-3'; missing: {missing}"
     return safe, [f"general.name is {safe!r}, not {name!r}: {why}"]
