@@ -15,8 +15,9 @@ from rich.markup import escape
 
 from modelsurgeon.errors import SurgeonError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained language models from their checkpoints.")
-plan_app = typer.Typer(no_args_is_help=True, help="Check growth plans.")
+# Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, help="Grow trained language models from their checkpoints.")
+plan_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check growth plans; list the shipped ones.")
 app.add_typer(plan_app, name="plan")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
@@ -47,11 +48,26 @@ def handled(fn):
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from modelsurgeon import __version__
+
+        print(f"surgeon (modelsurgeon) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Grow trained language models from their checkpoints."""
+
+
 @app.command()
 @handled
 def grow(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors).")],
-    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML (or a mergekit passthrough config).")],
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
@@ -121,7 +137,7 @@ def inspect(
 @plan_app.command("check")
 @handled
 def plan_check(
-    plan: Annotated[Path, typer.Argument(help="Growth plan YAML.")],
+    plan: Annotated[Path, typer.Argument(help="Growth plan YAML or a shipped plan's name.")],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check the plan against this checkpoint's headers.")] = None,
 ) -> None:
     """Validate a plan (schema; with --model, layer ranges, family and shapes too)."""
@@ -137,6 +153,14 @@ def plan_check(
 
     prep = prepare(model, loaded)
     out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
+
+
+@plan_app.command("list")
+def plan_list() -> None:
+    """List the shipped plans, recipes and sweeps: pass a name where a file is taken (`--plan double`)."""
+    from modelsurgeon.plan.shipped import shipped_table
+
+    out.print(shipped_table(), highlight=False)
 
 
 @app.command()
@@ -157,7 +181,7 @@ def convert(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     to: Annotated[str, typer.Option(help="Output format: safetensors, bin or gguf (llama, mistral, qwen2).")] = "safetensors",
-    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: keep).")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
@@ -196,7 +220,7 @@ def verify(
     engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32 (fp32) or bfloat16 (bf16).")] = "float32",
     expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,
@@ -297,10 +321,10 @@ def train_stage(
 @app.command()
 @handled
 def progressive(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML: start model, data, eval, train/grow stages, baselines.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (start model, data, eval, train/grow stages, baselines) or a shipped recipe's name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")],
-    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR: finished stages are skipped, an interrupted one resumes.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete RUN_DIR and start over.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT: finished stages are skipped, an interrupted one resumes.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete OUTPUT and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
     from modelsurgeon.progressive import run_recipe

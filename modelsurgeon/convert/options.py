@@ -4,6 +4,7 @@ file is read, and the dtype rule itself (`tensor.to(dtype)` for floating tensors
 from __future__ import annotations
 
 from modelsurgeon.errors import ConvertError
+from modelsurgeon.io.dtype_names import alias_help, canonical_dtype
 
 FORMATS = ("safetensors", "bin", "gguf")
 # User-facing dtype names -> safetensors dtype codes (the codes OutTensor and TensorInfo use).
@@ -24,9 +25,9 @@ def parse_dtype(name: str | None) -> str | None:
     """The safetensors code for a dtype name, or None (keep every tensor's dtype)."""
     if name is None:
         return None
-    if name not in DTYPES:
-        raise ConvertError(f"unknown dtype {name!r}", hint=f"use one of: {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if canonical_dtype(name) not in DTYPES:
+        raise ConvertError(f"unknown dtype {name!r}", hint=f"use one of: {alias_help(DTYPES)}")
+    return DTYPES[canonical_dtype(name)]
 
 
 def target_dtype(source: str, target: str | None) -> str:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from modelsurgeon.errors import PlanError
 from modelsurgeon.plan.schema import OPS, Plan
+from modelsurgeon.plan.shipped import doc_path, missing_hint, resolve_shipped
 
 HINTS = {
     "op": f"valid ops: {', '.join(OPS)}",
@@ -143,7 +144,7 @@ def _shown(value: object) -> str:
 
 def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     """Validate plan YAML text (native or mergekit passthrough)."""
-    data, root = read_yaml(text, origin, PlanError, "name and steps", "plans/double.yaml")
+    data, root = read_yaml(text, origin, PlanError, "name and steps", f"{doc_path('plan-format.md')} and `surgeon plan list`")
     translation = None
     if "merge_method" in data or "slices" in data:
         from modelsurgeon.plan.mergekit import translate_mergekit
@@ -153,12 +154,13 @@ def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(origin, _problems(exc, root), hint="see PLAN_FORMAT.md or plans/*.yaml") from None
+        raise PlanError(origin, _problems(exc, root), hint=f"see {doc_path('plan-format.md')}; examples: `surgeon plan list`") from None
     return LoadedPlan(plan, text, origin, translation)
 
 
 def load_plan(path: str | Path) -> LoadedPlan:
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(str(path), ["file not found"], hint="pass the path of a plan YAML, e.g. plans/double.yaml")
-    return parse_plan(path.read_text(), str(path))
+    """A plan from a file, or a shipped plan by name (`double`, `plans/double.yaml`)."""
+    found = resolve_shipped(path, "plan")
+    if found is None:
+        raise PlanError(str(path), ["no such file, and no shipped plan of that name"], hint=missing_hint("plan"))
+    return parse_plan(found.read_text(), str(found))

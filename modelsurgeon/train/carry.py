@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.errors import CheckpointError, TrainError
+from modelsurgeon.errors import CheckpointError, MissingManifestError, TrainError
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.manifest import MANIFEST
 
@@ -92,7 +92,7 @@ def _grow_manifest(grown: Checkpoint, policy: str) -> dict:
     path = grown.path / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     if not manifest.get("layer_map"):
-        raise CheckpointError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
+        raise MissingManifestError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
                               hint="carry optimizer state only into a model written by `surgeon grow`; otherwise use reset")  # fmt: skip
     if any(step.get("op") == "widen" for step in manifest.get("steps", [])):
         raise TrainError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.errors import TrainError
+from modelsurgeon.errors import MissingManifestError, TrainError
 from modelsurgeon.manifest import MANIFEST
 from modelsurgeon.plan.selection import resolve_selection
 from modelsurgeon.train.options import TrainOptions
@@ -39,7 +39,7 @@ def new_layers(model_dir: Path) -> list[int]:
     """The output layers the last growth added, from MODEL/surgeon.json's layer map."""
     path = model_dir / MANIFEST
     if not path.is_file():
-        raise TrainError(
+        raise MissingManifestError(
             f"{model_dir}: no {MANIFEST}, so there is no record of which layers are new",
             hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use --method lora/full",
         )

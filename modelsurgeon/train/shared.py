@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.errors import CheckpointError
+from modelsurgeon.errors import CheckpointError, MissingManifestError
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.manifest import MANIFEST
 
@@ -64,7 +64,7 @@ def _layer_sources(ckpt: Checkpoint) -> dict[str, tuple[int, str]]:
     manifest = ckpt.path / MANIFEST
     layer_map = json.loads(manifest.read_text()).get("layer_map") if manifest.is_file() else None
     if not layer_map:
-        raise CheckpointError(
+        raise MissingManifestError(
             f"{ckpt.path}: no {MANIFEST} layer map, so it is unknown which layers are copies of one another",
             hint="sharing duplicates needs a model written by `surgeon grow`; load other models normally",
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.errors import TrainError, TrainInterrupted
+from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import atomic_directory, check_free_space, check_output_path
 from modelsurgeon.manifest import MANIFEST
@@ -197,7 +197,7 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
         manifest = model_dir / MANIFEST
         source = json.loads(manifest.read_text()).get("source", {}).get("path") if manifest.is_file() else None
         if source is None:
-            raise TrainError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
+            raise MissingManifestError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
                              hint="pass the parent stage's OUT/optimizer with --optimizer-from")  # fmt: skip
         parent = Path(source) / "optimizer"
     names = [n for n, p in net.named_parameters() if p.requires_grad]
