@@ -32,6 +32,13 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
 
 
+def resolve(model: Path) -> Path:
+    """MODEL as a local directory, or a hub id (org/name[@revision]) from the hub cache or a download."""
+    from modelsurgeon.io.hub import resolve_model
+
+    return resolve_model(model, notify=lambda m: err.print(m, highlight=False, markup=False))
+
+
 def handled(fn):
     """Turn SurgeonErrors into a message on stderr and the error's exit code."""
 
@@ -66,7 +73,7 @@ def _root(
 @app.command()
 @handled
 def grow(
-    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors).")],
+    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors) or hub id org/name[@revision].")],
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
@@ -76,6 +83,7 @@ def grow(
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
+    model = resolve(model)
     from modelsurgeon.engine import grow as grow_fn
     from modelsurgeon.engine import prepare
     from modelsurgeon.report import layer_map_table, summary_table, width_table
@@ -120,10 +128,11 @@ def _grow_with_progress(grow_fn, model, plan, output, force, shard):
 @app.command()
 @handled
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint directory or hub id org/name[@revision].")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
+    model = resolve(model)
     from modelsurgeon.inspect import inspect_checkpoint
     from modelsurgeon.report import inspect_table
 
@@ -151,6 +160,7 @@ def plan_check(
         return
     from modelsurgeon.engine import prepare
 
+    model = resolve(model)
     prep = prepare(model, loaded)
     out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
 
@@ -187,6 +197,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
+    model = resolve(model)
     from modelsurgeon.convert import convert as convert_fn
     from modelsurgeon.convert import prepare_conversion
     from modelsurgeon.convert.report import describe
@@ -228,6 +239,7 @@ def verify(
     vllm_python: Annotated[Optional[Path], typer.Option(help="Python with vLLM (default: $SURGEON_VLLM_PYTHON, .vllm-venv).")] = None,
 ) -> None:
     """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
+    source, grown = resolve(source), resolve(grown)
     from modelsurgeon.verify import verify_checkpoint
     from modelsurgeon.verify.report import render
 
@@ -252,6 +264,7 @@ def merge_lora(
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
+    base, adapter = resolve(base), resolve(adapter)
     from modelsurgeon.train.merge import merge_lora as merge_fn
 
     shard = parse_size(max_shard_size)
@@ -300,6 +313,7 @@ def train_stage(
     """Train MODEL for one stage (LoRA, full, or the layers a grow added) and write the merged checkpoint."""
     # First statement: here locals() holds exactly the parameters.
     fields = {k: v for k, v in locals().items() if k not in ("model", "output", "resume", "force", "max_shard_size") and v is not None}
+    model = resolve(model)
     import shlex
 
     from modelsurgeon.errors import TrainInterrupted
