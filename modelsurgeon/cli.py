@@ -117,12 +117,7 @@ def grow(
 
 
 def _grow_with_progress(grow_fn, model, plan, output, force, shard):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
-        task = bar.add_task("writing", total=None)
-        return grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=lambda n: bar.advance(task, n))
+    return _with_progress(lambda progress: grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=progress), "grow")
 
 
 @app.command()
@@ -208,19 +203,17 @@ def convert(
     if dry_run:
         conv = prepare_conversion(model, to, dtype, shard)
     else:
-        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
+        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance), "convert")
     out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)
     out.print("dry run: nothing written" if dry_run else f"[green]wrote[/] {output}", highlight=False)
 
 
-def _with_progress(run):
-    """Call run(advance) under a transient byte progress bar on stderr."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+def _with_progress(run, label: str = "writing"):
+    """Call run(advance) under byte progress on stderr: a bar on a terminal, steady plain lines in logs."""
+    from modelsurgeon.progress import Progress
 
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
-        task = bar.add_task("writing", total=None)
-        return run(lambda n: bar.advance(task, n))
+    with Progress(label, console=err) as progress:
+        return run(progress)
 
 
 @app.command()
@@ -240,11 +233,13 @@ def verify(
 ) -> None:
     """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
     source, grown = resolve(source), resolve(grown)
+    from modelsurgeon.progress import Progress
     from modelsurgeon.verify import verify_checkpoint
     from modelsurgeon.verify.report import render
 
-    report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
-                               expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
+    with Progress("verify", unit="", console=err, heartbeat=True):  # a log line every interval while models run
+        report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
+                                   expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
     if json_path is not None and str(json_path) != "-":
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if str(json_path) == "-":
@@ -268,7 +263,7 @@ def merge_lora(
     from modelsurgeon.train.merge import merge_lora as merge_fn
 
     shard = parse_size(max_shard_size)
-    s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance))
+    s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance), "merge-lora")
     out.print(f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}")
     out.print(f"[green]wrote[/] {output}", highlight=False)
 

@@ -22,6 +22,7 @@ from modelsurgeon.errors import ConvertError
 from modelsurgeon.io.hf_files import copy_extra_files, write_json
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, shard_groups, shard_names, write_shards
 from modelsurgeon.manifest import MANIFEST, extend_lineage, tool_version
+from modelsurgeon.progress import announce_total
 
 DEFAULT_MAX_SHARD = 5 * 10**9
 
@@ -146,6 +147,7 @@ def convert(
     out = Path(out)
     check_output_path(out, conv.source.path, force)
     check_free_space(out, conv.bytes_out)
+    announce_total(progress, conv.bytes_out)
     with atomic_directory(out) as tmp:
         _write_weights(conv, tmp, progress)
         _finish(conv, tmp)

@@ -30,6 +30,7 @@ from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.io.st_format import TensorInfo, read_header
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
 from modelsurgeon.manifest import MANIFEST, extend_lineage
+from modelsurgeon.progress import announce_total
 
 if TYPE_CHECKING:
     import torch
@@ -327,6 +328,7 @@ def merge_lora(
         raise OutputError(f"output {out} overlaps the adapter {adapter}", hint="write the merged model elsewhere")
     check_free_space(out, ckpt.total_bytes)
     tensors = plan_tensors(ckpt, lora)
+    announce_total(progress, sum(t.nbytes for t in tensors))
     with atomic_directory(out) as tmp:
         write_shards(tmp, tensors, max_shard_size, progress)
         copy_extra_files(ckpt.path, tmp)

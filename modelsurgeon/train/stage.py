@@ -26,6 +26,8 @@ from modelsurgeon.train.options import TrainOptions
 DEFAULT_MAX_SHARD = 5 * 10**9
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
+# Any one of these lets AutoTokenizer build a tokenizer (fast, sentencepiece or BPE files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 @dataclass
@@ -143,6 +145,18 @@ def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | No
     work.mkdir(parents=True)
     (work / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return None
+
+
+def _check_inputs(model: Path, options: TrainOptions) -> None:
+    """What can be checked without the training stack: every --data spec (local paths exist,
+    options parse) and that MODEL has tokenizer files."""
+    from modelsurgeon.data import parse_data_spec
+
+    for spec in options.data:
+        parse_data_spec(spec)
+    if not any((model / name).is_file() for name in TOKENIZER_FILES):
+        raise TrainError(f"{model}: no tokenizer files ({', '.join(TOKENIZER_FILES)})",
+                         hint="copy the tokenizer files of the model MODEL was made from into MODEL")  # fmt: skip
 
 
 def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: int, max_tokens: int):
@@ -282,12 +296,13 @@ def train_stage(
     `callbacks` are extra TrainerCallbacks; `trainer_overrides` are TrainingArguments fields.
     Raises TrainError (bad method, targets, layers, resume state), DataError (data),
     CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C; checkpoint saved)."""
-    from modelsurgeon.train.backend import last_checkpoint, training_arguments
-    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
-
     model, out = Path(model), Path(out)
     check_output_path(out, model, force)
     setup = _setup(model, options)
+    _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
+    from modelsurgeon.train.backend import last_checkpoint, training_arguments
+    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
+
     seq_len = options.seq_len or min(1024, _max_positions(setup.ckpt.config) or 1024)
     work = work_dir(out)
     probe = training_arguments(options, work, 1)  # world size and rank under `accelerate launch`
