@@ -5,6 +5,7 @@ train-stage use it; train-stage reports a bad --data before the training stack l
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -98,11 +99,15 @@ def test_bad_data_is_reported_before_the_training_stack_loads(tiny, tmp_path, mo
 
 
 def test_bad_data_fails_within_three_seconds(tiny, tmp_path):
-    """As a user runs it, in a fresh process (the training stack takes 5-30 s to import)."""
+    """As a user runs it, in a fresh process. The bound is on the process's CPU time (importing
+    torch and transformers alone takes 5+ s of it), which other jobs sharing the cores cannot
+    inflate the way they inflate wall time; quiet, the command exits in about 0.3 s of wall time."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "modelsurgeon", "train-stage", str(tiny("llama")), "--data",
+    proc = subprocess.Popen([sys.executable, "-m", "modelsurgeon", "train-stage", str(tiny("llama")), "--data",
                              str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o"), "--steps", "2"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
-    elapsed = time.perf_counter() - start
-    assert result.returncode == DataError.exit_code and "missing.jsonl" in result.stderr, result.stderr
-    assert elapsed < 3.0, f"{elapsed:.1f} s"
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
+    stderr = proc.stderr.read()
+    assert os.waitstatus_to_exitcode(status) == DataError.exit_code and "missing.jsonl" in stderr, stderr
+    assert cpu < 3.0, f"{cpu:.1f} s of CPU ({wall:.1f} s wall)"

@@ -18,5 +18,5 @@ def canonical_dtype(name: str) -> str:
 
 def alias_help(names) -> str:
     """`float32 (fp32), bfloat16 (bf16)` for the names a command accepts."""
-    short = {long: min((a for a, v in DTYPE_ALIASES.items() if v == long), key=len, default=None) for long in names}
+    short = {long: next((a for a, v in DTYPE_ALIASES.items() if v == long), None) for long in names}
     return ", ".join(f"{n} ({short[n]})" if short[n] else n for n in names)

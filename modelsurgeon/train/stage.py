@@ -20,6 +20,7 @@ from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupt
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import atomic_directory, check_free_space, check_output_path
 from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.threads import pin_for_launcher
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 
@@ -300,6 +301,7 @@ def train_stage(
     check_output_path(out, model, force)
     setup = _setup(model, options)
     _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
+    pin_for_launcher()  # N processes of a launcher share the cores instead of each taking all of them
     from modelsurgeon.train.backend import last_checkpoint, training_arguments
     from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
 
