@@ -17,8 +17,9 @@ from modelsurgeon.cli_options import flag, with_model_options
 from modelsurgeon.errors import SurgeonError
 from modelsurgeon.train.options import TrainOptions, load_options
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained language models from their checkpoints.")
-plan_app = typer.Typer(no_args_is_help=True, help="Check growth plans.")
+# Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, context_settings={"max_content_width": 160}, help="Grow trained language models from their checkpoints.")
+plan_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check growth plans; list the shipped ones.")
 app.add_typer(plan_app, name="plan")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
@@ -31,6 +32,13 @@ def parse_byte_size(text: str) -> int:
     if not m or m.group(2) not in SIZE_UNITS:
         raise typer.BadParameter(f"{text!r} is not a size; use e.g. 5GB, 500MB, 2GiB or a byte count")
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
+
+
+def resolve(model: Path) -> Path:
+    """MODEL as a local directory, or a hub id (org/name[@revision]) from the hub cache or a download."""
+    from modelsurgeon.io.hub import resolve_model
+
+    return resolve_model(model, notify=lambda m: err.print(m, highlight=False, markup=False))
 
 
 def handled(fn):
@@ -49,11 +57,26 @@ def handled(fn):
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from modelsurgeon import __version__
+
+        print(f"surgeon (modelsurgeon) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Grow trained language models from their checkpoints."""
+
+
 @app.command()
 @handled
 def grow(
-    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors).")],
-    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML (or a mergekit passthrough config).")],
+    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors) or hub id org/name[@revision].")],
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
@@ -62,6 +85,7 @@ def grow(
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
+    model = resolve(model)
     from modelsurgeon.grow.engine import grow as grow_fn
     from modelsurgeon.grow.engine import prepare
     from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
@@ -93,21 +117,17 @@ def grow(
 
 
 def _grow_with_progress(grow_fn, model, plan, output, force, shard):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
-        task = bar.add_task("writing", total=None)
-        return grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=lambda n: bar.advance(task, n))
+    return _with_progress(lambda progress: grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=progress), "grow")
 
 
 @app.command()
 @handled
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint directory or hub id org/name[@revision].")],
     as_json: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
+    model = resolve(model)
     from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
     info = summarize_checkpoint(model)
@@ -120,7 +140,7 @@ def inspect(
 @plan_app.command("check")
 @handled
 def plan_check(
-    plan: Annotated[Path, typer.Argument(help="Growth plan YAML.")],
+    plan: Annotated[Path, typer.Argument(help="Growth plan YAML or a shipped plan's name.")],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check the plan against this checkpoint's headers.")] = None,
 ) -> None:
     """Validate a plan (schema; with --model, layer ranges, family and shapes too)."""
@@ -134,8 +154,17 @@ def plan_check(
         return
     from modelsurgeon.grow.engine import prepare
 
+    model = resolve(model)
     prep = prepare(model, loaded)
     out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
+
+
+@plan_app.command("list")
+def plan_list() -> None:
+    """List the shipped plans, recipes and sweeps: pass a name where a file is taken (`--plan double`)."""
+    from modelsurgeon.plan.shipped import shipped_table
+
+    out.print(shipped_table(), highlight=False)
 
 
 @app.command()
@@ -156,12 +185,13 @@ def convert(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory, or one NAME.gguf file (created atomically).")] = None,
     to: Annotated[Optional[str], typer.Option(help="Output format: safetensors, bin or gguf (default: gguf for -o NAME.gguf, else safetensors).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: keep).")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
     dry_run: Annotated[bool, flag("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
     force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
+    model = resolve(model)
     from modelsurgeon.convert import convert as convert_fn
     from modelsurgeon.convert import prepare_conversion
     from modelsurgeon.convert.report import describe
@@ -172,19 +202,17 @@ def convert(
     if dry_run:
         conv = prepare_conversion(model, to, dtype, shard, output)
     else:
-        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
+        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance), "convert")
     out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)
     out.print("dry run: nothing written" if dry_run else f"[green]wrote[/] {output}", highlight=False)
 
 
-def _with_progress(run):
-    """Call run(advance) under a transient byte progress bar on stderr."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+def _with_progress(run, label: str = "writing"):
+    """Call run(advance) under byte progress on stderr: a bar on a terminal, steady plain lines in logs."""
+    from modelsurgeon.progress import Progress
 
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, console=err, transient=True) as bar:
-        task = bar.add_task("writing", total=None)
-        return run(lambda n: bar.advance(task, n))
+    with Progress(label, console=err) as progress:
+        return run(progress)
 
 
 @app.command()
@@ -195,7 +223,7 @@ def verify(
     engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32 (fp32) or bfloat16 (bf16).")] = "float32",
     expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,
@@ -203,11 +231,14 @@ def verify(
     vllm_python: Annotated[Optional[Path], typer.Option(help="Python with vLLM (default: $SURGEON_VLLM_PYTHON, .vllm-venv).")] = None,
 ) -> None:
     """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
+    source, grown = resolve(source), resolve(grown)
+    from modelsurgeon.progress import Progress
     from modelsurgeon.verify import verify_checkpoint
     from modelsurgeon.verify.report import render
 
-    report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
-                               expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
+    with Progress("verify", unit="", console=err, heartbeat=True):  # a log line every interval while models run
+        report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
+                                   expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
     if json_path is not None and str(json_path) != "-":
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if str(json_path) == "-":
@@ -227,10 +258,11 @@ def merge_lora(
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
+    base, adapter = resolve(base), resolve(adapter)
     from modelsurgeon.train.merge import merge_lora as merge_fn
 
     shard = parse_byte_size(max_shard_size)
-    s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance))
+    s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance), "merge-lora")
     out.print(f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}")
     out.print(f"[green]wrote[/] {output}", highlight=False)
 
@@ -251,6 +283,7 @@ def train_stage(
     **fields,
 ) -> None:
     """Train MODEL for one stage (LoRA, full, or the layers a grow added) and write the merged checkpoint."""
+    model = resolve(model)
     import shlex
 
     from modelsurgeon.errors import TrainInterrupted
@@ -270,10 +303,10 @@ def train_stage(
 @app.command()
 @handled
 def progressive(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML: start model, data, eval, train/grow stages, baselines.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (start model, data, eval, train/grow stages, baselines) or a shipped recipe's name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")],
-    resume: Annotated[bool, flag("--resume", help="Continue RUN_DIR: finished stages are skipped, an interrupted one resumes.")] = False,
-    force: Annotated[bool, flag("--force", help="Delete RUN_DIR and start over.")] = False,
+    resume: Annotated[bool, flag("--resume", help="Continue the run in OUTPUT: finished stages are skipped, an interrupted one resumes.")] = False,
+    force: Annotated[bool, flag("--force", help="Delete OUTPUT and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
     from modelsurgeon.progressive import run_recipe

@@ -1,6 +1,7 @@
 """One error hierarchy. Each error names the input, what was expected, and carries a fix hint.
 
-Only `cli.py` turns these into exit codes; library code raises, never exits.
+Only `cli.py` turns these into exit codes; library code raises, never exits. Exit code 2 is the
+command line's own usage error (click's), so no error class uses it; README.md has the table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class SurgeonError(Exception):
 class PlanError(SurgeonError):
     """A growth plan is invalid; `problems` lists every problem found, each with its location."""
 
-    exit_code = 2
+    exit_code = 11
 
     def __init__(self, source: str, problems: list[str], hint: str = "") -> None:
         self.source = source
@@ -37,6 +38,12 @@ class CheckpointError(SurgeonError):
     """A checkpoint directory or file is missing, corrupt, or inconsistent."""
 
     exit_code = 3
+
+
+class MissingManifestError(CheckpointError):
+    """A checkpoint has no surgeon.json where the command needs its record (layer map, class)."""
+
+    exit_code = 12
 
 
 class ShapeError(SurgeonError):

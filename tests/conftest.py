@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread per torch process, set before torch loads (subprocesses inherit it): torch
+# otherwise starts a thread per core, and on a machine shared with other jobs the suite then runs
+# several times slower (spinning threads fighting for the same cores). SURGEON_TEST_THREADS=N overrides.
+TEST_THREADS = int(os.environ.get("SURGEON_TEST_THREADS", "1"))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(TEST_THREADS)
 
-from modelsurgeon.tiny import FAMILIES, build_tiny
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(TEST_THREADS)
+
+from modelsurgeon.tiny import FAMILIES, build_tiny  # noqa: E402
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 

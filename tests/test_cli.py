@@ -10,6 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
+from modelsurgeon.errors import PlanError
 
 PLANS = Path(__file__).parent.parent / "plans"
 LLAMA_PRO = PLANS / "llama-pro.yaml"
@@ -66,7 +67,7 @@ def test_plan_check(tiny):
     ok = run("plan", "check", PLANS / "midas.yaml", "--model", tiny("llama", n_layers=8))
     assert ok.exit_code == 0 and "8 -> 12 layers" in ok.output
     bad = run("plan", "check", PLANS / "midas.yaml", "--model", tiny("llama", n_layers=2))
-    assert bad.exit_code == 2 and "middle: 4 is more than the 2 layers" in bad.output
+    assert bad.exit_code == PlanError.exit_code and "middle: 4 is more than the 2 layers" in bad.output
 
 
 def test_mergekit_config_through_cli(tiny, tmp_path):

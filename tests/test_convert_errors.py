@@ -113,7 +113,7 @@ def test_sentencepiece_style_tokenizer_is_refused_for_gguf(tmp_path, model):
 
 @pytest.mark.parametrize("flags, expect", [
     (("--dtype", "float8"), "unknown dtype 'float8'"),
-    (("--dtype", "fp16"), "use one of: float32, bfloat16, float16"),
+    (("--dtype", "fp8"), "use one of: float32 (fp32), bfloat16 (bf16), float16 (fp16)"),
     (("--to", "onnx"), "unknown output format 'onnx'"),
 ])  # fmt: skip
 def test_bad_option_values(tmp_path, model, flags, expect):

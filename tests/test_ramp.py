@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.cli import app
 from modelsurgeon.grow.engine import grow
-from modelsurgeon.errors import TrainError
+from modelsurgeon.errors import MissingManifestError, TrainError
 from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.ops.fold import fold_branch_scale
 from modelsurgeon.train import make_options, train_stage
@@ -137,7 +137,7 @@ def test_written_checkpoint_computes_the_ramped_model(grown, tmp_path, method, s
 
 def test_ramp_needs_new_layers(tiny, tmp_path):
     options = make_options(method="full", steps=1, ramp_new={"steps": 5}, **BASE)
-    with pytest.raises(TrainError, match="no surgeon.json"):
+    with pytest.raises(MissingManifestError, match="no surgeon.json"):
         train_stage(tiny("llama", n_layers=2), tmp_path / "out", options)
     assert not (tmp_path / "out").exists()
 

@@ -28,8 +28,9 @@ def invoke(*args, env=None):
 
 
 def flat(text: str) -> str:
-    """Rendered help as one line: table borders dropped, wrapped cells joined."""
-    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+    """Rendered help as one line: table borders dropped, wrapped cells joined (also where the
+    formatter broke a line after a hyphen, as in `dm-` / `math`)."""
+    return re.sub(r"(\w-) (?=\w)", r"\1", " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split()))
 
 
 @pytest.fixture

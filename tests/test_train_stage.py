@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
 from modelsurgeon.grow.engine import grow
+from modelsurgeon.errors import MissingManifestError
 from modelsurgeon.train import make_options, parse_layers, train_stage, work_dir
 from modelsurgeon.train.options import TrainOptions
 
@@ -286,7 +287,7 @@ def assert_fails(result, code, *needles, out=None):
 
 def test_new_without_surgeon_json(tiny, tmp_path):
     out = tmp_path / "out"
-    assert_fails(run_cli(tiny("llama"), "--data", DATA, "-o", out, "--steps", 2, "--method", "new"), 9, "no surgeon.json", "grow", out=out)
+    assert_fails(run_cli(tiny("llama"), "--data", DATA, "-o", out, "--steps", 2, "--method", "new"), MissingManifestError.exit_code, "no surgeon.json", "grow", out=out)
 
 
 def test_new_without_new_layers(tiny, tmp_path):

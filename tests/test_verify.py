@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
 from modelsurgeon.grow.engine import grow
-from modelsurgeon.errors import VerifyError
+from modelsurgeon.errors import MissingManifestError, VerifyError
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint
 from modelsurgeon.verify.compare import alignment
@@ -139,7 +139,7 @@ def test_width_growth_is_exact(tiny, tmp_path, family):
 def test_no_manifest_needs_expect(tiny, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny("mistral"), copy)
-    with pytest.raises(VerifyError, match="no surgeon.json") as info:
+    with pytest.raises(MissingManifestError, match="no surgeon.json") as info:
         verify_checkpoint(tiny("mistral"), copy, **FAST)
     assert "--expect" in info.value.hint
     report = verify_checkpoint(tiny("mistral"), copy, expect="exact", **FAST)

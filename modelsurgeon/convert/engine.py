@@ -23,6 +23,7 @@ from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_director
 from modelsurgeon.io.writer import atomic_file, shard_groups, shard_names, write_shards
 from modelsurgeon.manifest import ConvertStage, Manifest, extend_lineage, finish_output, now, read_manifest, source_record
 from modelsurgeon.manifest import tool_version
+from modelsurgeon.progress import announce_total
 
 MANIFEST_KEY = "modelsurgeon.manifest"  # a single .gguf file's surgeon.json, as a JSON string
 
@@ -158,6 +159,7 @@ def convert(
     conv = prepare_conversion(model, to, dtype, max_shard_size, out)
     check_output_path(out, conv.source.path, force, is_file=conv.single_file is not None)
     check_free_space(out, conv.bytes_out)
+    announce_total(progress, conv.bytes_out)
     if conv.single_file is not None:
         # No directory for config.json and surgeon.json: the lineage travels inside the file.
         with atomic_file(out) as tmp:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelsurgeon.errors import ConvertError
-from modelsurgeon.io.dtype_rules import DTYPE_NAMES, DTYPES, FLOATING, target_dtype  # noqa: F401 (re-exported)
+from modelsurgeon.io.dtype_rules import DTYPE_NAMES, DTYPES, alias_help, canonical_dtype, target_dtype  # noqa: F401 (re-exported)
 
 FORMATS = ("safetensors", "bin", "gguf")
 
@@ -29,6 +29,7 @@ def parse_dtype(name: str | None) -> str | None:
     """The safetensors code for a dtype name, or None (keep every tensor's dtype)."""
     if name is None:
         return None
-    if name not in DTYPES:
-        raise ConvertError(f"unknown dtype {name!r}", hint=f"use one of: {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if canonical_dtype(name) not in DTYPES:
+        raise ConvertError(f"unknown dtype {name!r}", hint=f"use one of: {alias_help(DTYPES)}")
+    return DTYPES[canonical_dtype(name)]
+

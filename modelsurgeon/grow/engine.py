@@ -24,6 +24,7 @@ from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.ops.moe import moe_config, sparse_layers, upcycle_problems
 from modelsurgeon.plan.load import LoadedPlan, load_plan
 from modelsurgeon.plan.schema import Widen
+from modelsurgeon.progress import announce_total
 
 if TYPE_CHECKING:
     from modelsurgeon.ops.width import Dims, WidthPlan
@@ -210,6 +211,7 @@ def grow(
     out = Path(out)
     check_output_path(out, prep.ckpt.path, force)
     check_free_space(out, prep.bytes_out)
+    announce_total(progress, prep.bytes_out)
     check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map))
     with atomic_directory(out) as tmp:
         write_shards(tmp, prep.tensors, max_shard_size, progress)

@@ -1,6 +1,7 @@
-"""The dtype rule shared by `surgeon convert --dtype` and a mergekit config's `dtype:`:
-floating tensors become exactly `tensor.to(dtype)`, integer and bool tensors keep theirs.
-Names and codes only, so planning a cast never imports torch."""
+"""Dtypes as users name them (long names plus the short aliases other tools accept) and the rule
+shared by `surgeon convert --dtype` and a mergekit config's `dtype:`: floating tensors become
+exactly `tensor.to(dtype)`, integer and bool tensors keep theirs. Names and codes only, so
+planning a cast never imports torch."""
 
 from __future__ import annotations
 
@@ -24,3 +25,22 @@ def converted_config(config: dict, dtype: str | None) -> dict:
     name = DTYPE_NAMES[dtype]
     keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]  # old readers know torch_dtype
     return {**config, **{k: name for k in keys}}
+
+# Short spellings (mergekit, vLLM, llama.cpp, accelerate) -> the torch names used everywhere else.
+DTYPE_ALIASES = {
+    "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "fp32": "float32", "f32": "float32", "float": "float32",
+}  # fmt: skip
+
+
+def canonical_dtype(name: str) -> str:
+    """`bf16` -> `bfloat16`, `fp16` -> `float16`, `fp32` -> `float32`; other names unchanged
+    (case-insensitive, so the caller's own check can reject what is not a dtype)."""
+    key = name.strip().lower()
+    return DTYPE_ALIASES.get(key, key)
+
+
+def alias_help(names) -> str:
+    """`float32 (fp32), bfloat16 (bf16)` for the names a command accepts."""
+    short = {long: next((a for a, v in DTYPE_ALIASES.items() if v == long), None) for long in names}
+    return ", ".join(f"{n} ({short[n]})" if short[n] else n for n in names)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from modelsurgeon.errors import PlanError
 from modelsurgeon.plan.schema import OPS, Plan
+from modelsurgeon.plan.shipped import doc_path, missing_hint, resolve_shipped
 
 HINTS = {
     "op": f"valid ops: {', '.join(OPS)}",
@@ -152,7 +153,7 @@ def _shown(value: object) -> str:
 
 def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     """Validate plan YAML text (native or mergekit passthrough)."""
-    data, root = read_yaml(text, origin, PlanError, "name and steps", "plans/double.yaml")
+    data, root = read_yaml(text, origin, PlanError, "name and steps", f"{doc_path('plan-format.md')} and `surgeon plan list`")
     translation = dtype = None
     if "merge_method" in data or "slices" in data:
         from modelsurgeon.plan.mergekit import output_dtype, translate_mergekit
@@ -163,17 +164,19 @@ def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(origin, _problems(exc, root), hint="see PLAN_FORMAT.md or plans/*.yaml") from None
+        raise PlanError(origin, _problems(exc, root), hint=f"see {doc_path('plan-format.md')}; examples: `surgeon plan list`") from None
     return LoadedPlan(plan, text, origin, translation, dtype)
 
 
-def read_document(path: str | Path, error: type[PlanError], hint: str) -> tuple[str, str]:
-    """(text, origin) of a plan or recipe file; `error` with `hint` when there is no such file."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(str(path), ["file not found"], hint=hint)
-    return path.read_text(), str(path)
+def read_document(path: str | Path, kind: str, error: type[PlanError]) -> tuple[str, str]:
+    """(text, origin) of a plan, recipe or sweep: a file, or a shipped one by name (`double`,
+    `plans/double.yaml`); `error` naming the shipped ones when neither exists."""
+    found = resolve_shipped(path, kind)
+    if found is None:
+        raise error(str(path), [f"no such file, and no shipped {kind} of that name"], hint=missing_hint(kind))
+    return found.read_text(), str(found)
 
 
 def load_plan(path: str | Path) -> LoadedPlan:
-    return parse_plan(*read_document(path, PlanError, "pass the path of a plan YAML, e.g. plans/double.yaml"))
+    """A plan from a file, or a shipped plan by name."""
+    return parse_plan(*read_document(path, "plan", PlanError))

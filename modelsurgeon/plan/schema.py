@@ -1,4 +1,4 @@
-"""The plan format, version 1 (see PLAN_FORMAT.md): frozen pydantic models, unknown keys
+"""The plan format, version 1 (see docs/plan-format.md): frozen pydantic models, unknown keys
 rejected, steps discriminated by `op`."""
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from modelsurgeon.errors import RecipeError, SurgeonError
+from modelsurgeon.io.hub import resolve_model
 from modelsurgeon.progressive.flops import ArchCounts, StageFlops, stage_flops
 from modelsurgeon.progressive.init import InitModel, counts_of_checkpoint, counts_of_config, init_config, load_tokenizer
 from modelsurgeon.progressive.recipe import Baseline, LoadedRecipe, Stage
@@ -53,6 +54,7 @@ class RecipePlan:
     max_positions: int
     stages: list[PlannedStage] = field(default_factory=list)
     baselines: list[PlannedBaseline] = field(default_factory=list)
+    start_dir: Path | None = None  # the `start:` checkpoint's directory (a hub id resolved)
 
     @property
     def total_flops(self) -> int:
@@ -67,19 +69,21 @@ class RecipePlan:
         return self.stages[-1].counts if self.stages else self.start_counts
 
 
-def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None, int]:
+def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None, int, Path | None]:
+    """The start model's counts and positions, and its directory (`start:` may be a hub id)."""
     r = loaded.recipe
     try:
         if r.init is not None:
             config = init_config(r.init, load_tokenizer(r.init.tokenizer, Path.cwd()))
-            return counts_of_config(config), getattr(config, "max_position_embeddings", None) or 1024
-        counts = counts_of_checkpoint(Path(r.start))
-        cfg = json.loads((Path(r.start) / "config.json").read_text())
-        return counts, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024
+            return counts_of_config(config), getattr(config, "max_position_embeddings", None) or 1024, None
+        start = resolve_model(r.start)
+        counts = counts_of_checkpoint(start)
+        cfg = json.loads((start / "config.json").read_text())
+        return counts, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024, start
     except (SurgeonError, ValueError, OSError) as exc:
         key = "init" if r.init is not None else "start"
         problems.append(f"{loaded.where(key)}: {exc}")
-        return None, 0
+        return None, 0, None
 
 
 def _options(fields: dict, where: str, problems: list[str]):
@@ -208,10 +212,10 @@ def match_steps(match: str, flops: int, tokens: int, per_step_flops: int, tokens
 def plan_recipe(loaded: LoadedRecipe) -> RecipePlan:
     """Raises RecipeError listing every problem; nothing is trained or written."""
     problems: list[str] = []
-    counts, max_positions = _start(loaded, problems)
+    counts, max_positions, start_dir = _start(loaded, problems)
     if counts is None:
         raise RecipeError(loaded.origin, problems, hint="fix the start model")
-    plan = RecipePlan(loaded, counts, max_positions)
+    plan = RecipePlan(loaded, counts, max_positions, start_dir=start_dir)
     for i, stage in enumerate(loaded.recipe.stages):
         prev = plan.stages[-1] if plan.stages else None
         current = plan.final_counts

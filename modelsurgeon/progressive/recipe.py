@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from modelsurgeon.errors import RecipeError
 from modelsurgeon.plan.load import problem, read_document, read_yaml
 from modelsurgeon.plan.load import where as yaml_where
+from modelsurgeon.plan.shipped import doc_path
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
 from modelsurgeon.progressive.triggers import Trigger
@@ -163,13 +164,14 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
 
 def parse_recipe(text: str, origin: str = "<recipe>") -> LoadedRecipe:
     """Validate recipe YAML text against the schema (no files or models are read yet)."""
-    data, root = read_yaml(text, origin, RecipeError, "name, data and stages", "plans/recipes/seed-idea.yaml")
+    data, root = read_yaml(text, origin, RecipeError, "name, data and stages", f"{doc_path('progressive.md')} and `surgeon plan list`")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(origin, _problems(exc, root), hint="see docs/progressive.md or plans/recipes/*.yaml") from None
+        raise RecipeError(origin, _problems(exc, root), hint=f"see {doc_path('progressive.md')}; examples: `surgeon plan list`") from None
     return LoadedRecipe(recipe, text, origin, root)
 
 
 def load_recipe(path: str | Path) -> LoadedRecipe:
-    return parse_recipe(*read_document(path, RecipeError, "pass a recipe YAML, e.g. plans/recipes/seed-idea.yaml"))
+    """A recipe from a file, or a shipped recipe by name (`seed-idea`, `plans/recipes/seed-idea.yaml`)."""
+    return parse_recipe(*read_document(path, "recipe", RecipeError))

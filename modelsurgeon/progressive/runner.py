@@ -66,7 +66,7 @@ def _start_model(plan: RecipePlan, run_dir: Path, console) -> Path:
 
     r = plan.loaded.recipe
     if r.start is not None:
-        return Path(r.start).resolve()
+        return (plan.start_dir or Path(r.start)).resolve()
     out = run_dir / "stages" / "00-init" / "model"
     if not (out / MANIFEST).exists() and not (out / "config.json").exists():
         _say(console, f"[bold]00-init[/]: building {r.init.family} from scratch -> {out}")

@@ -89,38 +89,36 @@ class InterruptCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A progress bar on stderr with the latest loss, learning rate and throughput."""
+    """Training progress on stderr: a bar with total and ETA on a terminal, a plain line at a steady
+    interval in logs (step, loss, learning rate, tokens/s, ETA)."""
 
-    def __init__(self, console, tokens_per_step: int) -> None:
+    def __init__(self, console, tokens_per_step: int, label: str = "train-stage") -> None:
         self.console = console
         self.tokens_per_step = tokens_per_step
+        self.label = label
         self.progress = None
-        self.task = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+        from modelsurgeon.progress import Progress
 
-        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        self.progress = Progress("[progress.description]{task.description}", *columns, "{task.fields[info]}",
-                                 console=self.console, transient=True)  # fmt: skip
-        self.progress.start()
-        self.task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step, info="")
+        self.progress = Progress(self.label, total=state.max_steps, completed=state.global_step, unit="step", console=self.console)
+        self.progress.__enter__()
         self._t0, self._step0 = time.perf_counter(), state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is None or not logs:
             return
         rate = (state.global_step - self._step0) * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
-        parts = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
-        self.progress.update(self.task, info=" ".join(parts + [f"{rate:,.0f} tok/s"]))
+        fields = {k.replace("learning_rate", "lr"): float(logs[k]) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
+        self.progress.update(**fields, **{"tok/s": f"{rate:,.0f}"})
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.stop()
+            self.progress.__exit__(None, None, None)
             self.progress = None

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.errors import CheckpointError, TrainError
+from modelsurgeon.errors import CheckpointError, MissingManifestError, TrainError
 from modelsurgeon.io.dtypes import same_bytes
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.manifest import MANIFEST, LayerRecord, Manifest, parse_layer_map, read_manifest
@@ -91,7 +91,7 @@ def _read_state(opt_dir: Path) -> dict:
 def _grow_manifest(grown: Checkpoint, policy: str) -> Manifest:
     manifest = read_manifest(grown.path)
     if manifest is None or not manifest.layer_map:
-        raise CheckpointError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
+        raise MissingManifestError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
                               hint="carry optimizer state only into a model written by `surgeon grow`; otherwise use reset")  # fmt: skip
     if manifest.widened:
         raise TrainError(

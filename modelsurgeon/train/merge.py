@@ -29,6 +29,7 @@ from modelsurgeon.io.st_format import TensorInfo, read_header
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_no_overlap
 from modelsurgeon.io.writer import check_output_path, write_shards
 from modelsurgeon.manifest import MANIFEST, MergeLoraStage, extend_lineage, finish_output, read_manifest, source_record
+from modelsurgeon.progress import announce_total
 
 if TYPE_CHECKING:
     import torch
@@ -317,6 +318,7 @@ def merge_lora(
     check_no_overlap(out, Path(adapter), "the adapter", hint="write the merged model elsewhere")
     check_free_space(out, ckpt.total_bytes)
     tensors = plan_tensors(ckpt, lora)
+    announce_total(progress, sum(t.nbytes for t in tensors))
     with atomic_directory(out) as tmp:
         write_shards(tmp, tensors, max_shard_size, progress)
         source = source_record(ckpt.path, ckpt.files, model_type=ckpt.config.get("model_type"),

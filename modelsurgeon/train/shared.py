@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.errors import CheckpointError
+from modelsurgeon.errors import CheckpointError, MissingManifestError
 from modelsurgeon.io.dtypes import same_bytes
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.manifest import MANIFEST, read_manifest
@@ -64,7 +64,7 @@ def _layer_sources(ckpt: Checkpoint) -> dict[str, tuple[int, str]]:
     manifest = read_manifest(ckpt.path)
     layer_map = manifest.layer_map if manifest is not None else None
     if not layer_map:
-        raise CheckpointError(
+        raise MissingManifestError(
             f"{ckpt.path}: no {MANIFEST} layer map, so it is unknown which layers are copies of one another",
             hint="sharing duplicates needs a model written by `surgeon grow`; load other models normally",
         )

@@ -16,16 +16,19 @@ from pathlib import Path
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.errors import TrainError, TrainInterrupted
+from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
 from modelsurgeon.manifest import read_manifest
+from modelsurgeon.threads import pin_for_launcher
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
 
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
+# Any one of these lets AutoTokenizer build a tokenizer (fast, sentencepiece or BPE files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 @dataclass
@@ -147,6 +150,18 @@ def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | No
     return None
 
 
+def _check_inputs(model: Path, options: TrainOptions) -> None:
+    """What can be checked without the training stack: every --data spec (local paths exist,
+    options parse) and that MODEL has tokenizer files."""
+    from modelsurgeon.data import parse_data_spec
+
+    for spec in options.data:
+        parse_data_spec(spec)
+    if not any((model / name).is_file() for name in TOKENIZER_FILES):
+        raise TrainError(f"{model}: no tokenizer files ({', '.join(TOKENIZER_FILES)})",
+                         hint="copy the tokenizer files of the model MODEL was made from into MODEL")  # fmt: skip
+
+
 def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: int, max_tokens: int):
     from transformers import AutoTokenizer
 
@@ -198,7 +213,7 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
         manifest = read_manifest(model_dir)
         source = manifest.source.path if manifest is not None else None
         if source is None:
-            raise TrainError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
+            raise MissingManifestError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
                              hint="pass the parent stage's OUT/optimizer with --optimizer-from")  # fmt: skip
         parent = Path(source) / "optimizer"
     names = [n for n, p in net.named_parameters() if p.requires_grad]
@@ -286,12 +301,14 @@ def train_stage(
     `callbacks` are extra TrainerCallbacks; `trainer_overrides` are TrainingArguments fields.
     Raises TrainError (bad method, targets, layers, resume state), DataError (data),
     CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C; checkpoint saved)."""
-    from modelsurgeon.train.backend import last_checkpoint, training_arguments
-    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
-
     model, out = Path(model), Path(out)
     check_output_path(out, model, force)
     setup = _setup(model, options)
+    _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
+    pin_for_launcher()  # N processes of a launcher share the cores instead of each taking all of them
+    from modelsurgeon.train.backend import last_checkpoint, training_arguments
+    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
+
     seq_len = options.sequence_length(_max_positions(setup.ckpt.config))
     work = work_dir(out)
     probe = training_arguments(options, work, 1)  # world size and rank under `accelerate launch`

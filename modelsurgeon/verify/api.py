@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modelsurgeon.errors import VerifyError
+from modelsurgeon.io.dtype_rules import alias_help, canonical_dtype
 from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, load_check, program_check, structure_check
 from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
@@ -44,7 +45,7 @@ def _validate(engine: str, dtype: str, max_new_tokens: int) -> None:
     if engine not in ENGINES:
         raise VerifyError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
     if dtype not in DTYPES:
-        raise VerifyError(f"unsupported dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        raise VerifyError(f"unsupported dtype {dtype!r}", hint=f"use one of {alias_help(DTYPES)}")
     if max_new_tokens < 1:
         raise VerifyError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
@@ -197,6 +198,7 @@ def verify_checkpoint(
         VerifyError: bad arguments, no class to check, a model that does not load, or no vLLM.
         CheckpointError: a directory that is not a readable checkpoint.
     """
+    dtype = canonical_dtype(dtype)  # bf16, fp32
     _validate(engine, dtype, max_new_tokens)
     start = time.perf_counter()
     if engine != "torch":  # before minutes of transformers work, not after

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.errors import VerifyError
+from modelsurgeon.errors import MissingManifestError, VerifyError
 from modelsurgeon.io.hf_files import headers_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.manifest import MANIFEST, Manifest, read_manifest
@@ -68,7 +68,7 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
     manifest = read_manifest(grown.ckpt.path)
     if manifest is None:
         if expect is None:
-            raise VerifyError(
+            raise MissingManifestError(
                 f"{grown.ckpt.path} has no {MANIFEST}, so its equivalence class is unknown",
                 hint="pass --expect exact|approx|none (exact: same outputs as SOURCE; approx: close; none: report only)",
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
-from modelsurgeon.errors import TrainError
+from modelsurgeon.errors import MissingManifestError, TrainError
 from modelsurgeon.manifest import MANIFEST, read_manifest
 from modelsurgeon.plan.selection import resolve_selection
 
@@ -36,7 +36,7 @@ def new_layers(model_dir: Path) -> list[int]:
     """The output layers the last growth added, from MODEL/surgeon.json's layer map."""
     manifest = read_manifest(model_dir)
     if manifest is None:
-        raise TrainError(
+        raise MissingManifestError(
             f"{model_dir}: no {MANIFEST}, so there is no record of which layers are new",
             hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use --method lora/full",
         )
