@@ -125,7 +125,7 @@ def _baseline_recipe(arm: Arm, planned, sweep_name: str) -> dict:
     t, b = arm.template, planned.spec
     init = {**(t.get("init") or {}), **b.init}
     train = {"method": "full", **b.train, "steps": planned.options.steps}
-    return {"name": f"{sweep_name}-{b.name}"[:80], "description": f"{b.name}: from scratch, {b.match}-matched to {arm.name}",
+    return {"name": f"{sweep_name}-{b.name}"[:80], "description": f"{b.name}: from scratch, {b.match}-matched ({train['steps']} steps)",
             "init": init, "data": t["data"], "eval": t.get("eval", {}), "defaults": t.get("defaults", {}),
             "stages": [{"train": train}]}  # fmt: skip
 
