@@ -82,6 +82,10 @@ def _tuning_rows(summary: dict) -> list[str]:
             chosen = "**yes**" if t["chosen"] and p["dir"] == t["chosen"]["dir"] else ""
             values = "; ".join(f"{k} = {', '.join(_num(x, '.3g') for x in v)}" for k, v in p["values"].items())
             out.append(f"| {arm} | {p['dir'].rsplit('/', 1)[-1]} | {values} | {_num(p['val_loss'], '.4f')} | {chosen} |")
+        ends = [p["dir"] for p in (t["points"][0], t["points"][-1])]
+        if t["chosen"] and len(t["paths"]) == 1 and t["chosen"]["dir"] in ends:
+            out.append(f"| {arm} | (the choice is at the edge of the grid: the best value may lie beyond it; "
+                       "widen tuning.factor or tuning.points) | | | |")  # fmt: skip
     seed = next(iter(summary["tuning"].values()))["seed"]
     out.append(f"\nGrid points trained at tuning seed {seed} (not a reported seed), with the arm's budget; chosen by "
                "final validation loss (train-stage's held-out share of the training data), never the test problems.")
