@@ -193,3 +193,10 @@ def test_sweep_dir_guard(tmp_path, recipe):
     recipe.write_text(RECIPE.replace("steps: 3", "steps: 4"))
     with pytest.raises(SweepError, match="differs"):
         emit_commands(sweep, out)
+
+
+@pytest.mark.parametrize("path", sorted(Path("plans/sweeps").glob("*.yaml")), ids=str)
+def test_shipped_sweeps_expand(path):
+    """Every shipped sweep and each of its expanded recipes passes the checks run before training."""
+    m = _expand(path)
+    assert m.jobs and all(a.pairs for a in m.arms)

@@ -81,7 +81,7 @@ def write_recipe(out_dir: Path, job: Job, data: dict) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# {job.arm}, seed {job.seed} ({job.phase}): expanded by surgeon sweep; run with\n" \
-             f"# surgeon progressive {path} -o {path.parent} --resume\n"  # fmt: skip
+             f"# surgeon progressive {path.resolve()} -o {path.parent.resolve()} --resume\n"  # fmt: skip
     tmp = path.with_name(f".{RECIPE_FILE}.tmp")
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
     os.replace(tmp, path)

@@ -48,16 +48,15 @@ def _stat_rows(summary: dict) -> list[str]:
     for name, a in arms.items():
         cells = [_ci(a["t"][k], _fmt_for(k)) if k in a["t"] else "-" for k in keys]
         out.append(f"| {name} | {len(a['seeds'])} | " + " | ".join(cells) + " |")
-    pooled = ["", "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval "
-              "(seeds and problems resampled):", "", "| arm | test set | accuracy [95% CI] | problems x seeds |",
-              "|---|---|---|---|"]  # fmt: skip
+    intro = "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval (seeds and problems resampled):"
+    pooled = ["", intro, "", "| arm | test set | accuracy [95% CI] | problems x seeds |", "|---|---|---|---|"]
     for name, a in arms.items():
         pooled += [f"| {name} | {k} | {_ci(s, '.3f')} | {s['n']} |" for k, s in a["pooled_accuracy"].items()]
-    reached = ["", f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
-               f"({'set by the sweep' if summary['target_loss_source'] == 'sweep' else 'the highest of the runs best losses, so every run reaches it'}), "  # noqa: E501
-               "linear between evaluations. Runs reaching it: "
-               + ", ".join(f"{n} {a['reached_target']}/{len(a['seeds'])}" for n, a in arms.items()) + "."]  # fmt: skip
-    return out + pooled + reached
+    source = "set by the sweep" if summary["target_loss_source"] == "sweep" else "the highest of the runs' best losses, so every run reaches it"
+    counts = ", ".join(f"{n} {a['reached_target']}/{len(a['seeds'])}" for n, a in arms.items())
+    reached = (f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
+               f"({source}), linear between evaluations. Runs reaching it: {counts}.")  # fmt: skip
+    return [*out, *pooled, "", reached]
 
 
 def _diff_rows(summary: dict) -> list[str]:
@@ -84,8 +83,8 @@ def _tuning_rows(summary: dict) -> list[str]:
             out.append(f"| {arm} | {p['dir'].rsplit('/', 1)[-1]} | {values} | {_num(p['val_loss'], '.4f')} | {chosen} |")
         ends = [p["dir"] for p in (t["points"][0], t["points"][-1])]
         if t["chosen"] and len(t["paths"]) == 1 and t["chosen"]["dir"] in ends:
-            out.append(f"| {arm} | (the choice is at the edge of the grid: the best value may lie beyond it; "
-                       "widen tuning.factor or tuning.points) | | | |")  # fmt: skip
+            edge = "the choice is at the edge of the grid: the best value may lie beyond it; widen tuning.factor or tuning.points"
+            out.append(f"| {arm} | ({edge}) | | | |")
     seed = next(iter(summary["tuning"].values()))["seed"]
     out.append(f"\nGrid points trained at tuning seed {seed} (not a reported seed), with the arm's budget; chosen by "
                "final validation loss (train-stage's held-out share of the training data), never the test problems.")
@@ -113,11 +112,11 @@ NOTES = """## How to read this report
 
 
 def render(summary: dict, out_dir: str) -> str:
-    lines = [f"# Sweep report: {summary['sweep']}", "", summary["description"].strip(), "",
-             f"Produced by: `surgeon sweep {summary['sweep_file']} -o {out_dir}` (base recipe `{summary['recipe_file']}`); "
-             f"`surgeon sweep report {out_dir}` rewrites it from the finished runs.", "",
-             f"Finished runs: {summary['finished']} of {summary['expected']} (seeds {summary['seeds']})."
-             + (f" Missing: {', '.join(summary['missing'])}." if summary["missing"] else ""), "",
+    made = (f"Produced by: `surgeon sweep {summary['sweep_file']} -o {out_dir}` (base recipe `{summary['recipe_file']}`); "
+            f"`surgeon sweep report {out_dir}` rewrites it from the finished runs.")  # fmt: skip
+    missing = f" Missing: {', '.join(summary['missing'])}." if summary["missing"] else ""
+    lines = [f"# Sweep report: {summary['sweep']}", "", summary["description"].strip(), "", made, "",
+             f"Finished runs: {summary['finished']} of {summary['expected']} (seeds {summary['seeds']}).{missing}", "",
              "## Arms", "", *_arm_rows(summary), "",
              "## Results per arm (mean [95% CI] over seeds)", "", *_stat_rows(summary), "",
              "## Against the baseline (paired by seed)", "", *_diff_rows(summary), "",
