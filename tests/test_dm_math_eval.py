@@ -37,7 +37,7 @@ def _stand_in() -> types.ModuleType:
 
 @pytest.fixture
 def dm_math(monkeypatch):
-    import modelsurgeon.data as data
+    from modelsurgeon import data
 
     mod = sys.modules.get("modelsurgeon.data.dm_math") or _stand_in()
     monkeypatch.setitem(sys.modules, "modelsurgeon.data.dm_math", mod)
