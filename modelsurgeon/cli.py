@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from modelsurgeon.cli_options import flag, with_model_options
 from modelsurgeon.errors import SurgeonError
+from modelsurgeon.train.options import TrainOptions, load_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained language models from their checkpoints.")
 plan_app = typer.Typer(no_args_is_help=True, help="Check growth plans.")
@@ -24,7 +26,7 @@ err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_size(text: str) -> int:
+def parse_byte_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
     if not m or m.group(2) not in SIZE_UNITS:
         raise typer.BadParameter(f"{text!r} is not a size; use e.g. 5GB, 500MB, 2GiB or a byte count")
@@ -56,15 +58,15 @@ def grow(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
-    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and measure the logits drift.")] = False,
+    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and report verify's logit drift.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
-    from modelsurgeon.engine import grow as grow_fn
-    from modelsurgeon.engine import prepare
-    from modelsurgeon.report import layer_map_table, summary_table, width_table
+    from modelsurgeon.grow.engine import grow as grow_fn
+    from modelsurgeon.grow.engine import prepare
+    from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run and verify:
@@ -79,17 +81,15 @@ def grow(
     if dry_run and drift:
         from modelsurgeon.verify.drift import measure_drift
 
-        r = measure_drift(model, prep.loaded)
-        out.print(f"measured drift: max |dlogit| {r.max_abs:.3g}, KL {r.mean_kl:.4g} nats/token, top-1 {r.top1:.3f} over {r.positions} positions")
+        _, report = measure_drift(model, prep.loaded)
+        line = f"measured drift (surgeon verify on a temporary grown copy): {report.drift_line()}"
+        out.print(line, highlight=False, soft_wrap=True)
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
     if verify and not dry_run:  # the output stays: it was written correctly, it just fails its promise
-        from modelsurgeon.verify import verify_checkpoint
-        from modelsurgeon.verify.report import render
+        from modelsurgeon.verify.api import verify_and_show
 
-        report = verify_checkpoint(model, output)
-        out.print(render(report))
-        report.raise_if_failed()
+        verify_and_show(model, output, out)
 
 
 def _grow_with_progress(grow_fn, model, plan, output, force, shard):
@@ -105,17 +105,16 @@ def _grow_with_progress(grow_fn, model, plan, output, force, shard):
 @handled
 def inspect(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
-    from modelsurgeon.inspect import inspect_checkpoint
-    from modelsurgeon.report import inspect_table
+    from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
-    info = inspect_checkpoint(model)
+    info = summarize_checkpoint(model)
     if as_json:
         print(json.dumps(info, indent=2))
     else:
-        out.print(inspect_table(info))
+        out.print(checkpoint_table(info))
 
 
 @plan_app.command("check")
@@ -133,7 +132,7 @@ def plan_check(
     if model is None:
         out.print(f"[green]ok[/] {plan}: {len(loaded.plan.steps)} step(s), schema valid")
         return
-    from modelsurgeon.engine import prepare
+    from modelsurgeon.grow.engine import prepare
 
     prep = prepare(model, loaded)
     out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
@@ -155,23 +154,23 @@ def demo(
 @handled
 def convert(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
-    to: Annotated[str, typer.Option(help="Output format: safetensors, bin or gguf (llama, mistral, qwen2).")] = "safetensors",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory, or one NAME.gguf file (created atomically).")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Output format: safetensors, bin or gguf (default: gguf for -o NAME.gguf, else safetensors).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
+    force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
     from modelsurgeon.convert import convert as convert_fn
     from modelsurgeon.convert import prepare_conversion
     from modelsurgeon.convert.report import describe
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run:
-        conv = prepare_conversion(model, to, dtype, shard)
+        conv = prepare_conversion(model, to, dtype, shard, output)
     else:
         conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
     out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)
@@ -224,13 +223,13 @@ def merge_lora(
     base: Annotated[Path, typer.Argument(help="Checkpoint the adapter was trained on.")],
     adapter: Annotated[Path, typer.Argument(help="peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
     from modelsurgeon.train.merge import merge_lora as merge_fn
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance))
     out.print(f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}")
     out.print(f"[green]wrote[/] {output}", highlight=False)
@@ -238,54 +237,28 @@ def merge_lora(
 
 @app.command("train-stage")
 @handled
+@with_model_options(TrainOptions, panel="Training options (also accepted in --config)")
 def train_stage(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory to train (with its tokenizer).")],
-    data: Annotated[list[str], typer.Option("--data", help="Training data, repeatable: a file or dir (.jsonl/.json/.parquet/.csv/.txt), hf:NAME, hf:NAME:CONFIG@SPLIT or synthetic:arith; SPEC*WEIGHT to mix.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
-    method: Annotated[str, typer.Option(help="lora, full, new (only the layers the last grow added) or lora-new.")] = "lora",
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (or give --tokens).")] = None,
-    tokens: Annotated[Optional[int], typer.Option(help="Training tokens; steps = ceil(tokens / tokens per step).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 2e-4 LoRA, 1e-4 new, 2e-5 full).")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps (default: 5% of the steps).")] = None,
-    schedule: Annotated[str, typer.Option(help="cosine, linear, constant or wsd (warm-up, stable, cosine decay).")] = "cosine",
-    decay_fraction: Annotated[float, typer.Option(help="wsd: fraction of the steps spent decaying.")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Sequences per device per micro-batch.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: min(1024, max positions)).")] = None,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (a LoRA base is also held in bfloat16).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for LoRA init, data split and order.")] = 0,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: at start and end only).")] = 0,
-    save_every: Annotated[int, typer.Option(help="Resumable checkpoint every N steps (0: at the end only).")] = 500,
-    log_every: Annotated[int, typer.Option(help="metrics.jsonl row every N steps.")] = 10,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: off).")] = 1.0,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/r).")] = 32.0,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
-    targets: Annotated[Optional[list[str]], typer.Option(help="LoRA targets: roles (q,k,v,o,gate,up,down,qkv,gate_up) or module names; comma-separated or repeated (default: every linear role).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="lora: layers to adapt, as in plans: all, 0,5,-1, '{from: 8, to: 24}', '{every: 4}', '{middle: 4}'.")] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="Record field holding the text (default: detected).")] = None,
-    eval_fraction: Annotated[float, typer.Option(help="Share of documents held out for eval.")] = 0.05,
-    share_duplicates: Annotated[bool, typer.Option("--share-duplicates", help="LoRA on a grown model: copies of one layer share one frozen base tensor.")] = False,
-    carry_optimizer: Annotated[Optional[str], typer.Option(help="full/new after a grow: AdamW moments from the parent stage (reset, copy or scale).")] = None,
-    optimizer_from: Annotated[Optional[Path], typer.Option(help="The parent stage's OUT/optimizer (default: from MODEL's surgeon.json).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of this command from its last checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")] = False,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="YAML file of training options (names as below, e.g. lora_r: 8); flags override it."),
+    ] = None,
+    resume: Annotated[bool, flag("--resume", help="Continue an interrupted run of this command from its last checkpoint.")] = False,
+    force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
+    **fields,
 ) -> None:
     """Train MODEL for one stage (LoRA, full, or the layers a grow added) and write the merged checkpoint."""
-    # First statement: here locals() holds exactly the parameters.
-    fields = {k: v for k, v in locals().items() if k not in ("model", "output", "resume", "force", "max_shard_size") and v is not None}
     import shlex
 
     from modelsurgeon.errors import TrainInterrupted
-    from modelsurgeon.train import make_options, parse_layers
     from modelsurgeon.train import train_stage as train_fn
 
-    fields.update(targets=[t for v in targets for t in v.split(",") if t] if targets else None, layers=parse_layers(layers) if layers else None)
-    options = make_options(**fields)
+    options = load_options(config, fields)
     try:
-        result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_size(max_shard_size))
+        result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_byte_size(max_shard_size))
     except TrainInterrupted as exc:
         exc.hint = "continue with: " + shlex.join(["surgeon", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise
@@ -299,8 +272,8 @@ def train_stage(
 def progressive(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML: start model, data, eval, train/grow stages, baselines.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")],
-    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR: finished stages are skipped, an interrupted one resumes.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete RUN_DIR and start over.")] = False,
+    resume: Annotated[bool, flag("--resume", help="Continue RUN_DIR: finished stages are skipped, an interrupted one resumes.")] = False,
+    force: Annotated[bool, flag("--force", help="Delete RUN_DIR and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
     from modelsurgeon.progressive import run_recipe

@@ -1,5 +1,6 @@
 """Grow a real pretrained model with every shipped plan and measure how far each moves its
-outputs (max |delta logit|, KL(source || grown), next-token agreement) on three prompts.
+outputs (max |delta logit|, KL(source || grown), next-token agreement) on verify's built-in
+prompts: the numbers `surgeon grow --dry-run --drift` and `surgeon verify` report.
 
     python scripts/smollm2_to_safetensors.py          # once: SmolLM2-135M-Instruct as safetensors
     python scripts/real_model_drift.py [--model DIR] [--plans plans/*.yaml]
@@ -23,14 +24,17 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--plans", type=Path, nargs="*", default=PLANS)
     args = ap.parse_args()
-    print("| plan | class | max abs dlogit | KL (nats/token) | top-1 agreement | grow + compare (s) |")
+    print("| plan | class | max abs dlogit | KL (nats/token) | top-1 agreement | grow + verify (s) |")
     print("|---|---|---|---|---|---|")
     for path in args.plans:
         loaded = load_plan(path)
         start = time.perf_counter()
-        r, prep = measure_drift(args.model, loaded, with_prep=True)
-        print(f"| {path.stem} ({prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.params_out / 1e6:.0f}M params) "
-              f"| {prep.equivalence} | {r.max_abs:.3g} | {r.mean_kl:.3f} | {r.top1:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
+        prep, report = measure_drift(args.model, loaded)
+        lg = report.metrics["logits"]
+        shape = f"{prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.params_out / 1e6:.0f}M params"
+        print(f"| {path.stem} ({shape}) "
+              f"| {prep.equivalence} | {lg['max_abs']:.3g} | {lg['mean_kl']:.3f} | {lg['top1']:.3f} "
+              f"| {time.perf_counter() - start:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

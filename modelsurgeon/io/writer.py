@@ -33,6 +33,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+DEFAULT_MAX_SHARD = 5 * 10**9  # bytes per weight file, as transformers' save_pretrained writes them
 COPY_CHUNK = 64 * 1024 * 1024
 # Computed tensors are produced a block of rows at a time, each block at most this many
 # elements (64 MB in float32), so memory stays bounded even for a 128K-vocab embedding.
@@ -183,18 +184,25 @@ def write_shards(
     return weight_map
 
 
-def check_output_path(out: Path, model: Path, force: bool) -> None:
-    """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force."""
-    out_r, model_r = out.resolve(), model.resolve()
-    if out_r == model_r or model_r in out_r.parents or out_r in model_r.parents:
+def check_no_overlap(out: Path, other: Path, what: str = "the input", hint: str = "") -> None:
+    """Refuse OUT equal to or inside `other` (or `other` inside OUT): replacing OUT would destroy it."""
+    out_r, other_r = out.resolve(), other.resolve()
+    if out_r == other_r or other_r in out_r.parents or out_r in other_r.parents:
         raise OutputError(
-            f"output {out} overlaps the input {model}",
-            hint="choose an output directory outside the model directory",
+            f"output {out} overlaps {what} {other}",
+            hint=hint or "choose an output directory outside the model directory",
         )
+
+
+def check_output_path(out: Path, model: Path, force: bool, is_file: bool = False) -> None:
+    """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force.
+    `is_file`: OUT is one file, which --force may replace (a directory is always a directory)."""
+    check_no_overlap(out, model)
     if out.exists() and not force:
         raise OutputError(f"output {out} already exists", hint="choose a new path, or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is not a directory", hint="remove it or choose another path")
+    if out.exists() and out.is_dir() == is_file:
+        kind = "a directory" if is_file else "not a directory"
+        raise OutputError(f"output {out} exists and is {kind}", hint="remove it or choose another path")
 
 
 def check_free_space(out: Path, needed: int) -> None:
@@ -214,6 +222,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file `out`; on success it replaces `out` in one
+    rename, on any failure it is removed and `out` is left as it was."""
+    out = out.resolve()
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

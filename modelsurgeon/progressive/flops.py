@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.train.methods import LINEAR_ROLES  # the modules LoRA adapts are the matmuls we count
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
+from modelsurgeon.train.methods import get_method  # LoRA adapts the matmuls we count
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,11 @@ def stage_flops(
     `trained_layers`: how many layers train (method new / lora on a layer subset); None = all."""
     layers = counts.n_layers if trained_layers is None else trained_layers
     attention = 12 * counts.n_layers * seq_len * counts.attn_dim
-    if method in ("lora", "lora-new"):
+    m = get_method(method)
+    if m.adapter:
         adapters = lora_params(counts, lora_r, lora_targets, layers)
         dense = 4 * (counts.matmul + adapters) + 2 * adapters
         return StageFlops(tokens, dense, attention, adapters, adapters)
-    trainable = counts.matmul if method == "full" else layers * counts.layer_matmul
+    trainable = counts.matmul if m.layers == "all" else layers * counts.layer_matmul
     dense = 4 * counts.matmul + 2 * trainable
     return StageFlops(tokens, dense, attention, trainable, 0)

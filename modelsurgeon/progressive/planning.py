@@ -106,7 +106,7 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
     if options is None:
         return None
     trained = None
-    if options.method in ("new", "lora-new"):
+    if options.train_method.layers == "new":
         if prev is None or prev.kind != "grow":
             problems.append(f"{where}: method {options.method} trains the layers a growth added; put it right after a grow stage")
             return None
@@ -118,11 +118,13 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             trained = len(resolve_selection(options.layers, counts.n_layers))
         except ValueError as exc:
             problems.append(f"{where}: layers: {exc}")
-    if options.is_lora and r.init is not None and not any(s.kind == "train" for s in plan.stages):
+    if options.train_method.adapter and r.init is not None and not any(s.kind == "train" for s in plan.stages):
         problems.append(f"{where}: the start model is randomly initialised, so its first train stage must be method full (not {options.method})")
+    if options.ramp_new is not None and (prev is None or prev.kind != "grow"):
+        problems.append(f"{where}: ramp_new fades in the layers a growth added; put the stage right after a grow stage")
     if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
         problems.append(f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that follows a train stage")
-    seq_len = options.seq_len or min(1024, plan.max_positions)
+    seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:
         problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
     steps = options.total_steps(seq_len)
@@ -133,7 +135,7 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
     from modelsurgeon.arch.registry import load_specs
-    from modelsurgeon.engine import prepare
+    from modelsurgeon.grow.engine import prepare
     from modelsurgeon.ops.compile import compile_plan
     from modelsurgeon.plan.load import load_plan, parse_plan
     from modelsurgeon.plan.schema import Widen
@@ -185,7 +187,7 @@ def _baseline(plan: RecipePlan, b: Baseline, i: int, problems: list[str]) -> Pla
     if options.method != "full":
         problems.append(f"{where}.train: a from-scratch baseline trains with method full, not {options.method}")
         return None
-    seq_len = options.seq_len or min(1024, plan.max_positions)
+    seq_len = options.sequence_length(plan.max_positions)
     per_step = stage_flops(counts, options.tokens_per_step(seq_len), seq_len, "full").total
     steps = match_steps(b.match, plan.total_flops, plan.total_tokens, per_step, options.tokens_per_step(seq_len))
     if steps < 1:

@@ -4,7 +4,7 @@ duplicate layers, and optimizer state carried across growth."""
 
 def __getattr__(name: str):
     # torch and transformers load only when a stage runs, so `surgeon --help` stays fast.
-    if name in ("TrainOptions", "make_options", "parse_layers"):
+    if name in ("TrainOptions", "make_options", "load_options", "parse_layers"):
         from modelsurgeon.train import options
 
         return getattr(options, name)
@@ -15,4 +15,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["TrainOptions", "make_options", "parse_layers", "train_stage", "StageResult", "work_dir"]
+__all__ = ["TrainOptions", "make_options", "load_options", "parse_layers", "train_stage", "StageResult", "work_dir"]

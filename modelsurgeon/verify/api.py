@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,9 +15,13 @@ from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, load_check, program_check, structure_check
 from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
+from modelsurgeon.verify.experts import expert_problems
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
-from modelsurgeon.verify.report import Check, VerifyReport
+from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ENGINES = ("torch", "vllm", "both")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -49,7 +54,28 @@ def _mappable(claims: Claims, src: Structure, out: Structure) -> bool:
     return bool(m) and len(m) == out.num_layers and all(0 <= s < src.num_layers for s, _ in m)
 
 
-def _torch_checks(report: VerifyReport, runs: dict[str, ModelRun], claims: Claims, src: Structure, out: Structure, ids) -> None:
+def _diagnosis_map(claims: Claims, src: Structure, out: Structure, notes: list[str]) -> list[tuple[int, float]] | None:
+    """The layer map that aligns hidden states and drives the program check, or None."""
+    if not _mappable(claims, src, out):
+        return None
+    key = src.spec.config_keys.hidden
+    a, b = src.ckpt.config.get(key), out.ckpt.config.get(key)
+    if isinstance(a, int) and isinstance(b, int) and b % a:
+        # Uneven replication (bert2BERT) gives norms other statistics: approximate by design, and
+        # no fold reads GROWN's stream back at SOURCE's width, so only the logits can be compared.
+        notes.append(f"{key} {a} -> {b} is not a multiple (uneven replication): hidden states cannot be aligned")
+        return None
+    return claims.layer_map
+
+
+def _torch_checks(
+    report: VerifyReport,
+    runs: dict[str, ModelRun],
+    claims: Claims,
+    src: Structure,
+    layer_map: list[tuple[int, float]] | None,
+    ids: list[list[int]],
+) -> None:
     b = BOUNDS[report.dtype]
     s_run, g_run = runs["source"], runs["grown"]
     scale = max(float(x.abs().max()) for x in s_run.logits)
@@ -57,7 +83,6 @@ def _torch_checks(report: VerifyReport, runs: dict[str, ModelRun], claims: Claim
     stats = logit_stats(s_run.logits, g_run.logits, tol)
     greedy = greedy_stats(s_run.greedy, g_run.greedy, s_run.greedy_logits, tol)
     ppl = (perplexity(s_run.logits, ids), perplexity(g_run.logits, ids))
-    layer_map = claims.layer_map if _mappable(claims, src, out) else None
     drift = layer_drift(s_run.hidden, g_run.hidden, alignment(layer_map, src.num_layers)) if layer_map else []
     if not layer_map:
         report.notes.append("no usable layer map: per-layer hidden-state diagnosis skipped")
@@ -181,6 +206,7 @@ def verify_checkpoint(
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)
     problems = structure_problems(src, out, claims.layer_map)
+    experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
     if max_prompt < MIN_TOKENS:
         raise VerifyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions")
@@ -188,14 +214,26 @@ def verify_checkpoint(
     dev = pick_device(device)
     report = VerifyReport(str(source), str(grown), claims.equivalence, claims.origin, engine, dtype, str(dev), layerwise,
                           len(ids), sum(map(len, ids)), max_new_tokens, strict, notes=list(claims.notes))  # fmt: skip
-    layer_map = claims.layer_map if _mappable(claims, src, out) else None
+    layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
+    if out.spec.moe is not None and claims.equivalence == "exact":
+        report.checks.append(Check("experts and router rows copied", not experts, "yes" if not experts else "no",
+                                   "every expert its source's", True, "; ".join(experts)))  # fmt: skip
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
     if engine != "vllm":
-        _torch_checks(report, runs, claims, src, out, ids)
+        _torch_checks(report, runs, claims, src, layer_map, ids)
     if engine != "torch":
         _vllm_checks(report, runs, out, ids, vllm_python)
     report.timings["total"] = time.perf_counter() - start
+    return report
+
+
+def verify_and_show(source: str | Path, grown: str | Path, console: Console) -> VerifyReport:
+    """What `grow --verify` and `demo` run on an output they wrote: verify_checkpoint with its
+    defaults, the report printed, then its VerifyError raised when a check fails."""
+    report = verify_checkpoint(source, grown)
+    console.print(render(report))
+    report.raise_if_failed()
     return report

@@ -53,6 +53,13 @@ class VerifyReport:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
+    def drift_line(self) -> str:
+        """The logit comparison and the verdict in one line (what `grow --dry-run --drift` prints)."""
+        lg = self.metrics["logits"]
+        verdict = "pass" if self.passed else "FAIL (" + ", ".join(c.name for c in self.failures) + ")"
+        return (f"max |dlogit| {lg['max_abs']:.3g}, KL {lg['mean_kl']:.4g} nats/token, top-1 {lg['top1']:.3f} "
+                f"over {lg['positions']} positions; {self.equivalence} checks: {verdict}")
+
     def raise_if_failed(self) -> None:
         """Raises VerifyError naming every failed check and where it failed."""
         if self.passed:

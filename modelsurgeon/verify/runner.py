@@ -71,13 +71,16 @@ def _loading_problems(info: dict) -> list[str]:
     return out
 
 
+def _failure(path: Path, what: str, cause: str, problems: list[str], hint: str) -> VerifyError:
+    """`problems`: the header-level findings that usually explain the failure."""
+    known = "".join(f"\n  - {p}" for p in problems)
+    return VerifyError(f"{path} {what} in transformers: {cause}{known}", hint=hint)
+
+
 def load_failure(path: Path, exc: Exception, problems: list[str] = ()) -> VerifyError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    known = "".join(f"\n  - {p}" for p in problems)
-    return VerifyError(
-        f"{path} does not load in transformers: {first}{known}",
-        hint="fix the checkpoint (config.json and weights must agree); `surgeon inspect` shows both",
-    )
+    hint = "fix the checkpoint (config.json and weights must agree); `surgeon inspect` shows both"
+    return _failure(path, "does not load", first, problems, hint)
 
 
 def load_model(path: Path, dtype: torch.dtype, device: torch.device, problems: list[str] = ()):
@@ -132,11 +135,8 @@ def _prompt_and_greedy(model, structure: Structure, ids: list[int], n_new: int, 
 
 
 def run_failure(path: Path, exc: Exception, problems: list[str] = ()) -> VerifyError:
-    known = "".join(f"\n  - {p}" for p in problems)
-    return VerifyError(
-        f"{path} loads but does not run in transformers: {type(exc).__name__}: {str(exc).strip()[:300]}{known}",
-        hint="config.json describes a model transformers cannot run; compare it with SOURCE's (`surgeon inspect`)",
-    )
+    hint = "config.json describes a model transformers cannot run; compare it with SOURCE's (`surgeon inspect`)"
+    return _failure(path, "loads but does not run", f"{type(exc).__name__}: {str(exc).strip()[:300]}", problems, hint)
 
 
 def run_full(path: Path, structure: Structure, prompts: list[list[int]], n_new: int, dtype: torch.dtype,

@@ -1,25 +1,22 @@
-"""What a stage trains: LoRA on the family's linear roles, everything, or only the layers the
-last growth added. Resolved from headers and surgeon.json before any weight is loaded, then
-applied to the loaded model (peft wrapper or requires_grad flags)."""
+"""What a stage trains, resolved against the checkpoint from headers and surgeon.json before any
+weight is loaded: which layers (the method's choice: all, --layers, or the new ones) and, for
+LoRA methods, which modules. The method object then applies the plan to the loaded model."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
 from modelsurgeon.errors import TrainError
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.manifest import MANIFEST, read_manifest
 from modelsurgeon.plan.selection import resolve_selection
-from modelsurgeon.train.options import TrainOptions
 
 if TYPE_CHECKING:
     from torch import nn
 
-# Roles of the table's linear modules (norms and embeddings are not LoRA targets).
-LINEAR_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
+    from modelsurgeon.train.options import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -37,17 +34,16 @@ class MethodPlan:
 
 def new_layers(model_dir: Path) -> list[int]:
     """The output layers the last growth added, from MODEL/surgeon.json's layer map."""
-    path = model_dir / MANIFEST
-    if not path.is_file():
+    manifest = read_manifest(model_dir)
+    if manifest is None:
         raise TrainError(
             f"{model_dir}: no {MANIFEST}, so there is no record of which layers are new",
             hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use --method lora/full",
         )
-    layer_map = json.loads(path.read_text()).get("layer_map") or []
-    layers = [j for j, e in enumerate(layer_map) if e.get("new")]
+    layers = manifest.new_layers
     if not layers:
         raise TrainError(
-            f"{path}: the layer map marks no layer as new (the last growth added none)",
+            f"{model_dir / MANIFEST}: the layer map marks no layer as new (the last growth added none)",
             hint="grow with a plan that adds layers (e.g. plans/llama-pro.yaml), or use --method lora/full",
         )
     return layers
@@ -90,19 +86,20 @@ def resolve_targets(spec: ArchSpec, layout: Layout, targets: list[str] | None) -
 
 def plan_method(options: TrainOptions, model_dir: Path, spec: ArchSpec, layout: Layout) -> MethodPlan:
     """Resolve the method against the checkpoint (headers and surgeon.json only)."""
+    method = options.train_method
     n = layout.num_layers
     layers = None
-    if options.method in ("new", "lora-new"):
+    if method.layers == "new":
         layers = new_layers(model_dir)
         if max(layers) >= n:
             raise TrainError(f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
                              hint="surgeon.json belongs to another checkpoint; regrow the model")  # fmt: skip
-    elif options.layers is not None:
+    elif method.layers == "chosen" and options.layers is not None:
         try:
             layers = resolve_selection(options.layers, n)
         except ValueError as exc:
             raise TrainError(f"--layers: {exc}", hint=f"the model has {n} layers") from None
-    if not options.is_lora:
+    if not method.adapter:
         return MethodPlan(options.method, layers, None)
     targets = resolve_targets(spec, layout, options.targets)
     return MethodPlan(options.method, layers, targets, fan_in_fan_out=spec.transposed_linears)
@@ -117,32 +114,6 @@ def changed_tensors(plan: MethodPlan, spec: ArchSpec, layout: Layout) -> set[str
         return {n for i in indices for n in layout.layers[i].values()}
     wanted = {f"{t}.weight" for t in plan.targets}
     return {layout.layers[i][s] for i in indices for s in wanted if s in layout.layers[i]}
-
-
-def lora_config(plan: MethodPlan, options: TrainOptions, spec: ArchSpec):
-    from peft import LoraConfig
-
-    # layers_pattern is the name before the layer index ("layers" in model.layers.3., "h" in GPT-2)
-    pattern = spec.layer_prefix.rstrip(".").rsplit(".", 1)[-1]
-    return LoraConfig(
-        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-        target_modules=plan.targets, layers_to_transform=plan.layers,
-        layers_pattern=pattern if plan.layers is not None else None,
-        fan_in_fan_out=plan.fan_in_fan_out, bias="none", task_type="CAUSAL_LM",
-    )  # fmt: skip
-
-
-def apply_method(model: nn.Module, plan: MethodPlan, options: TrainOptions, spec: ArchSpec) -> nn.Module:
-    """Wrap with LoRA adapters, or set requires_grad so only the planned layers train."""
-    if plan.targets is not None:
-        from peft import get_peft_model
-
-        return get_peft_model(model, lora_config(plan, options, spec))
-    if plan.layers is not None:
-        prefixes = tuple(f"{spec.layer_prefix}{i}." for i in plan.layers)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(prefixes))
-    return model
 
 
 def trainable_params(model: nn.Module) -> tuple[int, int]:
