@@ -128,6 +128,12 @@ def test_seed_rewrite_moves_every_training_seed_and_keeps_the_test_set():
     assert (s0["init"]["seed"], s0["stages"][2]["train"]["seed"], s0["defaults"]["seed"]) == (3, 7, 0)
     assert seeded_spec("synthetic:arith", 2) == "synthetic:arith:seed=2000"
     assert seeded_spec("math.jsonl*0.5", 2) == "math.jsonl*0.5"  # files have no seed; order comes from train seed
+    from modelsurgeon.data.spec import parse_data_spec
+
+    for spec, want in (("dm-math:arithmetic__add_sub_multiple", "dm-math:arithmetic__add_sub_multiple:seed=2000"),
+                       ("dm-math:arithmetic__mixed:train-easy:n=200,seed=3*0.5",
+                        "dm-math:arithmetic__mixed:train-easy:n=200,seed=2003*0.5")):  # fmt: skip
+        assert seeded_spec(spec, 2) == want and parse_data_spec(want)  # the data library reads what we write
 
 
 def test_recipe_seeds_above_the_stride_are_refused(tmp_path, recipe):

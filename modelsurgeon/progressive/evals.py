@@ -14,9 +14,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 PROBLEMS_FILE = "eval_problems.jsonl"
-# A dm-math problem as a training document is question + DM_SEP + answer (the generator's own
-# question and answer strings, one per line as in its released files); the prompt ends at DM_SEP.
-DM_SEP = "\n"
 
 
 class DmMathEval(BaseModel):
@@ -27,7 +24,6 @@ class DmMathEval(BaseModel):
     modules: list[str] = Field(min_length=1)
     n_per_module: int = Field(50, ge=1)
     seed: int = 0
-    max_new_tokens: int = Field(32, ge=1)
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -69,39 +65,14 @@ def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
     return rows
 
 
-def _greedy_lines(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations, each cut at EOS or the first newline (the answer's end)."""
-    import torch
-
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows = [[eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts]  # EOS: as after a packed doc
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                         num_beams=1, pad_token_id=pad, eos_token_id=eos)  # fmt: skip
-    replies = []
-    for row in out[:, width:].tolist():
-        row = row[: row.index(eos)] if eos in row else row
-        replies.append(tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip())
-    return replies
-
-
 def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
-    import torch
-
     from modelsurgeon.data import dm_math
 
     rows = []
     for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():
-        with torch.no_grad():
-            for start in range(0, len(problems), 50):
-                batch = problems[start:start + 50]
-                replies = _greedy_lines(model, tokenizer, [p.question + DM_SEP for p in batch], spec.max_new_tokens)
-                rows += [{"bench": "dm_math", "set": test, "id": p.question, "answer": p.answer, "reply": r,
-                          "length": dm_math.chain_length(p), "module": p.module, "correct": int(r == p.answer.strip())}
-                         for p, r in zip(batch, replies)]  # fmt: skip
+        right = dm_math.exact_match(model, tokenizer, problems, batch_size=50)  # greedy, cut at newline or EOS
+        rows += [{"bench": "dm_math", "set": test, "id": p.question, "answer": p.answer, "length": dm_math.chain_length(p),
+                  "module": p.module, "correct": int(ok)} for p, ok in zip(problems, right)]  # fmt: skip
     return rows
 
 
