@@ -206,3 +206,12 @@ def test_shipped_sweeps_expand(path):
     """Every shipped sweep and each of its expanded recipes passes the checks run before training."""
     m = _expand(path)
     assert m.jobs and all(a.pairs for a in m.arms)
+
+
+def test_grid_centres_on_the_method_default_when_the_recipe_sets_no_lr(tmp_path, recipe):
+    from modelsurgeon.train.methods import METHODS
+
+    recipe.write_text(RECIPE.replace(", lr: 0.003}", "}"))
+    m = _expand(_sweep(tmp_path, recipe, SWEEP.split("axes:")[0], baselines="tuned"))
+    job = next(j for j in m.jobs if j.phase == "tuning" and j.multipliers == [3.0])
+    assert job_recipe(m, job, {})["stages"][0]["train"]["lr"] == pytest.approx(3 * METHODS["full"].default_lr)
