@@ -31,6 +31,7 @@ from modelsurgeon.errors import RecipeError
 from modelsurgeon.plan.load import problem, read_document, read_yaml
 from modelsurgeon.plan.load import where as yaml_where
 from modelsurgeon.plan.shipped import doc_path
+from modelsurgeon.progressive.evals import DmMathEval
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
 from modelsurgeon.progressive.triggers import Trigger
@@ -123,6 +124,7 @@ class Baseline(_Strict):
 
 class EvalSpec(_Strict):
     arith: ArithEval | None = ArithEval()
+    dm_math: DmMathEval | None = None  # DeepMind mathematics: interpolation and extrapolation test sets
 
 
 class Recipe(_Strict):
