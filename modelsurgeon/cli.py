@@ -284,6 +284,38 @@ def progressive(
     out.print(f"[green]wrote[/] {output / 'report.md'}", highlight=False)
 
 
+@app.command()
+@handled
+def sweep(
+    spec: Annotated[str, typer.Argument(help="Sweep YAML (base recipe, seeds, axes), or `report` to aggregate RUN_DIR.")],
+    run_dir: Annotated[Optional[Path], typer.Argument(help="With `report`: the sweep directory.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Sweep directory: runs/, tuning/, results.csv, summary.json, report.md.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at a time, each in its own process.")] = 1,
+    threads_per_run: Annotated[Optional[int], typer.Option("--threads-per-run", min=1, help="Torch threads per run (default: CPU cores / workers).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete DIR and start over.")] = False,
+    emit_commands: Annotated[bool, typer.Option("--emit-commands", help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.")] = False,
+) -> None:
+    """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
+    from modelsurgeon.sweep import emit, report_dir, run_sweep
+
+    if spec == "report":
+        if run_dir is None:
+            raise typer.BadParameter("`surgeon sweep report DIR` needs the sweep directory")
+        summary = report_dir(run_dir)
+        out.print(f"[green]wrote[/] {run_dir / 'report.md'} ({summary['finished']} of {summary['expected']} runs finished)", highlight=False)
+        return
+    if output is None:
+        raise typer.BadParameter("give the sweep directory with -o DIR")
+    if emit_commands:
+        commands, note = emit(Path(spec), output, threads=threads_per_run, force=force)
+        typer.echo("\n".join(commands))  # plain: no markup or wrapping, one command per line
+        err.print(note, highlight=False)
+        return
+    summary = run_sweep(Path(spec), output, workers=workers, threads=threads_per_run, resume=resume, force=force, console=err)
+    out.print(f"[green]wrote[/] {output / 'report.md'} ({summary['finished']} runs)", highlight=False)
+
+
 def main() -> None:
     app()
 

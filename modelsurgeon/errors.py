@@ -90,3 +90,14 @@ class RecipeError(PlanError):
         super().__init__(source, problems, hint)
         self.message = self.message.replace("in the plan:", "in the recipe:", 1)
         self.args = (self.message,)
+
+
+class SweepError(PlanError):
+    """A `surgeon sweep` file, one of its expanded recipes, or a sweep directory is unusable."""
+
+    exit_code = 11
+
+    def __init__(self, source: str, problems: list[str], hint: str = "") -> None:
+        super().__init__(source, problems, hint)
+        self.message = self.message.replace("in the plan:", "in the sweep:", 1)
+        self.args = (self.message,)

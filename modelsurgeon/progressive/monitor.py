@@ -1,6 +1,6 @@
 """What a recipe measures besides the losses train-stage logs: per-decoder-layer gradient norms
 during training (the seed's "gradient deterioration" concern) and, after each train stage,
-exact-match accuracy by chain length on held-out `synthetic:arith` problems."""
+exact-match accuracy by chain length on held-out `synthetic:arith` problems (scored in evals.py)."""
 
 from __future__ import annotations
 
@@ -61,17 +61,3 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def accuracy_by_k(model_dir: Path, spec: ArithEval) -> dict[str, dict]:
-    """{k: {"accuracy", "n"}} for greedy exact match on `spec`'s eval problems (never trained on)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from modelsurgeon.data.arith import eval_set, exact_match_by_k
-
-    problems = eval_set(list(range(spec.min_k, spec.max_k + 1)), spec.per_k, spec.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    scores = exact_match_by_k(model, tokenizer, problems, max_new_tokens=spec.max_new_tokens, batch_size=100)
-    return {str(k): {"accuracy": acc, "n": spec.per_k} for k, acc in scores.items()}

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from modelsurgeon.errors import RecipeError
 from modelsurgeon.plan.load import problem, read_document, read_yaml
 from modelsurgeon.plan.load import where as yaml_where
+from modelsurgeon.progressive.evals import DmMathEval
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
 from modelsurgeon.progressive.triggers import Trigger
@@ -122,6 +123,7 @@ class Baseline(_Strict):
 
 class EvalSpec(_Strict):
     arith: ArithEval | None = ArithEval()
+    dm_math: DmMathEval | None = None  # DeepMind mathematics: interpolation and extrapolation test sets
 
 
 class Recipe(_Strict):

@@ -43,7 +43,7 @@ def _run_summary(records: list[dict], k_max: int | None) -> dict:
         "wall_s": round(sum(r["wall_s"] for r in records), 2), "layers": records[-1]["layers"] if records else 0,
         "params": records[-1]["params"] if records else 0,
         "final_train_loss": last.get("final_train_loss"), "final_eval_loss": last.get("final_eval_loss"),
-        "accuracy_by_k": acc, "accuracy_trained_k": short, "accuracy_longer_k": long,
+        "accuracy_by_k": acc, "accuracy_trained_k": short, "accuracy_longer_k": long, "tests": last.get("tests") or {},
     }  # fmt: skip
 
 

@@ -55,6 +55,22 @@ def _acc_rows(runs: dict[str, dict], k_max: int | None) -> list[str]:
     return out
 
 
+def _test_rows(runs: dict[str, dict]) -> list[str]:
+    """Per test set (and per module where the benchmark has modules): accuracy and n, per run."""
+    keys = list(dict.fromkeys((b, t) for r in runs.values() for b, sets in (r.get("tests") or {}).items() for t in sets))
+    if not keys:
+        return ["(no test sets in this recipe)"]
+    out = ["| run | benchmark | test set | module | accuracy | n |", "|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        for bench, test in keys:
+            s = (r.get("tests") or {}).get(bench, {}).get(test)
+            if s is None:
+                continue
+            out.append(f"| {name} | {bench} | {test} | all | {s['accuracy']:.3f} | {s['n']} |")
+            out += [f"| {name} | {bench} | {test} | {m} | {v['accuracy']:.3f} | {v['n']} |" for m, v in s.get("by_module", {}).items()]
+    return out
+
+
 NOTES = """## How the numbers are counted
 
 - **FLOPs** per training token: 6N for full training; 4N_total + 2N_trainable for LoRA (the frozen
@@ -84,6 +100,7 @@ def render(summary: dict, plan: RecipePlan, run_dir: str) -> str:
              "## Stages of the progressive run", "", *_stage_rows(summary["stages"], k_max), "",
              "## Final results per run", "", *_run_rows(runs), "",
              "## Exact-match accuracy by chain length", "", *_acc_rows(runs, k_max), "",
+             "## Exact match per test set", "", *_test_rows(runs), "",
              "## Plots", "",
              "![loss vs FLOPs](loss_vs_flops.png)", "", "![accuracy by k](accuracy_by_k.png)", "",
              "![parameters](params_over_time.png)", "", "![gradient norms](grad_norms.png)", "", NOTES]  # fmt: skip

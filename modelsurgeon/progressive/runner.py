@@ -14,7 +14,7 @@ from pathlib import Path
 from modelsurgeon.errors import CheckpointError, OutputError
 from modelsurgeon.manifest import MANIFEST, TrainStage, read_manifest
 from modelsurgeon.progressive.flops import stage_flops
-from modelsurgeon.progressive.monitor import accuracy_by_k, grad_norm_callback
+from modelsurgeon.progressive.monitor import grad_norm_callback
 from modelsurgeon.progressive.planning import PlannedStage, RecipePlan, lora_targets, match_steps, plan_recipe
 from modelsurgeon.progressive.recipe import load_recipe
 from modelsurgeon.progressive.triggers import StopDecider, make_callback
@@ -75,9 +75,13 @@ def _start_model(plan: RecipePlan, run_dir: Path, console) -> Path:
     return out
 
 
-def _eval(model_dir: Path, plan: RecipePlan) -> dict | None:
-    spec = plan.loaded.recipe.eval.arith
-    return accuracy_by_k(model_dir, spec) if spec is not None else None
+def _eval(model_dir: Path, plan: RecipePlan) -> dict:
+    """accuracy_by_k and tests of the stage record; every problem's result beside stage.json."""
+    from modelsurgeon.progressive.evals import evaluate
+    from modelsurgeon.progressive.report import train_max_k
+
+    r = plan.loaded.recipe
+    return evaluate(model_dir, r.eval, train_max_k(r.data), model_dir.parent)
 
 
 def _layer_prefix(model: Path) -> str:
@@ -126,7 +130,7 @@ def train_one(model: Path, sdir: Path, options, counts, seq_len: int, triggers: 
         "stop_reason": (run.get("stop") or {}).get("reason", "cap"),
         "final_train_loss": stage.final_train_loss, "final_eval_loss": stage.final_eval_loss,
         "lr": options.learning_rate, "schedule": options.schedule, "warmup": options.warmup_steps(cap),
-        "accuracy_by_k": eval_fn(out), "model": str(out), **extra,
+        **eval_fn(out), "model": str(out), **extra,
     }  # fmt: skip
     _write_json(sdir / STAGE_RECORD, record)
     return record

@@ -1,0 +1,128 @@
+"""The test sets a recipe scores each trained model on, per problem, so a sweep can pool and
+bootstrap them: `synthetic:arith` (chain lengths up to the training maximum = interpolation,
+longer = extrapolation) and DeepMind's mathematics dataset (`eval: {dm_math: {...}}`: its
+interpolation test sets and its extrapolation sets, per module). Greedy decoding, exact match on
+the answer, decoding stopped at the answer's end (EOS, which ends every training document, or a
+newline). Test problems are fixed by the eval seed, whatever the run's seed."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROBLEMS_FILE = "eval_problems.jsonl"
+# A dm-math problem as a training document is question + DM_SEP + answer (the generator's own
+# question and answer strings, one per line as in its released files); the prompt ends at DM_SEP.
+DM_SEP = "\n"
+
+
+class DmMathEval(BaseModel):
+    """`eval: {dm_math: {...}}`: n_per_module problems of each module, in both test sets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modules: list[str] = Field(min_length=1)
+    n_per_module: int = Field(50, ge=1)
+    seed: int = 0
+    max_new_tokens: int = Field(32, ge=1)
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Accuracy and count of rows, by chain length and (when present) by module."""
+    out = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": len(rows)}
+    for field, name in (("length", "by_length"), ("module", "by_module")):
+        groups = defaultdict(list)
+        for r in rows:
+            if r.get(field) is not None:
+                groups[r[field]].append(r["correct"])
+        if groups:
+            out[name] = {str(k): {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
+    return out
+
+
+def _load(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()  # dropout off: greedy decoding is deterministic
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
+    import torch
+
+    from modelsurgeon.data.arith import eval_set, greedy_replies
+
+    problems = eval_set(list(range(spec.min_k, spec.max_k + 1)), spec.per_k, spec.seed)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(problems), 100):
+            batch = problems[start:start + 100]
+            for p, reply in zip(batch, greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)):
+                test = "interpolation" if train_max_k is None or p.k <= train_max_k else "extrapolation"
+                rows.append({"bench": "arith", "set": test, "id": p.prompt, "answer": p.answer, "reply": reply,
+                             "length": p.k, "module": None, "correct": int(reply == p.answer)})  # fmt: skip
+    return rows
+
+
+def _greedy_lines(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations, each cut at EOS or the first newline (the answer's end)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = [[eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts]  # EOS: as after a packed doc
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         num_beams=1, pad_token_id=pad, eos_token_id=eos)  # fmt: skip
+    replies = []
+    for row in out[:, width:].tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        replies.append(tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip())
+    return replies
+
+
+def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
+    import torch
+
+    from modelsurgeon.data import dm_math
+
+    rows = []
+    for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():
+        with torch.no_grad():
+            for start in range(0, len(problems), 50):
+                batch = problems[start:start + 50]
+                replies = _greedy_lines(model, tokenizer, [p.question + DM_SEP for p in batch], spec.max_new_tokens)
+                rows += [{"bench": "dm_math", "set": test, "id": p.question, "answer": p.answer, "reply": r,
+                          "length": dm_math.chain_length(p), "module": p.module, "correct": int(r == p.answer.strip())}
+                         for p, r in zip(batch, replies)]  # fmt: skip
+    return rows
+
+
+def evaluate(model_dir: Path, spec, train_max_k: int | None, out_dir: Path) -> dict:
+    """Score MODEL_DIR on `spec` (a recipe's EvalSpec); write every problem's result to
+    OUT_DIR/eval_problems.jsonl and return the stage record's fields: accuracy_by_k (arith, as
+    before) and tests: {bench: {test set: {accuracy, n, by_length, by_module}}}."""
+    if spec.arith is None and spec.dm_math is None:
+        return {"accuracy_by_k": None, "tests": {}}
+    model, tokenizer = _load(model_dir)
+    rows = []
+    if spec.arith is not None:
+        rows += _arith_rows(model, tokenizer, spec.arith, train_max_k)
+    if spec.dm_math is not None:
+        rows += _dm_rows(model, tokenizer, spec.dm_math)
+    (out_dir / PROBLEMS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tests: dict[str, dict] = defaultdict(dict)
+    for bench, test in dict.fromkeys((r["bench"], r["set"]) for r in rows):
+        tests[bench][test] = _summary([r for r in rows if (r["bench"], r["set"]) == (bench, test)])
+    by_k = None
+    if spec.arith is not None:
+        arith = [r for r in rows if r["bench"] == "arith"]
+        by_k = _summary(arith)["by_length"]
+    return {"accuracy_by_k": by_k, "tests": dict(tests)}

@@ -1,0 +1,116 @@
+"""Per-arm statistics over seeds and paired comparisons with the baselines, from RunResults
+(pure: no files). Every number in summary.json and report.md comes from here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from modelsurgeon.sweep.collect import RunResult
+from modelsurgeon.sweep.expand import SweepManifest
+from modelsurgeon.sweep.stats import (
+    bootstrap_accuracy,
+    bootstrap_difference,
+    flops_to_target,
+    paired_difference,
+    t_interval,
+    verdict_words,
+)
+
+SCALARS = ("final_eval_loss", "flops_to_target", "tokens", "flops", "wall_s")
+
+
+def default_target(results: list[RunResult]) -> float | None:
+    """The highest of the runs' best eval losses: the lowest loss every run reaches."""
+    best = [min(y for _, y in r.curve) for r in results if r.curve]
+    return max(best) if best else None
+
+
+def run_values(r: RunResult, target: float | None) -> dict[str, float | None]:
+    """The per-run numbers the statistics are taken over (accuracies as acc:<bench>:<set>)."""
+    ftt = flops_to_target([x for x, _ in r.curve], [y for _, y in r.curve], target) if target is not None else None
+    out = {"final_eval_loss": r.final_eval_loss, "flops_to_target": ftt, "tokens": r.tokens, "flops": r.flops,
+           "wall_s": r.wall_s}  # fmt: skip
+    out.update({f"acc:{k}": v for k, v in r.accuracy.items()})
+    return out
+
+
+def _matrix(runs: list[RunResult], key: str, seeds: list[int], ids: list[str]) -> np.ndarray:
+    by_seed = {r.seed: r.correct.get(key, {}) for r in runs}
+    return np.array([[by_seed[s][i] for i in ids] for s in seeds], dtype=float)
+
+
+def _common_ids(runs: list[RunResult], key: str) -> list[str]:
+    sets = [set(r.correct.get(key, {})) for r in runs]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _by_length(runs: list[RunResult], key: str) -> dict[str, dict]:
+    """Per chain length: t interval over seeds of each seed's accuracy at that length."""
+    lengths = sorted({v for r in runs for v in r.lengths.get(key, {}).values()})
+    out = {}
+    for length in lengths:
+        per_seed = []
+        for r in runs:
+            ids = [i for i, v in r.lengths.get(key, {}).items() if v == length]
+            if ids:
+                per_seed.append(sum(r.correct[key][i] for i in ids) / len(ids))
+        out[str(length)] = {**t_interval(per_seed).as_dict(), "per_seed": per_seed}
+    return out
+
+
+def arm_stats(runs: list[RunResult], target: float | None, samples: int) -> dict:
+    values = [run_values(r, target) for r in runs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    stats = {k: t_interval([v.get(k) for v in values]).as_dict() for k in keys}
+    pooled, lengths = {}, {}
+    for key in dict.fromkeys(k for r in runs for k in r.correct):
+        ids = _common_ids(runs, key)
+        seeds = sorted(r.seed for r in runs)
+        pooled[key] = bootstrap_accuracy(_matrix(runs, key, seeds, ids), samples).as_dict()
+        lengths[key] = _by_length(runs, key)
+    reached = sum(v["flops_to_target"] is not None for v in values)
+    return {"seeds": sorted(r.seed for r in runs), "t": stats, "pooled_accuracy": pooled, "accuracy_by_length": lengths,
+            "reached_target": reached, "per_seed": {r.seed: v for r, v in zip(runs, values)}}  # fmt: skip
+
+
+def compare(arm: list[RunResult], base: list[RunResult], target: float | None, samples: int) -> dict:
+    """Arm minus baseline: paired by seed (t) for every number, and paired by seed and problem
+    (two-way bootstrap) for pooled accuracies; 'not resolved' whenever the interval holds 0."""
+    a = {r.seed: run_values(r, target) for r in arm}
+    b = {r.seed: run_values(r, target) for r in base}
+    keys = list(dict.fromkeys(k for v in a.values() for k in v if any(k in w for w in b.values())))
+    out = {"seeds": sorted(a.keys() & b.keys()), "t": {}, "bootstrap": {}}
+    for k in keys:
+        d = paired_difference({s: v.get(k) for s, v in a.items()}, {s: v.get(k) for s, v in b.items()})
+        out["t"][k] = {**d.as_dict(), "verdict": verdict_words(d)}
+    seeds = out["seeds"]
+    for key in dict.fromkeys(k for r in arm for k in r.correct):
+        both = [r for r in arm + base if r.seed in seeds]
+        ids = _common_ids(both, key) if both else []
+        if not ids:
+            continue
+        d = bootstrap_difference(_matrix([r for r in arm if r.seed in seeds], key, seeds, ids),
+                                 _matrix([r for r in base if r.seed in seeds], key, seeds, ids), samples)  # fmt: skip
+        out["bootstrap"][key] = {**d.as_dict(), "verdict": verdict_words(d)}
+    return out
+
+
+def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
+    """summary.json's statistics: per arm over seeds, and each grown arm against its baselines."""
+    target = manifest.target_loss if manifest.target_loss is not None else default_target(results)
+    by_arm = {a.name: [r for r in results if r.arm == a.name] for a in manifest.arms}
+    arms = {name: arm_stats(runs, target, manifest.bootstrap_samples) for name, runs in by_arm.items() if runs}
+    comparisons = {}
+    for arm in manifest.arms:
+        for base in arm.pairs if arm.kind == "grown" else []:
+            if by_arm[arm.name] and by_arm.get(base):
+                comparisons[f"{arm.name} vs {base}"] = {"arm": arm.name, "baseline": base,
+                                                        **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples)}  # fmt: skip
+    return {"target_loss": target, "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
+            "arms_stats": arms, "comparisons": comparisons}  # fmt: skip
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,81 @@
+"""One finished `surgeon progressive` run directory -> the numbers a sweep aggregates: its
+summary.json (written last, so it marks the run finished), the eval-loss curve on the FLOP axis
+from each stage's metrics.jsonl, and the final model's per-problem results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from modelsurgeon.progressive.evals import PROBLEMS_FILE
+from modelsurgeon.progressive.monitor import read_jsonl
+
+DONE = "summary.json"
+
+
+class RunResult(BaseModel):
+    """What the sweep reads from one run (one row of results.csv, plus the curve and problems)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arm: str
+    seed: int
+    dir: str
+    flops: int
+    tokens: int
+    wall_s: float
+    layers: int
+    params: int
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    accuracy: dict[str, float]  # "bench:set" -> exact match
+    n: dict[str, int]
+    curve: list[tuple[float, float]]  # (cumulative FLOPs, eval loss) at every evaluation
+    correct: dict[str, dict[str, int]]  # "bench:set" -> problem id -> 0/1
+    lengths: dict[str, dict[str, int]]  # "bench:set" -> problem id -> chain length
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE).is_file()
+
+
+def _curve(run_dir: Path, stages: list[dict]) -> list[tuple[float, float]]:
+    points = []
+    for s in stages:
+        if s["kind"] != "train":
+            continue
+        start = s["cum_flops"] - s["flops"]
+        for row in read_jsonl(run_dir / s["model"] / "metrics.jsonl"):
+            if "eval_loss" in row:
+                points.append((float(start + row["tokens"] * s["flops_per_token"]), float(row["eval_loss"])))
+    return points
+
+
+def _problems(run_dir: Path, stages: list[dict]) -> tuple[dict, dict]:
+    trains = [s for s in stages if s["kind"] == "train"]
+    correct: dict[str, dict[str, int]] = {}
+    lengths: dict[str, dict[str, int]] = {}
+    if trains:
+        for row in read_jsonl((run_dir / trains[-1]["model"]).parent / PROBLEMS_FILE):
+            key = f"{row['bench']}:{row['set']}"
+            correct.setdefault(key, {})[row["id"]] = int(row["correct"])
+            lengths.setdefault(key, {})[row["id"]] = int(row["length"]) if row.get("length") is not None else -1
+    return correct, lengths
+
+
+def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
+    """The run's results, or None while it has not finished."""
+    if not is_done(run_dir):
+        return None
+    summary = json.loads((run_dir / DONE).read_text())
+    run, stages = summary["runs"]["progressive"], summary["stages"]
+    correct, lengths = _problems(run_dir, stages)
+    return RunResult(
+        arm=arm, seed=seed, dir=rel, flops=run["flops"], tokens=run["tokens"], wall_s=run["wall_s"],
+        layers=run["layers"], params=run["params"], final_train_loss=run["final_train_loss"],
+        final_eval_loss=run["final_eval_loss"],
+        accuracy={k: sum(v.values()) / len(v) for k, v in correct.items() if v},
+        n={k: len(v) for k, v in correct.items()}, curve=_curve(run_dir, stages), correct=correct, lengths=lengths,
+    )  # fmt: skip
