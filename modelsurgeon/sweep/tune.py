@@ -20,12 +20,13 @@ def grid_label(mults) -> str:
 def _centre(holder: dict, key: str, data: dict) -> float | None:
     """The value a train stage trains with: its own, else the recipe's defaults, else (lr) the
     train-stage default for its method."""
-    from modelsurgeon.train.options import DEFAULT_LR
+    from modelsurgeon.train.methods import METHODS
 
     defaults = data.get("defaults") or {}
     value = holder.get(key, defaults.get(key))
     if value is None and key == "lr":
-        value = DEFAULT_LR.get(holder.get("method", defaults.get("method", "lora")))
+        method = METHODS.get(holder.get("method", defaults.get("method", "lora")))
+        value = method.default_lr if method is not None else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
