@@ -15,6 +15,7 @@ from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, load_check, program_check, structure_check
 from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
+from modelsurgeon.verify.experts import expert_problems
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
@@ -205,6 +206,7 @@ def verify_checkpoint(
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)
     problems = structure_problems(src, out, claims.layer_map)
+    experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
     if max_prompt < MIN_TOKENS:
         raise VerifyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions")
@@ -215,6 +217,9 @@ def verify_checkpoint(
     layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
+    if out.spec.moe is not None and claims.equivalence == "exact":
+        report.checks.append(Check("experts and router rows copied", not experts, "yes" if not experts else "no",
+                                   "every expert its source's", True, "; ".join(experts)))  # fmt: skip
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
     if engine != "vllm":
