@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelsurgeon.progressive.word_problems import word_problem_rows
+
 PROBLEMS_FILE = "eval_problems.jsonl"
 
 
@@ -80,7 +82,7 @@ def evaluate(model_dir: Path, spec, train_max_k: int | None, out_dir: Path) -> d
     """Score MODEL_DIR on `spec` (a recipe's EvalSpec); write every problem's result to
     OUT_DIR/eval_problems.jsonl and return the stage record's fields: accuracy_by_k (arith, as
     before) and tests: {bench: {test set: {accuracy, n, by_length, by_module}}}."""
-    if spec.arith is None and spec.dm_math is None:
+    if spec.arith is None and spec.dm_math is None and spec.word_problems is None:
         return {"accuracy_by_k": None, "tests": {}}
     model, tokenizer = _load(model_dir)
     rows = []
@@ -88,6 +90,8 @@ def evaluate(model_dir: Path, spec, train_max_k: int | None, out_dir: Path) -> d
         rows += _arith_rows(model, tokenizer, spec.arith, train_max_k)
     if spec.dm_math is not None:
         rows += _dm_rows(model, tokenizer, spec.dm_math)
+    if spec.word_problems is not None:
+        rows += word_problem_rows(model, tokenizer, spec.word_problems)
     (out_dir / PROBLEMS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     tests: dict[str, dict] = defaultdict(dict)
     for bench, test in dict.fromkeys((r["bench"], r["set"]) for r in rows):

@@ -106,7 +106,13 @@ def lora_targets(options, counts: ArchCounts) -> list[str] | None:
 def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: PlannedStage | None, problems: list[str]):
     loaded, r = plan.loaded, plan.loaded.recipe
     where = loaded.where("stages", i, "train")
-    options = _options(stage.train.options(r.defaults, r.data), where, problems)
+    fields = stage.train.options(r.defaults, r.data)
+    if stage.train.flops is not None:
+        if {"steps", "tokens"} & set(stage.train.model_extra or {}):
+            problems.append(f"{where}: give one budget: flops, or steps/tokens, not both")
+            return None
+        fields = {k: v for k, v in fields.items() if k not in ("steps", "tokens")} | {"steps": 1}
+    options = _options(fields, where, problems)
     if options is None:
         return None
     trained = None
@@ -131,10 +137,18 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
     seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:
         problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
+    def cost(steps: int):
+        return stage_flops(counts, steps * options.tokens_per_step(seq_len), seq_len, options.method,
+                           lora_r=options.lora_r, lora_targets=lora_targets(options, counts), trained_layers=trained)  # fmt: skip
+
     steps = options.total_steps(seq_len)
-    flops = stage_flops(counts, steps * options.tokens_per_step(seq_len), seq_len, options.method,
-                        lora_r=options.lora_r, lora_targets=lora_targets(options, counts), trained_layers=trained)  # fmt: skip
-    return PlannedStage(i + 1, "train", counts.n_layers, counts, options, seq_len, steps, flops, trained)
+    if stage.train.flops is not None:
+        steps = round(stage.train.flops / cost(1).total)
+        if steps < 1:
+            problems.append(f"{where}: flops {stage.train.flops:.3g} buy less than one {cost(1).total:.3g}-FLOP step")
+            return None
+        options = options.model_copy(update={"steps": steps})
+    return PlannedStage(i + 1, "train", counts.n_layers, counts, options, seq_len, steps, cost(steps), trained)
 
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):

@@ -10,7 +10,7 @@ every schema problem reported at once with its YAML path and line (as plans are)
     stages:
       - train: {method: full, steps: 300, lr: 1e-3, trigger: [{plateau: {window: 5}}]}
       - grow: {steps: [{op: interpolate, factor: 2, branch_scale: split}]}   # or {plan: FILE}
-      - train: {method: lora, steps: 200, lr_policy: rewarm}
+      - train: {method: lora, steps: 200, lr_policy: rewarm}     # or flops: 2.0e12 instead of steps
     baselines:
       - {name: scratch-6, init: {num_hidden_layers: 6}, match: flops}
 
@@ -35,6 +35,7 @@ from modelsurgeon.progressive.evals import DmMathEval
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
 from modelsurgeon.progressive.triggers import Trigger
+from modelsurgeon.progressive.word_problems import WordProblemEval
 
 STAGE_KINDS = ("train", "grow")
 LrPolicy = Literal["rewarm", "keep_peak", "wsd"]
@@ -66,6 +67,9 @@ class TrainSpec(BaseModel):
     trigger: list[Trigger] = []
     lr_policy: LrPolicy | None = None
     rewarm_steps: int | None = Field(None, ge=0)  # warm-up steps after a growth (rewarm, wsd)
+    # A budget in training FLOPs instead of steps/tokens: steps = round(flops / FLOPs per step),
+    # so arms with different models or methods get equal compute (growth at a share of a budget).
+    flops: float | None = Field(None, gt=0)
 
     def options(self, defaults: dict, data: list[str]) -> dict:
         """Train-stage option fields: defaults, then the LR policy, then the stage's own."""
@@ -125,6 +129,7 @@ class Baseline(_Strict):
 class EvalSpec(_Strict):
     arith: ArithEval | None = ArithEval()
     dm_math: DmMathEval | None = None  # DeepMind mathematics: interpolation and extrapolation test sets
+    word_problems: WordProblemEval | None = None  # held-out word problems with numeric answers (a .jsonl)
 
 
 class Recipe(_Strict):

@@ -170,8 +170,8 @@ def seeded(data: dict, run_seed: int) -> dict:
 
 
 def absolute_paths(data: dict, base: Path) -> dict:
-    """Relative file paths of a recipe (start, grow plan files, a tokenizer directory, local data)
-    made absolute, so the expanded recipe runs from any directory (a cluster job's, say)."""
+    """Relative file paths of a recipe (start, grow plan files, a tokenizer directory, local data, the
+    eval's word-problems file) made absolute, so the expanded recipe runs from any directory."""
     out = copy.deepcopy(data)
 
     def fix(p: str) -> str:
@@ -186,6 +186,9 @@ def absolute_paths(data: dict, base: Path) -> dict:
         grow = stage.get("grow") if isinstance(stage, dict) else None
         if isinstance(grow, dict) and isinstance(grow.get("plan"), str):
             grow["plan"] = fix(grow["plan"])
+    words = (out.get("eval") or {}).get("word_problems") if isinstance(out.get("eval"), dict) else None
+    if isinstance(words, dict) and isinstance(words.get("path"), str):
+        words["path"] = fix(words["path"])
     local = {spec for _, spec in _data_specs(out) if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", spec)}
     swap = {spec: _local_spec(spec, base) for spec in local}
     if isinstance(out.get("data"), list):
