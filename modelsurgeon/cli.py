@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from modelsurgeon.cli_options import flag, with_model_options
 from modelsurgeon.errors import SurgeonError
+from modelsurgeon.io.atomic import Interrupted, exit_on_signals
 from modelsurgeon.train.options import TrainOptions, load_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Grow trained language models from their checkpoints.")
@@ -34,16 +35,21 @@ def parse_size(text: str) -> int:
 
 
 def handled(fn):
-    """Turn SurgeonErrors into a message on stderr and the error's exit code."""
+    """Turn SurgeonErrors into a message on stderr and the error's exit code, and SIGTERM,
+    SIGHUP and SIGINT into 128 + the signal number once the temporary output is removed."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with exit_on_signals():
+                return fn(*args, **kwargs)
         except SurgeonError as exc:
             err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:  # escaped: a hint like `pip install modelsurgeon[gguf]` must print as written
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except Interrupted as exc:
+            err.print(f"[bold red]stopped:[/] {exc}; no partial output was left behind", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -283,6 +289,19 @@ def progressive(
     for line in summary["verdict"]:
         out.print(line, highlight=False)
     out.print(f"[green]wrote[/] {output / 'report.md'}", highlight=False)
+
+
+@app.command()
+@handled
+def clean(
+    directory: Annotated[Path, typer.Argument(help="Directory to scan (recursively), e.g. an output's parent or a run directory.")],
+    dry_run: Annotated[bool, flag("--dry-run", help="List what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove temporary output directories left by killed writers (SIGKILL, power loss); never a live one's."""
+    from modelsurgeon.io.atomic import clean as clean_fn
+
+    for line in clean_fn(directory, dry_run=dry_run).lines(dry_run):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

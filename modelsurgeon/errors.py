@@ -70,9 +70,13 @@ class TrainError(SurgeonError):
 
 
 class TrainInterrupted(TrainError):
-    """Training stopped on Ctrl-C after saving a resumable checkpoint (shell convention: 128 + SIGINT)."""
+    """Training stopped on a signal (Ctrl-C, SIGTERM on preemption, SIGHUP) after saving a
+    resumable checkpoint; exits with the shell convention 128 + the signal number."""
 
-    exit_code = 130
+    def __init__(self, message: str, hint: str = "", signum: int = 2) -> None:
+        super().__init__(message, hint)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class DataError(SurgeonError):

@@ -246,7 +246,7 @@ def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> P
 
 def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | None, total: int,
            carried: dict | None, callbacks: list, overrides: dict):  # fmt: skip
-    """Run the Trainer (Ctrl-C: checkpoint and TrainInterrupted); return it and the seconds it ran."""
+    """Run the Trainer (a stop signal: checkpoint and TrainInterrupted); return it and the seconds it ran."""
     from modelsurgeon.train.backend import make_trainer, training_arguments
     from modelsurgeon.train.callbacks import InterruptCallback
 
@@ -261,8 +261,12 @@ def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | Non
     with interrupt.installed(), quiet():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if interrupt.stopped_at is not None:
-        raise TrainInterrupted(f"training interrupted at step {interrupt.stopped_at} of {total}; a resumable checkpoint is in {work}",
-                               hint="run the same command again with --resume to continue")  # fmt: skip
+        import signal
+
+        name = signal.Signals(interrupt.signum).name
+        raise TrainInterrupted(f"training interrupted by {name} at step {interrupt.stopped_at} of {total}; "
+                               f"a resumable checkpoint is in {work}",
+                               hint="run the same command again with --resume to continue", signum=interrupt.signum)
     return trainer, time.perf_counter() - start
 
 
@@ -282,7 +286,7 @@ def train_stage(
 
     `callbacks` are extra TrainerCallbacks; `trainer_overrides` are TrainingArguments fields.
     Raises TrainError (bad method, targets, layers, resume state), DataError (data),
-    CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C; checkpoint saved)."""
+    CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C, SIGTERM, SIGHUP; checkpoint saved)."""
     from modelsurgeon.train.backend import last_checkpoint, training_arguments
     from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
 
