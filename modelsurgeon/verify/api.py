@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from modelsurgeon.arch.layer_keys import layer_key_findings
 from modelsurgeon.errors import VerifyError
-from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, load_check, program_check, structure_check
+from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, layer_key_check, load_check, program_check, structure_check
 from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
@@ -215,6 +216,7 @@ def verify_checkpoint(
     layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
+    report.checks.append(layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none"))
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
     if engine != "vllm":

@@ -127,6 +127,15 @@ def structure_check(problems: list[str], gating: bool) -> Check:
                  gating, "; ".join(problems))  # fmt: skip
 
 
+def layer_key_check(findings: list[tuple[str, bool]], gating: bool) -> Check:
+    """Scalars that index layers (max_window_layers, ...) against their lists: a value another
+    value would beat fails; a pattern no value expresses is reported."""
+    fixable = [text for text, can_fix in findings if can_fix]
+    got = "yes" if not findings else ("no" if fixable else "best possible")
+    return Check("config scalars agree with layer lists", not fixable, got, "agree", gating,
+                 "; ".join(text for text, _ in findings))  # fmt: skip
+
+
 def load_check(warnings: dict[str, list[str]], strict: bool) -> Check:
     found = [f"{k}: {w}" for k, ws in warnings.items() for w in ws]
     return Check("transformers load warnings", not found, str(len(found)), "none" if strict else "reported (--strict fails)",
