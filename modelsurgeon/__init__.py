@@ -4,13 +4,12 @@ from modelsurgeon.manifest import tool_version
 
 __version__ = tool_version()
 
+# Bound after the import: importing the grow package sets `modelsurgeon.grow` to the package,
+# and the public API's `modelsurgeon.grow` is the function. Neither imports torch.
+from modelsurgeon.grow import grow, prepare  # noqa: E402
+
 
 def __getattr__(name: str):
-    # Heavy modules (torch) load only when the API is used, so `surgeon --help` starts fast.
-    if name in ("grow", "prepare"):
-        from modelsurgeon import engine
-
-        return getattr(engine, name)
     if name in ("load_plan", "parse_plan"):
         from modelsurgeon import plan
 

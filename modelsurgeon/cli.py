@@ -27,7 +27,7 @@ err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_size(text: str) -> int:
+def parse_byte_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
     if not m or m.group(2) not in SIZE_UNITS:
         raise typer.BadParameter(f"{text!r} is not a size; use e.g. 5GB, 500MB, 2GiB or a byte count")
@@ -68,11 +68,11 @@ def grow(
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
-    from modelsurgeon.engine import grow as grow_fn
-    from modelsurgeon.engine import prepare
-    from modelsurgeon.report import layer_map_table, summary_table, width_table
+    from modelsurgeon.grow.engine import grow as grow_fn
+    from modelsurgeon.grow.engine import prepare
+    from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run and verify:
@@ -114,14 +114,13 @@ def inspect(
     as_json: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
-    from modelsurgeon.inspect import inspect_checkpoint
-    from modelsurgeon.report import inspect_table
+    from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
-    info = inspect_checkpoint(model)
+    info = summarize_checkpoint(model)
     if as_json:
         print(json.dumps(info, indent=2))
     else:
-        out.print(inspect_table(info))
+        out.print(checkpoint_table(info))
 
 
 @plan_app.command("check")
@@ -139,7 +138,7 @@ def plan_check(
     if model is None:
         out.print(f"[green]ok[/] {plan}: {len(loaded.plan.steps)} step(s), schema valid")
         return
-    from modelsurgeon.engine import prepare
+    from modelsurgeon.grow.engine import prepare
 
     prep = prepare(model, loaded)
     out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
@@ -173,7 +172,7 @@ def convert(
     from modelsurgeon.convert import prepare_conversion
     from modelsurgeon.convert.report import describe
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run:
@@ -236,7 +235,7 @@ def merge_lora(
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
     from modelsurgeon.train.merge import merge_lora as merge_fn
 
-    shard = parse_size(max_shard_size)
+    shard = parse_byte_size(max_shard_size)
     s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance))
     out.print(f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}")
     out.print(f"[green]wrote[/] {output}", highlight=False)
@@ -265,7 +264,7 @@ def train_stage(
 
     options = load_options(config, fields)
     try:
-        result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_size(max_shard_size))
+        result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_byte_size(max_shard_size))
     except TrainInterrupted as exc:
         exc.hint = "continue with: " + shlex.join(["surgeon", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise

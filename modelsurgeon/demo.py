@@ -10,9 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from modelsurgeon.engine import Prepared, grow
+from modelsurgeon.grow.engine import Prepared, grow
 from modelsurgeon.plan import load_plan
-from modelsurgeon.report import human_count
+from modelsurgeon.units import human_count
 from modelsurgeon.verify.api import verify_and_show
 from modelsurgeon.verify.report import VerifyReport
 

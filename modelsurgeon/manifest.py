@@ -1,24 +1,36 @@
-"""Provenance written beside the weights: config.json (validated by transformers), the
-surgeon.json manifest, and a model-card section describing the growth."""
+"""surgeon.json: the typed record every writing command leaves beside the weights, read by
+every command that follows (train methods, duplicate sharing, optimizer carry, verify, merge,
+the progressive runner), so no command re-derives it from string keys.
+
+A manifest holds where the checkpoint came from (`source`: the input of the last growth, or of
+the first stage when nothing was grown), what the last growth did (plan, steps, equivalence
+class, layer map: output layer -> source layer) and the lineage: one stage record per command
+that wrote a checkpoint on the way here. Files written by 0.1.0 read unchanged; newer growth
+stages also record their own input and layer map, so `lineage_layer_map` can compose the maps
+across several growths."""
 
 from __future__ import annotations
 
 import json
-import logging
-import tempfile
-import threading
+import shutil
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
-
-if TYPE_CHECKING:
-    from modelsurgeon.engine import Prepared
+from modelsurgeon.ops.compile import StepResult
+from modelsurgeon.ops.layermap import Equivalence, LayerEntry, LayerMap, compose, identity_map
+from modelsurgeon.plan.load import format_loc
 
 MANIFEST = "surgeon.json"
+
+
+class ManifestError(CheckpointError):
+    """A surgeon.json that is not valid JSON or does not match the manifest's schema."""
 
 
 def tool_version() -> str:
@@ -28,125 +40,268 @@ def tool_version() -> str:
         return "0+unknown"
 
 
-def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> bool:
-    """Load the rewritten config.json with transformers, as users will (it checks per-layer
-    lists); False when transformers does not know the model type, so it was not validated."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if config.get("model_type") not in CONFIG_MAPPING:
-        return False
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="surgeon-config-") as tmp:
-        write_json(Path(tmp) / "config.json", config)
-        try:
-            cfg = AutoConfig.from_pretrained(tmp)
-        except Exception as exc:  # transformers raises many kinds; all mean the same here
-            raise CheckpointError(
-                f"the rewritten config.json does not load in transformers: {exc}",
-                hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
-            ) from None
-    if getattr(cfg, num_layers_key, None) != expected_layers:
-        raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
-    return True
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class ConfigCheck:
-    """validate_config in a background thread: importing transformers (and torch) takes
-    seconds of CPU, which overlaps the weight copy (its syscalls release the GIL)."""
+class _Record(BaseModel):
+    # forbid: a mistyped key in a hand-edited file is reported, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def __init__(self, config: dict, num_layers_key: str, expected_layers: int) -> None:
-        self._outcome: list = []
-        self._thread = threading.Thread(target=self._run, args=(config, num_layers_key, expected_layers), daemon=True)
-        self._thread.start()
-
-    def _run(self, *args) -> None:
-        try:
-            self._outcome.append(validate_config(*args))
-        except BaseException as exc:  # re-raised in the caller's thread by result()
-            self._outcome.append(exc)
-
-    def result(self) -> bool:
-        self._thread.join()
-        if isinstance(self._outcome[0], BaseException):
-            raise self._outcome[0]
-        return self._outcome[0]
+    def to_json(self) -> dict:
+        """The JSON object, with exactly the fields that were set (an old file round-trips as it was)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _source_manifest(src: Path) -> dict | None:
-    path = src / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+class SourceRecord(_Record):
+    """A checkpoint a stage read: where it was, what it held, and fingerprints of its files."""
+
+    path: str
+    model_type: str | None = None
+    format: str | None = None  # convert only: the input's weight format
+    num_layers: int | None = None
+    tensors: int
+    bytes: int
+    config_sha256: str | None = None
+    headers_sha256: str | None = None  # the raw safetensors headers, in file order
+    index_sha256: str | None = None
 
 
-def build_manifest(prep: Prepared, shards: int) -> dict:
-    ckpt = prep.ckpt
-    fingerprint = {"config_sha256": file_sha256(ckpt.path / "config.json"), "headers_sha256": headers_sha256(ckpt.files)}
-    if ckpt.index_path is not None:
-        fingerprint["index_sha256"] = file_sha256(ckpt.index_path)
-    stage = {
-        "kind": "grow",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "plan": prep.loaded.plan.name,
-        "equivalence": prep.equivalence,
-        "layers": [prep.layout.num_layers, len(prep.layer_map)],
-    }
-    previous = _source_manifest(ckpt.path)
-    return {
-        "tool": "modelsurgeon",
-        "version": tool_version(),
-        "source": {"path": str(ckpt.path.resolve()), "model_type": prep.spec.model_type, "num_layers": prep.layout.num_layers,
-                   "tensors": len(ckpt.tensors), "bytes": ckpt.total_bytes, **fingerprint},
-        "plan": {"name": prep.loaded.plan.name, "origin": prep.loaded.origin, "text": prep.loaded.source_text,
-                 "mergekit_translation": prep.loaded.translation},
-        "steps": [{"op": s.op, "layers_in": s.layers_in, "layers_out": s.layers_out, "equivalence": s.equivalence}
-                  for s in prep.compiled.steps],
-        "equivalence": prep.equivalence,
-        "layer_map": [{"layer": j, "source": e.source, "scale": e.scale, "new": e.new} for j, e in enumerate(prep.layer_map)],
-        "config_lists_remapped": prep.remapped_lists,
-        "input_tensors": prep.accounting,
-        "warnings": prep.warnings,
-        "output": {"tensors": len(prep.tensors), "bytes": prep.bytes_out, "shards": shards,
-                   "num_layers": len(prep.layer_map), "params": prep.params_out},
-        "lineage": (previous or {}).get("lineage", []) + [stage],
-    }  # fmt: skip
+class PlanRecord(_Record):
+    name: str
+    origin: str
+    text: str
+    mergekit_translation: str | None = None
 
 
-def model_card(prep: Prepared, source_card: str) -> str:
-    m = prep.layer_map
-    rows = "\n".join(f"| {j} | {e.source} | {e.scale:g} | {'yes' if e.new else ''} |" for j, e in enumerate(m))
-    section = f"""
-## Growth with modelsurgeon
+class LayerRecord(_Record):
+    """One output layer of a growth: a copy of layer `source` with residual branches scaled by `scale`."""
 
-This checkpoint was grown from `{prep.ckpt.path.name}` ({prep.spec.model_type}, {prep.layout.num_layers} layers,
-{prep.params_in:,} parameters) to {len(m)} layers ({prep.params_out:,} parameters) with the plan
-`{prep.loaded.plan.name}`. Equivalence class: **{prep.equivalence}** (exact: same outputs as the source;
-approx: first-order equal; none: needs training to recover). Full provenance is in `surgeon.json`.
+    layer: int
+    source: int = Field(ge=0)
+    scale: float
+    new: bool = False
 
-| output layer | source layer | branch scale | added |
-|---|---|---|---|
-{rows}
-"""
-    return (source_card.rstrip() + "\n" + section) if source_card else f"# {prep.loaded.plan.name}\n{section}"
+    def entry(self) -> LayerEntry:
+        return LayerEntry(self.source, self.scale, self.new)
 
 
-def finish_output(prep: Prepared, tmp: Path, check: ConfigCheck) -> None:
-    """Write everything but the weights into `tmp` (weights already there)."""
-    skipped = copy_extra_files(prep.ckpt.path, tmp)
-    if skipped:
-        prep.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
-    write_json(tmp / "config.json", prep.config)
-    if not check.result():
-        prep.warnings.append(f"transformers does not know model_type {prep.spec.model_type!r}; config.json not validated")
-    shards = len(list(tmp.glob("*.safetensors")))
-    write_json(tmp / MANIFEST, build_manifest(prep, shards))
-    card = prep.ckpt.path / "README.md"
-    (tmp / "README.md").write_text(model_card(prep, card.read_text() if card.is_file() else ""))
+class OutputRecord(_Record):
+    tensors: int
+    bytes: int
+    shards: int
+    num_layers: int
+    params: int
 
 
-def extend_lineage(src: Path, stage: dict, source: dict) -> dict:
-    """The input's surgeon.json with `stage` appended to its lineage (every other field kept),
-    or a new manifest whose source is `source` when the input has none."""
-    previous = _source_manifest(src)
+class GrowStage(_Record):
+    kind: Literal["grow"]
+    created: str
+    plan: str
+    equivalence: Equivalence
+    layers: tuple[int, int]  # (input layers, output layers)
+    source: SourceRecord | None = None  # the input; absent in 0.1.0 files
+    layer_map: list[LayerRecord] | None = None  # absent in 0.1.0 files (the manifest's layer_map then)
+
+
+class TrainStage(_Record):
+    kind: Literal["train"]
+    source: SourceRecord | None = None  # the input; absent in 0.1.0 files
+    created: str
+    method: str
+    layers: list[int] | None
+    targets: list[str] | None
+    data: list[str]
+    data_stats: dict[str, Any]
+    steps: int
+    tokens: int
+    seq_len: int
+    seed: int
+    trainable_params: int
+    total_params: int
+    initial_eval_loss: float | None
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    resumed: bool
+    shared: dict[str, Any] | None
+    options: dict[str, Any]  # TrainOptions as JSON; its own schema validates it where it is read
+
+
+class MergeLoraStage(_Record):
+    """No timestamp: merging the same adapter into the same base gives a bit-identical directory."""
+
+    kind: Literal["merge-lora"]
+    source: SourceRecord | None = None  # the input; absent in 0.1.0 files
+    adapter: str
+    adapter_sha256: str
+    adapter_config_sha256: str
+    r: int | None
+    lora_alpha: float | None
+    use_rslora: bool
+    merged: list[str]
+    replaced: list[str]
+
+
+class ConvertStage(_Record):
+    kind: Literal["convert"]
+    source: SourceRecord | None = None  # the input; absent in 0.1.0 files
+    from_: str = Field(alias="from")
+    to: str
+    dtype: str | None
+    created: str
+    version: str
+    tensors: int
+    bytes: int
+    files: list[str]
+    dropped: list[str]
+
+
+# A new command that writes checkpoints (e.g. upcycle) adds its stage model to this union.
+Stage = Annotated[Union[GrowStage, TrainStage, MergeLoraStage, ConvertStage], Field(discriminator="kind")]
+
+
+class Manifest(_Record):
+    tool: Literal["modelsurgeon"]
+    version: str
+    source: SourceRecord
+    # The last growth (absent when nothing was grown, e.g. a converted or trained plain model).
+    plan: PlanRecord | None = None
+    steps: list[StepResult] | None = None
+    equivalence: Equivalence | None = None
+    layer_map: list[LayerRecord] | None = None
+    config_lists_remapped: list[str] | None = None
+    input_tensors: dict[str, int] | None = None
+    warnings: list[str] | None = None
+    output: OutputRecord | None = None
+    lineage: list[Stage] = []
+
+    @property
+    def widened(self) -> bool:
+        return any(s.op == "widen" for s in self.steps or [])
+
+    @property
+    def new_layers(self) -> list[int]:
+        """Output layers the last growth added (copies or identity inits)."""
+        return [j for j, e in enumerate(self.layer_map or []) if e.new]
+
+    def with_stage(self, stage: Stage) -> Manifest:
+        """This manifest with `stage` appended to its lineage; every other field is kept."""
+        return self.model_copy(update={"lineage": [*self.lineage, stage]})
+
+
+def source_record(path: Path, safetensors_files: list[Path] | None, **fields: Any) -> SourceRecord:
+    """The record of a checkpoint a stage reads, with fingerprints of its config.json and, for
+    safetensors checkpoints, of the weights' headers (None for other formats)."""
+    prints = {"config_sha256": file_sha256(path / "config.json")} if (path / "config.json").is_file() else {}
+    if safetensors_files:
+        prints["headers_sha256"] = headers_sha256(safetensors_files)
+    return SourceRecord(path=str(path.resolve()), **fields, **prints)
+
+
+_LAYER_MAP = TypeAdapter(list[LayerRecord])
+
+
+def parse_layer_map(records: list) -> list[LayerRecord]:
+    """A layer map from LayerRecords or their JSON objects (as surgeon.json holds them)."""
+    return _LAYER_MAP.validate_python(records)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # Union members show up in the location ("lineage[1].train.steps"); the kind already says which.
+        loc = tuple(p for p in err["loc"] if p not in ("grow", "train", "merge-lora", "convert"))
+        scalar = isinstance(err["input"], (str, int, float, bool)) or err["input"] is None
+        got = f" (got {err['input']!r:.60})" if scalar and err["type"] != "missing" else ""
+        problems.append(f"{format_loc(loc)}: {err['msg']}{got}")
+    return problems
+
+
+def read_manifest(directory: str | Path) -> Manifest | None:
+    """DIR/surgeon.json, validated; None when DIR has none.
+
+    Raises:
+        ManifestError: the file is not JSON, or a field is missing, mistyped or unknown (each
+            problem named with its location, e.g. `layer_map[3].scale`).
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    hint = f"restore the {MANIFEST} the command wrote, or fix the fields named above"
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})", hint=hint) from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {p}" for p in _problems(exc))
+        raise ManifestError(f"{path}: not a valid {MANIFEST}:\n{lines}", hint=hint) from None
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    write_json(Path(directory) / MANIFEST, manifest.to_json())
+
+
+def extend_lineage(previous: Manifest | None, stage: Stage, source: SourceRecord) -> Manifest:
+    """The input's manifest with `stage` (read from `source`) appended, or a new manifest whose
+    source is `source` when the input had none."""
+    stage = stage.model_copy(update={"source": source})
     if previous is None:
-        return {"tool": "modelsurgeon", "version": tool_version(), "source": source, "lineage": [stage]}
-    return {**previous, "lineage": previous.get("lineage", []) + [stage]}
+        return Manifest(tool="modelsurgeon", version=tool_version(), source=source, lineage=[stage])
+    return previous.with_stage(stage)
+
+
+def finish_output(
+    tmp: Path, source: Path, manifest: Manifest, config: dict | None = None, card: str | None = None
+) -> list[str]:
+    """Everything a writing command leaves beside the weights in `tmp`: the other top-level
+    files of `source` (tokenizer, generation config, ...), config.json (`config`; None copies
+    SOURCE's byte for byte), surgeon.json, and the model card (`card`; None copies SOURCE's
+    when it has one, for stages that do not change what the model is). Returns the
+    sub-directories of `source` that were not copied (they may hold stale weights)."""
+    skipped = copy_extra_files(source, tmp)
+    if config is None:
+        shutil.copy2(source / "config.json", tmp / "config.json")
+    else:
+        write_json(tmp / "config.json", config)
+    write_manifest(tmp, manifest)
+    if card is not None:
+        (tmp / "README.md").write_text(card)
+    elif (source / "README.md").is_file():
+        shutil.copy2(source / "README.md", tmp / "README.md")
+    return skipped
+
+
+def _stage_links(manifest: Manifest) -> list[tuple[SourceRecord | None, list[LayerRecord] | None, bool]]:
+    """(input, layer map, is a growth) per lineage stage, oldest first. 0.1.0 files record the
+    input and map only at the top level, for the last growth; without any growth the top-level
+    source is the first stage's input."""
+    last_grow = max((i for i, s in enumerate(manifest.lineage) if s.kind == "grow"), default=None)
+    links = []
+    for i, stage in enumerate(manifest.lineage):
+        grows = isinstance(stage, GrowStage)
+        src, lmap = stage.source, stage.layer_map if grows else None
+        if i == last_grow:
+            src, lmap = src or manifest.source, lmap or manifest.layer_map
+        elif i == 0 and last_grow is None:
+            src = src or manifest.source
+        links.append((src, lmap, grows))
+    return links
+
+
+def lineage_layer_map(manifest: Manifest, parent_headers_sha256: str, num_layers: int) -> LayerMap | None:
+    """The layer map from a checkpoint (its manifest; `num_layers` layers) to the ancestor whose
+    safetensors headers have this fingerprint: the growths' maps composed along the lineage,
+    newest first (stages other than growths keep the layers). None when no recorded stage input
+    has that fingerprint, or a growth on the way did not record its map (0.1.0 files keep only
+    the last growth's)."""
+    composed = identity_map(num_layers)
+    for src, lmap, grows in reversed(_stage_links(manifest)):
+        if grows:
+            if lmap is None or any(e.source >= len(lmap) for e in composed):
+                return None
+            composed = compose(tuple(r.entry() for r in lmap), list(composed))
+        if src is not None and src.headers_sha256 == parent_headers_sha256:
+            return composed
+    return None

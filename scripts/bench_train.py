@@ -180,7 +180,7 @@ def rss(mode: str, path: Path) -> dict:
 
 def bench_rss(model: Path, work: Path) -> dict:
     """Peak RSS loading the 2x-duplicated model, plain and shared, each in a fresh process."""
-    from modelsurgeon.engine import grow
+    from modelsurgeon.grow.engine import grow
 
     plan = work / "double.yaml"
     plan.write_text("name: double-copy\nsteps:\n  - op: interpolate\n    factor: 2\n")

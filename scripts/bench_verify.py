@@ -48,7 +48,7 @@ print(json.dumps({
 
 
 def build(workdir: Path, hidden: int, layers: int, vocab: int) -> tuple[Path, Path]:
-    from modelsurgeon.engine import grow
+    from modelsurgeon.grow.engine import grow
     from modelsurgeon.plan import parse_plan
     from modelsurgeon.tiny import build_tiny
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import CheckpointError, TrainError
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.io.reader import open_checkpoint

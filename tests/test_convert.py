@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
 from modelsurgeon.convert import convert, prepare_conversion
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 
 FAMILIES = ("llama", "qwen2", "gpt2")

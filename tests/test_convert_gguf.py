@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from modelsurgeon.convert import convert
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.tiny import tiny_config
 

@@ -170,7 +170,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, model, plan_file, monkeypatc
         real(t, fd)
 
     monkeypatch.setattr(writer, "_write_tensor", flaky)
-    from modelsurgeon.engine import grow
+    from modelsurgeon.grow.engine import grow
 
     with pytest.raises((OSError, RuntimeError, KeyboardInterrupt)):
         grow(model, plan_file, tmp_path / "out")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 
 DOC = Path(__file__).resolve().parents[2] / "shared" / "design" / "PLAN_FORMAT.md"

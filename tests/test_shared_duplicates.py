@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.plan import parse_plan

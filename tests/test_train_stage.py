@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.train import make_options, parse_layers, train_stage, work_dir
 from modelsurgeon.train.options import TrainOptions
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint

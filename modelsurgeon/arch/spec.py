@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict
 #   offset_gain: y = (1 + w) * n(x)   -> w' = s(1 + w) - 1   (Gemma stores gains as offsets)
 Fold = Literal["multiply", "gain", "offset_gain"]
 Residual = Literal["pre_norm", "sandwich_norm", "post_norm", "parallel"]
+# Roles of the table's linear modules (matmuls): what LoRA adapts, GPT-2's Conv1D transposes,
+# and FLOPs count; norms and embeddings are not among them.
+LINEAR_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
 
 
 class Branch(BaseModel):

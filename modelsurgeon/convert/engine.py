@@ -6,11 +6,9 @@ of rows) at a time into a temporary sibling of OUT that replaces OUT in one rena
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from modelsurgeon.convert.bin_io import bin_shard_names, write_bin_shards
@@ -19,11 +17,10 @@ from modelsurgeon.convert.options import DTYPE_NAMES, parse_dtype, parse_format
 from modelsurgeon.convert.safetensors_out import converted_config, out_tensors
 from modelsurgeon.convert.source import Source, open_source
 from modelsurgeon.errors import ConvertError
-from modelsurgeon.io.hf_files import copy_extra_files, write_json
-from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, shard_groups, shard_names, write_shards
-from modelsurgeon.manifest import MANIFEST, extend_lineage, tool_version
-
-DEFAULT_MAX_SHARD = 5 * 10**9
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.io.writer import shard_groups, shard_names, write_shards
+from modelsurgeon.manifest import ConvertStage, extend_lineage, finish_output, now, read_manifest, source_record
+from modelsurgeon.manifest import tool_version
 
 
 @dataclass
@@ -92,33 +89,32 @@ def prepare_conversion(
     return conv
 
 
-def _stage(conv: Conversion) -> dict:
-    return {
-        "kind": "convert",
-        "from": conv.source.format,
-        "to": conv.to,
-        "dtype": conv.dtype_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "version": tool_version(),
-        "tensors": conv.tensor_count,
-        "bytes": conv.bytes_out,
-        "files": [name for name, _, _ in conv.shards()],
-        "dropped": conv.source.dropped,
-    }
+def _stage(conv: Conversion) -> ConvertStage:
+    return ConvertStage(
+        kind="convert",
+        from_=conv.source.format,
+        to=conv.to,
+        dtype=conv.dtype_name,
+        created=now(),
+        version=tool_version(),
+        tensors=conv.tensor_count,
+        bytes=conv.bytes_out,
+        files=[name for name, _, _ in conv.shards()],
+        dropped=conv.source.dropped,
+    )
 
 
 def _finish(conv: Conversion, tmp: Path) -> None:
-    """Everything but the weights: tokenizer and other files, config.json, surgeon.json."""
+    """Everything but the weights: tokenizer and other files, config.json, surgeon.json, and
+    the model card (a format change leaves it true)."""
     src = conv.source
-    skipped = copy_extra_files(src.path, tmp)
+    st_files = src.files if src.format == "safetensors" else None
+    origin = source_record(src.path, st_files, format=src.format, model_type=src.config.get("model_type"),
+                           tensors=len(src.tensors), bytes=src.total_bytes)  # fmt: skip
+    manifest = extend_lineage(read_manifest(src.path), _stage(conv), origin)
+    skipped = finish_output(tmp, src.path, manifest, conv.config)
     if skipped:
         conv.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
-    if (src.path / "README.md").is_file():  # a format change leaves the model card true
-        shutil.copy2(src.path / "README.md", tmp / "README.md")
-    write_json(tmp / "config.json", conv.config)
-    origin = {"path": str(src.path.resolve()), "format": src.format, "model_type": src.config.get("model_type"),
-              "tensors": len(src.tensors), "bytes": src.total_bytes}
-    write_json(tmp / MANIFEST, extend_lineage(src.path, _stage(conv), origin))
 
 
 def _write_weights(conv: Conversion, tmp: Path, progress: Callable[[int], None] | None) -> None:

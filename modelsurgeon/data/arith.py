@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from modelsurgeon.data.chartok import char_tokenizer
 from modelsurgeon.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CHARSET = "0123456789" + LETTERS + "=;+-*? "
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0-3, as in modelsurgeon.tiny
 MAX_VALUE = 99
 MAX_K = len(LETTERS) - 1  # k operations need k + 1 distinct variable names
 EVAL_SHARE = 10
@@ -127,16 +127,7 @@ def eval_set(ks: list[int], per_k: int, seed: int) -> list[ArithProblem]:
 
 def arith_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over CHARSET with <pad> <s> </s> <unk> at ids 0-3 (47 tokens)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARSET))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
-    tok.decoder = decoders.Fuse()  # characters back into one string, spaces being tokens of their own
-    pad, bos, eos, unk = SPECIAL_TOKENS
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos,
-                                   unk_token=unk, clean_up_tokenization_spaces=False)
+    return char_tokenizer(CHARSET)
 
 
 def _reply(text: str) -> str:

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelsurgeon.data.records import TextRule, resolve_rule
-from modelsurgeon.data.spec import LOCAL_SUFFIXES, DataSpec, arith_options, hf_parts
+from modelsurgeon.data.spec import (
+    LOCAL_SUFFIXES,
+    DataSpec,
+    arith_options,
+    dm_math_options,
+    hf_parts,
+)
 from modelsurgeon.errors import DataError
 
 HUB_HINT = ("download the dataset on a machine with hub access (e.g. `hf download --repo-type dataset "
@@ -34,6 +40,11 @@ class SourceStream:
 
             self._note("synthetic:arith prompt + answer")
             yield from (p.text for p in generate(**arith_options(self.spec)))
+        elif self.spec.kind == "dm-math":
+            from modelsurgeon.data import dm_math
+
+            self._note("dm-math question + newline + answer")
+            yield from (p.text for p in dm_math.generate(**dm_math_options(self.spec)))
         elif self.spec.kind == "hf":
             yield from self._documents(self.spec.source, _hub_records(self.spec))
         else:

@@ -1,4 +1,4 @@
-"""The `--data` syntax: `SPEC` or `SPEC*WEIGHT`, where SPEC is a local path, `hf:...` or `synthetic:...`.
+"""The `--data` syntax: `SPEC` or `SPEC*WEIGHT`; SPEC is a local path, `hf:...`, `synthetic:...` or `dm-math:...`.
 
 Parsing checks everything that can be checked without reading data (weight, scheme, options,
 that a local path exists), so a typo fails before a model is loaded.
@@ -11,13 +11,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelsurgeon.data.dm_math import TRAIN_SPLITS, check_module
 from modelsurgeon.errors import DataError
 
 # Suffix -> `datasets` packaged builder. `.txt` holds one document per blank-line-separated block.
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 ARITH_DEFAULTS = {"n": 2000, "min_k": 1, "max_k": 4, "seed": 0}
+DM_MATH_DEFAULTS = {"split": "train", "n": 20000, "seed": 0}
 SPEC_FORMS = ("a local file or directory (.jsonl .json .parquet .csv .txt)",
-              "hf:<name>[:<config>][@<split>]", "synthetic:arith[:k=v,...]")
+              "hf:<name>[:<config>][@<split>]", "synthetic:arith[:k=v,...]",
+              "dm-math:<module>[:<split>][:n=20000,seed=0]")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -25,14 +28,17 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 class DataSpec:
     """One training data source and its mixing weight (documents are drawn in proportion to it)."""
 
-    source: str  # a local path (file or dir), "hf:<name>[:<config>][@<split>]", or "synthetic:arith[:k=v,...]"
+    source: str  # a local path (file or dir), "hf:<name>[:<config>][@<split>]", "synthetic:arith[:k=v,...]"
+    # or "dm-math:<module>[:<split>][:k=v,...]"
     weight: float = 1.0
 
     @property
     def kind(self) -> str:
-        """"hf", "synthetic" or "local"."""
+        """"hf", "synthetic", "dm-math" or "local"."""
         if self.source.startswith("hf:"):
             return "hf"
+        if self.source.startswith("dm-math:"):
+            return "dm-math"
         return "synthetic" if self.source.startswith("synthetic:") else "local"
 
 
@@ -44,9 +50,13 @@ def parse_data_spec(text: str) -> DataSpec:
     separated by a blank line; or a directory, read recursively in sorted path order (hidden
     files and other suffixes skipped).
 
+    `dm-math:<module>[:<split>][:n=..,seed=..]` generates DeepMind's mathematics problems (see
+    `modelsurgeon.data.dm_math`); checking its module imports the mathematics-dataset package.
+
     Raises:
         DataError: the weight is not a positive number, the scheme is unknown, the options of a
-            synthetic source are invalid, or a local path does not exist or has an unsupported suffix.
+            synthetic or dm-math source are invalid (or its package is missing), or a local path
+            does not exist or has an unsupported suffix.
     """
     text = text.strip()
     source, weight = _split_weight(text)
@@ -55,6 +65,8 @@ def parse_data_spec(text: str) -> DataSpec:
         hf_parts(spec)
     elif spec.kind == "synthetic":
         arith_options(spec)
+    elif spec.kind == "dm-math":
+        dm_math_options(spec)
     else:
         _check_local(text, source)
     return spec
@@ -121,4 +133,33 @@ def arith_options(spec: DataSpec) -> dict[str, int]:
     from modelsurgeon.data.arith import check_arith_options
 
     check_arith_options(spec.source, **options)
+    return options
+
+
+def dm_math_options(spec: DataSpec) -> dict:
+    """{module, split, n, seed} of `dm-math:<module>[:<split>][:n=..,seed=..]`, defaults filled in and checked."""
+    module, *rest = spec.source[len("dm-math:"):].split(":")
+    options: dict = {"module": module.strip(), **DM_MATH_DEFAULTS}
+    form = "e.g. 'dm-math:arithmetic__add_sub_multiple:train-hard:n=5000,seed=1'"
+    if not options["module"] or len(rest) > 2 or (len(rest) == 2 and "=" in rest[0]):
+        raise DataError(f"--data {spec.source!r}: expected dm-math:<module>[:<split>][:n=..,seed=..]", hint=form)
+    for part in rest:
+        if "=" not in part:
+            options["split"] = part.strip()
+            continue
+        for item in filter(None, (p.strip() for p in part.split(","))):
+            key, _, value = item.partition("=")
+            if key.strip() not in ("n", "seed"):
+                raise DataError(f"--data {spec.source!r}: unknown option {item!r}", hint="options are n and seed")
+            try:
+                options[key.strip()] = int(value)
+            except ValueError:
+                raise DataError(f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer",
+                                hint=form) from None
+    if options["n"] < 1:
+        raise DataError(f"--data {spec.source!r}: n={options['n']} problems; need at least 1", hint="e.g. n=20000")
+    if options["split"] not in TRAIN_SPLITS:
+        raise DataError(f"--data {spec.source!r}: {options['split']!r} is not a training split",
+                        hint=f"train on one of {', '.join(TRAIN_SPLITS)}; the test splits are for evaluation")
+    check_module(options["module"], options["split"])
     return options

@@ -9,3 +9,14 @@ TORCH_TO_ST = {
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }  # fmt: skip
 ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
+# Integers of each element size: comparing bit patterns through them is exact and ~3x faster
+# than through uint8.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality; values would mislead (-0.0 == 0.0, NaN != NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    bits = _BITS[a.element_size()]
+    return torch.equal(a.reshape(-1).view(bits), b.reshape(-1).view(bits))

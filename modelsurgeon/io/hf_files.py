@@ -17,15 +17,14 @@ REWRITTEN = ("config.json", "surgeon.json", "README.md")
 def copy_extra_files(src: Path, dst: Path) -> list[str]:
     """Copy tokenizer, generation config, chat template and every other top-level non-weight
     file; return the sub-directories skipped (they may hold stale weights, e.g. `original/`)."""
-    skipped = []
     for f in sorted(src.iterdir()):
-        if f.is_dir():
-            skipped.append(f.name)
-        elif f.name.endswith(WEIGHT_SUFFIXES) or f.name in WEIGHT_INDEXES or f.name in REWRITTEN:
-            continue
-        elif f.is_file():
+        if f.is_file() and not (f.name.endswith(WEIGHT_SUFFIXES) or f.name in WEIGHT_INDEXES or f.name in REWRITTEN):
             shutil.copy2(f, dst / f.name)
-    return skipped
+    return subdirectories(src)
+
+
+def subdirectories(path: Path) -> list[str]:
+    return [f.name for f in sorted(path.iterdir()) if f.is_dir()]
 
 
 def headers_sha256(files: list[Path]) -> str:

@@ -34,6 +34,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+DEFAULT_MAX_SHARD = 5 * 10**9  # bytes per weight file, as transformers' save_pretrained writes them
 COPY_CHUNK = 64 * 1024 * 1024
 # Computed tensors are produced a block of rows at a time, each block at most this many
 # elements (64 MB in float32), so memory stays bounded even for a 128K-vocab embedding.
@@ -184,14 +185,19 @@ def write_shards(
     return weight_map
 
 
+def check_no_overlap(out: Path, other: Path, what: str = "the input", hint: str = "") -> None:
+    """Refuse OUT equal to or inside `other` (or `other` inside OUT): replacing OUT would destroy it."""
+    out_r, other_r = out.resolve(), other.resolve()
+    if out_r == other_r or other_r in out_r.parents or out_r in other_r.parents:
+        raise OutputError(
+            f"output {out} overlaps {what} {other}",
+            hint=hint or "choose an output directory outside the model directory",
+        )
+
+
 def check_output_path(out: Path, model: Path, force: bool) -> None:
     """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force."""
-    out_r, model_r = out.resolve(), model.resolve()
-    if out_r == model_r or model_r in out_r.parents or out_r in model_r.parents:
-        raise OutputError(
-            f"output {out} overlaps the input {model}",
-            hint="choose an output directory outside the model directory",
-        )
+    check_no_overlap(out, model)
     if out.exists() and not force:
         raise OutputError(f"output {out} already exists", hint="choose a new path, or pass --force to replace it")
     if out.exists() and not out.is_dir():

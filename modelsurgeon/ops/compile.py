@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
 from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.depth import DEPTH_OPS
@@ -16,8 +18,10 @@ if TYPE_CHECKING:  # width maps need torch; plans without widen steps never impo
     from modelsurgeon.ops.width import Dims, WidthPlan
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(BaseModel):
+    """What one plan step did, as surgeon.json's `steps` records it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     op: str
     layers_in: int
     layers_out: int
@@ -64,7 +68,7 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
         try:
             if isinstance(step, Widen):
                 cls = widths.apply(step)
-                results.append(StepResult(step.op, len(current), len(current), cls))
+                results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
                 continue
             local: Local = DEPTH_OPS[step.op](step, len(current))
         except ValueError as exc:
@@ -72,6 +76,7 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
             if i + 1 < len(plan.steps):
                 problems.append(f"steps[{i + 1}..] not checked: they depend on steps[{i}]")
             raise PlanError(origin, problems, hint="fix the step to fit the model") from None
-        results.append(StepResult(step.op, len(current), len(local), classify(local, len(current))))
+        layers_out, equivalence = len(local), classify(local, len(current))
+        results.append(StepResult(op=step.op, layers_in=len(current), layers_out=layers_out, equivalence=equivalence))
         current = compose(current, local)
     return Compiled(current, tuple(results), widths.plan)

@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from modelsurgeon.arch.spec import ArchSpec
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec
 from modelsurgeon.ops import axismap as am
 from modelsurgeon.ops.axismap import AxisMap
-from modelsurgeon.ops.fold import fold_branch_scale
+from modelsurgeon.ops.fold import apply_folds
 from modelsurgeon.ops.layermap import Equivalence
-from modelsurgeon.plan.schema import NoiseSpec, Widen, parse_size
+from modelsurgeon.plan.schema import NoiseSpec, Widen, widen_target
 
 # role -> (axis of dim 0 / the output units, axis of dim 1 / the input units, input is a split)
 ROLE_AXES: dict[str, tuple[str | None, str | None, bool]] = {
@@ -38,7 +38,6 @@ ROLE_AXES: dict[str, tuple[str | None, str | None, bool]] = {
     "attn_norm": ("hidden", None, False), "mlp_norm": ("hidden", None, False), "final_norm": ("hidden", None, False),
     "post_attn_norm": ("hidden", None, False), "post_mlp_norm": ("hidden", None, False),
 }  # fmt: skip
-LINEAR_ROLES = {"q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down"}
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,8 @@ def _element_maps(spec: ArchSpec, d: Dims, new: Dims) -> dict[str, AxisMap]:
 
 def widen_step(step: Widen, d: Dims, spec: ArchSpec) -> tuple[Dims, dict[str, AxisMap], Equivalence]:
     """One widen step over dims d; raises ValueError('field: message') when it cannot apply."""
-    hidden = parse_size(step.hidden, d.hidden) if step.hidden is not None else d.hidden
-    ffn = parse_size(step.ffn, d.ffn) if step.ffn is not None else d.ffn
+    hidden = widen_target(step.hidden, d.hidden) if step.hidden is not None else d.hidden
+    ffn = widen_target(step.ffn, d.ffn) if step.ffn is not None else d.ffn
     m = int(step.heads[:-1]) if step.heads is not None else 1
     if hidden < d.hidden:
         raise ValueError(f"hidden: target {hidden} is smaller than the current {d.hidden}; widen never shrinks")
@@ -171,23 +170,17 @@ def _apply_in(t: Transform, x: torch.Tensor, dim: int, start: int) -> torch.Tens
     return x
 
 
-def _fold(x: torch.Tensor, folds, is_bias: bool) -> torch.Tensor:
-    for fold, scale in folds:
-        x = fold_branch_scale(x, fold, is_bias, scale)
-    return x
-
-
 def compute_rows(t: Transform, load, is_bias: bool, dtype: torch.dtype, start: int, stop: int) -> torch.Tensor:
     """Output rows start..stop-1; `load(a, b)` reads source rows a..b-1."""
     if t.transposed:  # small GPT-2 Conv1D weights: out units are columns, so compute whole
-        x = _fold(load(None, None).to(torch.float32), t.folds, is_bias)
+        x = apply_folds(load(None, None).to(torch.float32), t.folds, is_bias)
         if t.out_map is not None:
             x = am.gather(x, 1, t.out_map, False)
         if t.in_map is not None:
             x = _apply_in(t, x, 0, 0)
         return x[start:stop].to(dtype)
     idx = t.out_map.idx[start:stop] if t.out_map is not None else torch.arange(start, stop)
-    x = _fold(_gather_rows(load, idx).to(torch.float32), t.folds, is_bias)
+    x = apply_folds(_gather_rows(load, idx).to(torch.float32), t.folds, is_bias)
     if t.in_map is not None and x.dim() > 1:
         x = _apply_in(t, x, 1, start)
     return x.to(dtype)

@@ -59,7 +59,8 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _format_loc(loc: tuple) -> str:
+def format_loc(loc: tuple) -> str:
+    """A pydantic error location as a path: steps[3].layers."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -69,7 +70,7 @@ def _format_loc(loc: tuple) -> str:
 def where(root: yaml.Node | None, loc: tuple) -> str:
     """A YAML path as the user wrote it, with its line when the document has one."""
     line = _line_of(root, loc)
-    return _format_loc(loc) + (f" (line {line})" if line else "")
+    return format_loc(loc) + (f" (line {line})" if line else "")
 
 
 def problem(root: yaml.Node | None, loc: tuple, msg: str, hints: dict[str, str]) -> str:
@@ -157,8 +158,13 @@ def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     return LoadedPlan(plan, text, origin, translation)
 
 
-def load_plan(path: str | Path) -> LoadedPlan:
+def read_document(path: str | Path, error: type[PlanError], hint: str) -> tuple[str, str]:
+    """(text, origin) of a plan or recipe file; `error` with `hint` when there is no such file."""
     path = Path(path)
     if not path.is_file():
-        raise PlanError(str(path), ["file not found"], hint="pass the path of a plan YAML, e.g. plans/double.yaml")
-    return parse_plan(path.read_text(), str(path))
+        raise error(str(path), ["file not found"], hint=hint)
+    return path.read_text(), str(path)
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    return parse_plan(*read_document(path, PlanError, "pass the path of a plan YAML, e.g. plans/double.yaml"))

@@ -131,8 +131,8 @@ class NoiseSpec(_Strict):
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
 
-def parse_size(value: int | str, current: int) -> int:
-    """'2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is the target itself."""
+def widen_target(value: int | str, current: int) -> int:
+    """A widen size (hidden, ffn) as a dimension: '2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is itself."""
     if isinstance(value, int):
         return value
     return round(float(SIZE.match(value).group(1)) * current)

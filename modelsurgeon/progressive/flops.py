@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.train.methods import LINEAR_ROLES, get_method  # LoRA adapts the matmuls we count
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
+from modelsurgeon.train.methods import get_method  # LoRA adapts the matmuls we count
 
 
 @dataclass(frozen=True)

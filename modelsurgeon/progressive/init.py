@@ -1,5 +1,5 @@
 """The start model of a recipe: a from-scratch model built from a transformers config class
-(random init, seeded) with the char-level arith tokenizer or a tokenizer directory, or an
+(random init, seeded) with a char-level tokenizer (arith, ascii) or a tokenizer directory, or an
 existing checkpoint. Also the parameter counts of either, from shapes alone."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class InitModel(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     family: str = Field(pattern=r"^[a-z0-9_]+$")
-    tokenizer: str = "arith"  # "arith" or a directory holding a tokenizer
+    tokenizer: str = "arith"  # "arith", "ascii" (printable ASCII + newline, for dm-math) or a tokenizer directory
     seed: int = 0
 
     @property
@@ -32,6 +32,10 @@ def load_tokenizer(spec: str, base: Path):
         from modelsurgeon.data.arith import arith_tokenizer
 
         return arith_tokenizer()
+    if spec == "ascii":
+        from modelsurgeon.data.chartok import ascii_tokenizer
+
+        return ascii_tokenizer()
     from transformers import AutoTokenizer
 
     path = Path(spec) if Path(spec).is_absolute() else base / spec

@@ -120,6 +120,8 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             problems.append(f"{where}: layers: {exc}")
     if options.train_method.adapter and r.init is not None and not any(s.kind == "train" for s in plan.stages):
         problems.append(f"{where}: the start model is randomly initialised, so its first train stage must be method full (not {options.method})")
+    if options.ramp_new is not None and (prev is None or prev.kind != "grow"):
+        problems.append(f"{where}: ramp_new fades in the layers a growth added; put the stage right after a grow stage")
     if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
         problems.append(f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that follows a train stage")
     seq_len = options.sequence_length(plan.max_positions)
@@ -133,7 +135,7 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
     from modelsurgeon.arch.registry import load_specs
-    from modelsurgeon.engine import prepare
+    from modelsurgeon.grow.engine import prepare
     from modelsurgeon.ops.compile import compile_plan
     from modelsurgeon.plan.load import load_plan, parse_plan
     from modelsurgeon.plan.schema import Widen

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelsurgeon.errors import RecipeError
-from modelsurgeon.plan.load import problem, read_yaml
+from modelsurgeon.plan.load import problem, read_document, read_yaml
 from modelsurgeon.plan.load import where as yaml_where
 from modelsurgeon.progressive.init import InitModel
 from modelsurgeon.progressive.monitor import ArithEval
@@ -172,7 +172,4 @@ def parse_recipe(text: str, origin: str = "<recipe>") -> LoadedRecipe:
 
 
 def load_recipe(path: str | Path) -> LoadedRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(str(path), ["file not found"], hint="pass a recipe YAML, e.g. plans/recipes/seed-idea.yaml")
-    return parse_recipe(path.read_text(), str(path))
+    return parse_recipe(*read_document(path, RecipeError, "pass a recipe YAML, e.g. plans/recipes/seed-idea.yaml"))

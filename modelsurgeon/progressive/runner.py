@@ -11,8 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from modelsurgeon.errors import OutputError
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.errors import CheckpointError, OutputError
+from modelsurgeon.manifest import MANIFEST, TrainStage, read_manifest
 from modelsurgeon.progressive.flops import stage_flops
 from modelsurgeon.progressive.monitor import accuracy_by_k, grad_norm_callback
 from modelsurgeon.progressive.planning import PlannedStage, RecipePlan, lora_targets, match_steps, plan_recipe
@@ -88,6 +88,15 @@ def _layer_prefix(model: Path) -> str:
     return resolve_spec(ckpt.config, ckpt.names).layer_prefix
 
 
+def _last_train_stage(out: Path) -> TrainStage:
+    manifest = read_manifest(out)
+    stage = manifest.lineage[-1] if manifest is not None and manifest.lineage else None
+    if not isinstance(stage, TrainStage):
+        raise CheckpointError(f"{out / MANIFEST}: the last lineage stage is not a train stage",
+                              hint=f"remove {out} to rerun the stage")  # fmt: skip
+    return stage
+
+
 def train_one(model: Path, sdir: Path, options, counts, seq_len: int, triggers: list, cap: int,
               du_defaults: tuple[float, float], eval_fn, console, extra: dict, flops_kw: dict | None = None) -> dict:  # fmt: skip
     """One train stage in `sdir` (resumable); returns its record, also written to stage.json.
@@ -105,17 +114,17 @@ def train_one(model: Path, sdir: Path, options, counts, seq_len: int, triggers: 
         start = time.perf_counter()
         train_stage(model, out, options, resume=last_checkpoint(work_dir(out)) is not None, console=console, callbacks=callbacks)
         _write_json(sdir / "run.json", {"wall_s": round(time.perf_counter() - start, 2), "stop": stop})
-    lineage = json.loads((out / MANIFEST).read_text())["lineage"][-1]
+    stage = _last_train_stage(out)
     run = json.loads((sdir / "run.json").read_text()) if (sdir / "run.json").is_file() else {}
     rows = read_metrics(out / "metrics.jsonl")
-    flops = stage_flops(counts, lineage["tokens"], seq_len, options.method, lora_r=options.lora_r, **(flops_kw or {}))
+    flops = stage_flops(counts, stage.tokens, seq_len, options.method, lora_r=options.lora_r, **(flops_kw or {}))
     record = {
         "kind": "train", "method": options.method, "layers": counts.n_layers, "params": counts.total,
-        "trainable": lineage["trainable_params"], "steps": lineage["steps"], "planned_steps": cap,
-        "tokens": lineage["tokens"], "seq_len": seq_len, "flops_per_token": flops.per_token, "flops": flops.total,
+        "trainable": stage.trainable_params, "steps": stage.steps, "planned_steps": cap,
+        "tokens": stage.tokens, "seq_len": seq_len, "flops_per_token": flops.per_token, "flops": flops.total,
         "wall_s": run.get("wall_s", max((r.get("elapsed_s", 0) for r in rows), default=0)),
         "stop_reason": (run.get("stop") or {}).get("reason", "cap"),
-        "final_train_loss": lineage["final_train_loss"], "final_eval_loss": lineage["final_eval_loss"],
+        "final_train_loss": stage.final_train_loss, "final_eval_loss": stage.final_eval_loss,
         "lr": options.learning_rate, "schedule": options.schedule, "warmup": options.warmup_steps(cap),
         "accuracy_by_k": eval_fn(out), "model": str(out), **extra,
     }  # fmt: skip
@@ -124,13 +133,13 @@ def train_one(model: Path, sdir: Path, options, counts, seq_len: int, triggers: 
 
 
 def _grow_one(st: PlannedStage, model: Path, sdir: Path) -> dict:
-    from modelsurgeon.engine import grow
+    from modelsurgeon.grow.engine import grow
 
     out = sdir / "model"
     sdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if out.exists():  # written atomically, so complete: only the record was missing
-        from modelsurgeon.engine import prepare
+        from modelsurgeon.grow.engine import prepare
 
         prep = prepare(model, st.plan)
     else:

@@ -44,7 +44,6 @@ copies which input unit), so a width-grown model takes only `reset`. LoRA parent
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +51,9 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.errors import CheckpointError, TrainError
+from modelsurgeon.io.dtypes import same_bytes
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.manifest import MANIFEST, LayerRecord, Manifest, parse_layer_map, read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -88,13 +88,12 @@ def _read_state(opt_dir: Path) -> dict:
     return state
 
 
-def _grow_manifest(grown: Checkpoint, policy: str) -> dict:
-    path = grown.path / MANIFEST
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
-    if not manifest.get("layer_map"):
+def _grow_manifest(grown: Checkpoint, policy: str) -> Manifest:
+    manifest = read_manifest(grown.path)
+    if manifest is None or not manifest.layer_map:
         raise CheckpointError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
                               hint="carry optimizer state only into a model written by `surgeon grow`; otherwise use reset")  # fmt: skip
-    if any(step.get("op") == "widen" for step in manifest.get("steps", [])):
+    if manifest.widened:
         raise TrainError(
             f"{grown.path} was widened, and {MANIFEST} does not record which new units copy which old ones, "
             f"so moments cannot follow them (policy {policy!r})",
@@ -118,7 +117,7 @@ def _check_parent(opt_dir: Path, grown: Checkpoint, origins: dict[str, Origin], 
     for name, origin in origins.items():
         if not origin.byte_copy or origin.source is None or len(grown.tensors[name].shape) != 1:
             continue
-        if origin.source not in parent.tensors or not _same_bytes(parent.load(origin.source), grown.load(name)):
+        if origin.source not in parent.tensors or not same_bytes(parent.load(origin.source), grown.load(name)):
             raise TrainError(
                 f"the optimizer state in {opt_dir} belongs to {parent_dir}, but {grown.path} was grown from {source_path} "
                 f"(its '{name}' is not a copy of the parent's '{origin.source}')",
@@ -126,15 +125,11 @@ def _check_parent(opt_dir: Path, grown: Checkpoint, origins: dict[str, Origin], 
             )
 
 
-def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    import torch
-
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
-
-
-def moment_origins(grown: Checkpoint, layer_map: list[dict], policy: str) -> dict[str, Origin]:
+def moment_origins(grown: Checkpoint, layer_map: list[LayerRecord] | list[dict], policy: str) -> dict[str, Origin]:
     """For every tensor of the grown checkpoint: the parent tensor (in the grow input's
-    naming) whose moments it takes, and the factor (see the module docstring)."""
+    naming) whose moments it takes, and the factor (see the module docstring). `layer_map`
+    is surgeon.json's, typed or as its JSON objects."""
+    layer_map = parse_layer_map(layer_map)
     spec = resolve_spec(grown.config, grown.names)
     layout = layout_of(spec, grown.config, grown.names, str(grown.path))
     if len(layer_map) != layout.num_layers:
@@ -142,7 +137,7 @@ def moment_origins(grown: Checkpoint, layer_map: list[dict], policy: str) -> dic
                               hint=f"{MANIFEST} does not describe these weights")  # fmt: skip
     origins = {name: Origin(name) for name in layout.others}
     for j, layer in enumerate(layout.layers):
-        source, c = layer_map[j]["source"], float(layer_map[j]["scale"])
+        source, c = layer_map[j].source, layer_map[j].scale
         folds = spec.branch_tensors(set(layer))
         for suffix, name in layer.items():
             if c == 0.0:
@@ -209,8 +204,8 @@ def carry_state(
         )
     ckpt = open_checkpoint(grown)
     manifest = _grow_manifest(ckpt, policy)
-    origins = moment_origins(ckpt, manifest["layer_map"], policy)
-    _check_parent(opt_dir, ckpt, origins, manifest.get("source", {}).get("path"))
+    origins = moment_origins(ckpt, manifest.layer_map, policy)
+    _check_parent(opt_dir, ckpt, origins, manifest.source.path)
     unknown = [n for n in param_names if n not in ckpt.tensors]
     if unknown:
         raise TrainError(f"{len(unknown)} parameter name(s) are not tensors of {ckpt.path}, e.g. {unknown[:3]}",

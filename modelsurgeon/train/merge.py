@@ -14,29 +14,27 @@ base) are refused.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.errors import CheckpointError, OutputError
-from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
+from modelsurgeon.errors import CheckpointError
+from modelsurgeon.io.hf_files import file_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.io.st_format import TensorInfo, read_header
-from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
-from modelsurgeon.manifest import MANIFEST, extend_lineage
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_no_overlap
+from modelsurgeon.io.writer import check_output_path, write_shards
+from modelsurgeon.manifest import MANIFEST, MergeLoraStage, extend_lineage, finish_output, read_manifest, source_record
 
 if TYPE_CHECKING:
     import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-DEFAULT_MAX_SHARD = 5 * 10**9
 PEFT_PREFIX = "base_model.model."
 # "<module>.lora_A.weight", optionally with the adapter's name ("lora_A.default.weight").
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.(?P<kind>weight|bias)$")
@@ -267,32 +265,26 @@ def plan_tensors(base: Checkpoint, adapter: Adapter) -> list[OutTensor]:
     return out
 
 
-def _stage(adapter: Adapter) -> dict:
+def _stage(adapter: Adapter) -> MergeLoraStage:
     """The lineage entry. No timestamp: merging the same adapter into the same base must give
     a bit-identical directory."""
-    return {
-        "kind": "merge-lora",
-        "adapter": str(adapter.path.resolve()),
-        "adapter_sha256": file_sha256(adapter.path / ADAPTER_WEIGHTS),
-        "adapter_config_sha256": file_sha256(adapter.path / ADAPTER_CONFIG),
-        "r": adapter.config.get("r"),
-        "lora_alpha": adapter.config.get("lora_alpha"),
-        "use_rslora": bool(adapter.config.get("use_rslora")),
-        "merged": sorted(adapter.pairs),
-        "replaced": sorted(adapter.replaced),
-    }
+    return MergeLoraStage(
+        kind="merge-lora",
+        adapter=str(adapter.path.resolve()),
+        adapter_sha256=file_sha256(adapter.path / ADAPTER_WEIGHTS),
+        adapter_config_sha256=file_sha256(adapter.path / ADAPTER_CONFIG),
+        r=adapter.config.get("r"),
+        lora_alpha=adapter.config.get("lora_alpha"),
+        use_rslora=bool(adapter.config.get("use_rslora")),
+        merged=sorted(adapter.pairs),
+        replaced=sorted(adapter.replaced),
+    )
 
 
-def _source(base: Checkpoint) -> dict:
-    return {"path": str(base.path.resolve()), "model_type": base.config.get("model_type"),
-            "tensors": len(base.tensors), "bytes": base.total_bytes,
-            "config_sha256": file_sha256(base.path / "config.json"), "headers_sha256": headers_sha256(base.files)}  # fmt: skip
-
-
-def _refuse_double_merge(base: Checkpoint, stage: dict) -> None:
-    manifest = base.path / MANIFEST
-    lineage = json.loads(manifest.read_text()).get("lineage", []) if manifest.is_file() else []
-    if any(s.get("kind") == "merge-lora" and s.get("adapter_sha256") == stage["adapter_sha256"] for s in lineage):
+def _refuse_double_merge(base: Checkpoint, stage: MergeLoraStage) -> None:
+    manifest = read_manifest(base.path)
+    lineage = manifest.lineage if manifest is not None else []
+    if any(isinstance(s, MergeLoraStage) and s.adapter_sha256 == stage.adapter_sha256 for s in lineage):
         raise CheckpointError(
             f"{base.path} already has this adapter merged (its {MANIFEST} lineage lists it); merging again would apply it twice",
             hint="merge the adapter into the checkpoint it was trained on, not into a merged output",
@@ -322,17 +314,13 @@ def merge_lora(
     _refuse_double_merge(ckpt, stage)
     out = Path(out)
     check_output_path(out, ckpt.path, force)
-    out_r, adapter_r = out.resolve(), lora.path.resolve()
-    if out_r == adapter_r or adapter_r in out_r.parents or out_r in adapter_r.parents:
-        raise OutputError(f"output {out} overlaps the adapter {adapter}", hint="write the merged model elsewhere")
+    check_no_overlap(out, Path(adapter), "the adapter", hint="write the merged model elsewhere")
     check_free_space(out, ckpt.total_bytes)
     tensors = plan_tensors(ckpt, lora)
     with atomic_directory(out) as tmp:
         write_shards(tmp, tensors, max_shard_size, progress)
-        copy_extra_files(ckpt.path, tmp)
-        shutil.copy2(ckpt.path / "config.json", tmp / "config.json")
-        if (ckpt.path / "README.md").is_file():
-            shutil.copy2(ckpt.path / "README.md", tmp / "README.md")
-        write_json(tmp / MANIFEST, extend_lineage(ckpt.path, stage, _source(ckpt)))
+        source = source_record(ckpt.path, ckpt.files, model_type=ckpt.config.get("model_type"),
+                               tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
+        finish_output(tmp, ckpt.path, extend_lineage(read_manifest(ckpt.path), stage, source))
     return {"out": str(out), "merged": len(lora.pairs), "replaced": len(lora.replaced),
             "copied": sum(t.source is not None for t in tensors), "tensors": len(tensors), "bytes": ckpt.total_bytes}  # fmt: skip

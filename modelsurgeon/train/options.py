@@ -29,6 +29,13 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 _LR_HELP = ", ".join(f"{m.name} {m.default_lr:.0e}".replace("e-0", "e-") for m in METHODS.values())
 
 
+class RampNew(BaseModel):
+    """`ramp_new`: Gradual DropIn of the layers the last growth added (see train/ramp.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(ge=1)  # the new layers' branch scale rises linearly from 0 to 1 over these steps
+
+
 class TrainOptions(BaseModel):
     """Everything `surgeon train-stage` can be told, with its defaults and help (the CLI's
     options, --config files and `surgeon progressive` train stages are all built from this)."""
@@ -39,7 +46,7 @@ class TrainOptions(BaseModel):
     data: list[str] = Field(
         min_length=1,
         description="Training data, repeatable: a file or dir (.jsonl/.json/.parquet/.csv/.txt), hf:NAME, "
-        "hf:NAME:CONFIG@SPLIT or synthetic:arith; SPEC*WEIGHT to mix.",
+        "hf:NAME:CONFIG@SPLIT, synthetic:arith or dm-math:MODULE[:SPLIT]; SPEC*WEIGHT to mix.",
     )
     steps: int | None = Field(None, ge=1, description="Optimizer steps (or give --tokens).")
     tokens: int | None = Field(None, ge=1, description="Training tokens; steps = ceil(tokens / tokens per step).")
@@ -88,6 +95,20 @@ class TrainOptions(BaseModel):
         if name not in METHODS:
             raise ValueError(unknown_method(name))
         return name
+
+    ramp_new: RampNew | None = Field(
+        None,
+        description="After a grow: fade the new layers in (Gradual DropIn), their residual branches scaled "
+        "from 0 to 1 over N steps; give N (or {steps: N} in --config files and recipes).",
+    )
+
+    @field_validator("ramp_new", mode="before")
+    @classmethod
+    def _ramp_steps(cls, value):
+        """`--ramp-new 200` and `ramp_new: 200` mean {steps: 200}."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        return {"steps": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("targets", mode="before")
     @classmethod

@@ -5,17 +5,17 @@ scheduler state, metrics.jsonl, loss.png, and surgeon.json with the stage in its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from modelsurgeon.errors import TrainError
 from modelsurgeon.io.dtypes import ST_TO_TORCH
-from modelsurgeon.io.hf_files import copy_extra_files, file_sha256, headers_sha256, write_json
 from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.writer import OutTensor, write_shards
-from modelsurgeon.manifest import MANIFEST, extend_lineage
+from modelsurgeon.manifest import SourceRecord, TrainStage, extend_lineage, finish_output, read_manifest, source_record
+from modelsurgeon.ops.fold import fold_branch_scale
 from modelsurgeon.train.callbacks import read_metrics
 
 ADAPTER = "default"  # peft's name for the one adapter a stage trains
@@ -25,14 +25,20 @@ ADAPTER = "default"  # peft's name for the one adapter a stage trains
 class MergedWeights:
     """Trained tensors by checkpoint name, computed one at a time: a LoRA-wrapped module's base
     weight plus peft's delta (B @ A * scale, transposed for Conv1D), or a trained parameter.
-    The model is not modified, so shared base tensors (--share-duplicates) stay intact."""
+    The model is not modified, so shared base tensors (--share-duplicates) stay intact. `folds`
+    (ramp_new) folds a branch scale into the tensors carrying the new layers' branch outputs."""
 
     model: torch.nn.Module  # the transformers model, with peft's LoRA layers injected when LoRA
+    folds: dict[str, tuple[str, float]] = field(default_factory=dict)  # tensor -> (fold rule, scale)
     _cached: tuple[str, torch.Tensor] | None = None
 
     def full(self, name: str) -> torch.Tensor:
         if self._cached is None or self._cached[0] != name:
-            self._cached = (name, self._compute(name))
+            tensor = self._compute(name)
+            if name in self.folds:
+                fold, scale = self.folds[name]
+                tensor = fold_branch_scale(tensor.detach(), fold, name.endswith(".bias"), scale)
+            self._cached = (name, tensor)
         return self._cached[1]
 
     @torch.no_grad()
@@ -113,11 +119,10 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def source_record(ckpt: Checkpoint, model_type: str, num_layers: int) -> dict:
-    """surgeon.json's `source` for a MODEL that has no manifest of its own."""
-    return {"path": str(ckpt.path.resolve()), "model_type": model_type, "num_layers": num_layers,
-            "tensors": len(ckpt.tensors), "bytes": ckpt.total_bytes,
-            "config_sha256": file_sha256(ckpt.path / "config.json"), "headers_sha256": headers_sha256(ckpt.files)}  # fmt: skip
+def stage_source(ckpt: Checkpoint, model_type: str, num_layers: int) -> SourceRecord:
+    """The record of MODEL, the stage's input."""
+    return source_record(ckpt.path, ckpt.files, model_type=model_type, num_layers=num_layers,
+                         tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
 
 
 def model_card(src: Path, stage: dict) -> str:
@@ -133,18 +138,19 @@ def model_card(src: Path, stage: dict) -> str:
 """
 
 
-def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: dict, title: str) -> list[str]:
+def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: SourceRecord, title: str) -> list[str]:
     """Everything but the weights, adapter and optimizer: config, tokenizer and other files
     copied from MODEL, metrics.jsonl, loss.png, surgeon.json and the model card."""
-    skipped = copy_extra_files(ckpt.path, tmp)  # sub-directories (an old adapter/, optimizer/) are stale here
-    write_json(tmp / "config.json", ckpt.config)
+    manifest = extend_lineage(read_manifest(ckpt.path), TrainStage.model_validate(stage), source)
+    # sub-directories (an old adapter/, optimizer/) are stale here
+    skipped = finish_output(tmp, ckpt.path, manifest, ckpt.config, model_card(ckpt.path, stage))
     rows = read_metrics(work / "metrics.jsonl")
     (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plot_losses(rows, tmp / "loss.png", title)
-    write_json(tmp / MANIFEST, extend_lineage(ckpt.path, stage, source))
-    (tmp / "README.md").write_text(model_card(ckpt.path, stage))
     return skipped
 
 
-def write_weights(tmp: Path, ckpt: Checkpoint, changed: set[str], model: torch.nn.Module, max_shard_size: int) -> None:
-    write_shards(tmp, weight_tensors(ckpt, changed, MergedWeights(model)), max_shard_size)
+def write_weights(tmp: Path, ckpt: Checkpoint, changed: set[str], model: torch.nn.Module, max_shard_size: int,
+                  folds: dict[str, tuple[str, float]] | None = None) -> None:
+    folds = folds or {}
+    write_shards(tmp, weight_tensors(ckpt, changed | set(folds), MergedWeights(model, folds)), max_shard_size)

@@ -28,7 +28,6 @@ Interplay with transformers and peft:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,8 +36,9 @@ import torch
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.errors import CheckpointError
+from modelsurgeon.io.dtypes import same_bytes
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.manifest import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,8 +61,8 @@ class SharedInfo:
 
 def _layer_sources(ckpt: Checkpoint) -> dict[str, tuple[int, str]]:
     """Tensor name -> (source layer, suffix) for every per-layer tensor, from surgeon.json."""
-    manifest = ckpt.path / MANIFEST
-    layer_map = json.loads(manifest.read_text()).get("layer_map") if manifest.is_file() else None
+    manifest = read_manifest(ckpt.path)
+    layer_map = manifest.layer_map if manifest is not None else None
     if not layer_map:
         raise CheckpointError(
             f"{ckpt.path}: no {MANIFEST} layer map, so it is unknown which layers are copies of one another",
@@ -75,7 +75,7 @@ def _layer_sources(ckpt: Checkpoint) -> dict[str, tuple[int, str]]:
             f"{ckpt.path}: {MANIFEST} maps {len(layer_map)} layers but the checkpoint has {layout.num_layers}",
             hint=f"{MANIFEST} does not describe these weights; restore the one `surgeon grow` wrote",
         )
-    return {name: (layer_map[j]["source"], suffix) for j, layer in enumerate(layout.layers) for suffix, name in layer.items()}
+    return {name: (layer_map[j].source, suffix) for j, layer in enumerate(layout.layers) for suffix, name in layer.items()}
 
 
 def _empty_model(path: Path, dtype: torch.dtype) -> PreTrainedModel:
@@ -111,19 +111,6 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
         )
 
 
-# Integers of each element size: comparing bit patterns through them is exact and ~3x faster
-# than through uint8.
-BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality; values would mislead (-0.0 == 0.0, NaN != NaN)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    bits = BITS[a.element_size()]
-    return torch.equal(a.reshape(-1).view(bits), b.reshape(-1).view(bits))
-
-
 def _load_distinct(ckpt: Checkpoint, model: nn.Module, dtype: torch.dtype, info: SharedInfo) -> dict[int, list[str]]:
     """Load each tensor, reusing an identical copy of the same source layer and suffix; return
     the names assigned to each parameter (by id)."""
@@ -136,7 +123,7 @@ def _load_distinct(ckpt: Checkpoint, model: nn.Module, dtype: torch.dtype, info:
         value = ckpt.load(name).to(dtype)
         info.bytes_grown += value.nbytes
         key = sources.get(name)
-        twin = next((p for p in kept.get(key, []) if _same_bytes(p.data, value)), None) if key else None
+        twin = next((p for p in kept.get(key, []) if same_bytes(p.data, value)), None) if key else None
         if twin is None:
             twin = nn.Parameter(value, requires_grad=value.is_floating_point())
             if key is not None:

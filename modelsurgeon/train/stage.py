@@ -18,12 +18,12 @@ from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.io.writer import atomic_directory, check_free_space, check_output_path
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.manifest import read_manifest
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
+from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
 
-DEFAULT_MAX_SHARD = 5 * 10**9
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
 
@@ -102,6 +102,7 @@ class _Setup:
     spec: ArchSpec
     layout: Layout
     plan: MethodPlan
+    ramp: RampPlan | None = None  # ramp_new: the new layers' branch modules and tensors
 
 
 def _setup(model: Path, options: TrainOptions) -> _Setup:
@@ -109,7 +110,8 @@ def _setup(model: Path, options: TrainOptions) -> _Setup:
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
     layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
-    return _Setup(ckpt, spec, layout, plan_method(options, model, spec, layout))
+    ramp = plan_ramp(options.ramp_new and options.ramp_new.steps, model, spec, layout)
+    return _Setup(ckpt, spec, layout, plan_method(options, model, spec, layout), ramp)
 
 
 def _run_record(model: Path, options: TrainOptions, world_size: int) -> dict:
@@ -193,8 +195,8 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
 
     parent = options.optimizer_from
     if parent is None:
-        manifest = model_dir / MANIFEST
-        source = json.loads(manifest.read_text()).get("source", {}).get("path") if manifest.is_file() else None
+        manifest = read_manifest(model_dir)
+        source = manifest.source.path if manifest is not None else None
         if source is None:
             raise TrainError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
                              hint="pass the parent stage's OUT/optimizer with --optimizer-from")  # fmt: skip
@@ -216,16 +218,17 @@ def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, res
     }  # fmt: skip
 
 
-def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int) -> None:
+def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int,
+           folds: dict | None = None) -> None:
     from modelsurgeon.train.backend import unwrapped_optimizer
-    from modelsurgeon.train.output import finish_files, save_optimizer, source_record, write_weights
+    from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
 
     method = options.train_method
     base = method.trained_model(net)
     check_free_space(out, setup.ckpt.total_bytes)
-    source = source_record(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
+    source = stage_source(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
     with atomic_directory(out) as tmp:
-        write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size)
+        write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size, folds)
         method.save_extras(net, tmp)
         optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
         save_optimizer(
@@ -299,11 +302,14 @@ def train_stage(
     total, per_step = options.total_steps(seq_len, probe.world_size), options.tokens_per_step(seq_len, probe.world_size)
     data = _load_data(model, setup.ckpt, options, seq_len, options.data_tokens(seq_len, probe.world_size))
     resume_from = _claim_work(probe, work, _run_record(model, options, probe.world_size), resume, force)
-    cbs = [MetricsCallback(work / "metrics.jsonl", per_step), *callbacks]
+    ramp = BranchRamp(setup.ramp) if setup.ramp else None
+    cbs = [MetricsCallback(work / "metrics.jsonl", per_step), *callbacks, *([ramp.callback()] if ramp else [])]
     if console is not None:
         cbs.append(RichProgressCallback(console, per_step))
     try:
         net, shared = _load_model(model, options, setup)
+        if ramp:
+            ramp.attach(net)
         carried = None if resume_from else _carried(model, options, net)
         trainer, seconds = _train(net, data, options, work, resume_from, total, carried, cbs, trainer_overrides)
     except BaseException:
@@ -317,7 +323,8 @@ def train_stage(
                          read_metrics(work / "metrics.jsonl"), dict(data.stats), shared)  # fmt: skip
     if trainer.is_world_process_zero():
         check_output_path(out, model, force)
-        _write(out, setup, net, trainer, options, work, _stage_record(options, setup, result, resume_from is not None), max_shard_size)
+        stage = _stage_record(options, setup, result, resume_from is not None)
+        _write(out, setup, net, trainer, options, work, stage, max_shard_size, ramp.folds() if ramp else None)
         shutil.rmtree(work, ignore_errors=True)
         result.written = True
     trainer.accelerator.wait_for_everyone()

@@ -4,7 +4,6 @@ config.json and headers, so a mis-remapped config is named before any model is l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.io.hf_files import headers_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.manifest import MANIFEST, Manifest, read_manifest
 from modelsurgeon.ops.layermap import Equivalence
 
 CLASSES: tuple[Equivalence, ...] = ("exact", "approx", "none")
@@ -51,23 +50,13 @@ class Claims:
     notes: list[str] = field(default_factory=list)
 
 
-def _manifest(grown: Path) -> dict | None:
-    path = grown / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VerifyError(f"{path}: not valid JSON ({exc})", hint="pass --expect CLASS to verify without it") from None
-
-
-def _fingerprint_note(manifest: dict, source: Structure) -> list[str]:
+def _fingerprint_note(manifest: Manifest, source: Structure) -> list[str]:
     """Growth chains record only the last step's map; a wrong SOURCE makes every check fail
     for a reason the report should state up front."""
-    want = (manifest.get("source") or {}).get("headers_sha256")
+    want = manifest.source.headers_sha256
     if want and want != headers_sha256(source.ckpt.files):
         return [f"SOURCE's weight headers differ from those recorded in {MANIFEST} (grown from "
-                f"{manifest['source'].get('path')}): the layer map may not apply to this SOURCE"]  # fmt: skip
+                f"{manifest.source.path}): the layer map may not apply to this SOURCE"]  # fmt: skip
     return []
 
 
@@ -76,7 +65,7 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
     Without a manifest the map is the identity when the layer counts agree, else unknown."""
     if expect is not None and expect not in CLASSES:
         raise VerifyError(f"unknown equivalence class {expect!r}", hint=f"use one of {', '.join(CLASSES)}")
-    manifest = _manifest(grown.ckpt.path)
+    manifest = read_manifest(grown.ckpt.path)
     if manifest is None:
         if expect is None:
             raise VerifyError(
@@ -85,9 +74,9 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
             )
         same = source.num_layers == grown.num_layers
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)
-    layer_map = [(int(e["source"]), float(e["scale"])) for e in manifest.get("layer_map", [])] or None
+    layer_map = [(e.source, e.scale) for e in manifest.layer_map or []] or None
     notes = _fingerprint_note(manifest, source)
-    claimed = manifest.get("equivalence")
+    claimed = manifest.equivalence
     if expect is None:
         if claimed not in CLASSES:
             raise VerifyError(f"{MANIFEST} has no valid 'equivalence' ({claimed!r})", hint="pass --expect CLASS")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from modelsurgeon.engine import Prepared, grow
+from modelsurgeon.grow.engine import Prepared, grow
 from modelsurgeon.plan.load import LoadedPlan
 from modelsurgeon.verify.api import verify_checkpoint
 from modelsurgeon.verify.report import VerifyReport

@@ -4,23 +4,19 @@ LoRA methods, which modules. The method object then applies the plan to the load
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.arch.spec import LINEAR_ROLES, ArchSpec, Layout
 from modelsurgeon.errors import TrainError
-from modelsurgeon.manifest import MANIFEST
+from modelsurgeon.manifest import MANIFEST, read_manifest
 from modelsurgeon.plan.selection import resolve_selection
 
 if TYPE_CHECKING:
     from torch import nn
 
     from modelsurgeon.train.options import TrainOptions
-
-# Roles of the table's linear modules (norms and embeddings are not LoRA targets).
-LINEAR_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
 
 
 @dataclass(frozen=True)
@@ -38,17 +34,16 @@ class MethodPlan:
 
 def new_layers(model_dir: Path) -> list[int]:
     """The output layers the last growth added, from MODEL/surgeon.json's layer map."""
-    path = model_dir / MANIFEST
-    if not path.is_file():
+    manifest = read_manifest(model_dir)
+    if manifest is None:
         raise TrainError(
             f"{model_dir}: no {MANIFEST}, so there is no record of which layers are new",
             hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use --method lora/full",
         )
-    layer_map = json.loads(path.read_text()).get("layer_map") or []
-    layers = [j for j, e in enumerate(layer_map) if e.get("new")]
+    layers = manifest.new_layers
     if not layers:
         raise TrainError(
-            f"{path}: the layer map marks no layer as new (the last growth added none)",
+            f"{model_dir / MANIFEST}: the layer map marks no layer as new (the last growth added none)",
             hint="grow with a plan that adds layers (e.g. plans/llama-pro.yaml), or use --method lora/full",
         )
     return layers

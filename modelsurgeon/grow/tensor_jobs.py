@@ -75,21 +75,15 @@ def global_jobs(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, width: WidthPl
     return jobs, untie
 
 
-def _transform(job: Job, spec: ArchSpec, width: WidthPlan | None) -> Transform | None:
-    if width is None and not job.folds:
-        return None
+def _transform(job: Job, spec: ArchSpec, width: WidthPlan) -> Transform | None:
     from modelsurgeon.ops.width import Transform, transform_for
 
-    is_bias = job.out.endswith(".bias")
-    out_map = in_map = None
-    split = transposed = False
-    if width is not None:
-        out_map, in_map, split, transposed = transform_for(job.role, is_bias, width, spec)
+    out_map, in_map, split, transposed = transform_for(job.role, job.out.endswith(".bias"), width, spec)
     out_map = None if out_map is not None and out_map.is_identity else out_map
     in_map = None if in_map is not None and in_map.is_identity else in_map
     if out_map is None and in_map is None and not job.folds:
         return None
-    return Transform(out_map, in_map, split, transposed, job.folds, width.noise if width else None, job.out)
+    return Transform(out_map, in_map, split, transposed, job.folds, width.noise, job.out)
 
 
 def _check_source_shape(job: Job, t: Transform, shape: tuple[int, ...]) -> None:
@@ -108,9 +102,22 @@ def _load(ckpt: Checkpoint, name: str, a: int | None, b: int | None) -> torch.Te
     return ckpt.load(name, None if a is None else (a, b))
 
 
+def _folded(ckpt: Checkpoint, job: Job) -> OutTensor:
+    """A depth-growth tensor: the source with its branch scale folded in, same shape and dtype."""
+    from modelsurgeon.io.dtypes import ST_TO_TORCH
+    from modelsurgeon.ops.fold import folded_rows
+
+    info = ckpt.tensors[job.src]
+    is_bias = job.out.endswith(".bias")
+    compute = partial(folded_rows, job.folds, partial(_load, ckpt, job.src), is_bias, ST_TO_TORCH[info.dtype])
+    return OutTensor(job.out, info.dtype, info.shape, info.nbytes, compute=compute)
+
+
 def make_tensor(ckpt: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: Job) -> OutTensor:
     info = ckpt.tensors[job.src]
-    t = _transform(job, spec, width)
+    if width is None and job.folds:
+        return _folded(ckpt, job)
+    t = _transform(job, spec, width) if width is not None else None
     if t is None:
         return OutTensor(job.out, info.dtype, info.shape, info.nbytes, source=info)
     from modelsurgeon.io.dtypes import ST_TO_TORCH

@@ -1,4 +1,4 @@
-"""Render results for people (rich tables); machines get JSON from the CLI."""
+"""A grow plan for people (rich tables: layer map, sizes, width changes); machines get JSON from the CLI."""
 
 from __future__ import annotations
 
@@ -6,24 +6,10 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from modelsurgeon.units import human_bytes, human_count
+
 if TYPE_CHECKING:
-    from modelsurgeon.engine import Prepared
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
-
-
-def human_count(n: float) -> str:
-    for unit in ("", "K", "M", "B"):
-        if abs(n) < 1000 or unit == "B":
-            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}B"
+    from modelsurgeon.grow.engine import Prepared
 
 
 def layer_map_table(prep: Prepared) -> Table:
@@ -93,23 +79,4 @@ def width_table(prep: Prepared) -> Table:
         b_shape, b_n = before.get(role, ((), 0))
         a_shape, a_n = after[role]
         t.add_row(role, str(list(b_shape)), str(list(a_shape)), f"{b_n:,}", f"{a_n:,}")
-    return t
-
-
-def inspect_table(info: dict) -> Table:
-    t = Table(title=info["path"], show_header=False)
-    t.add_column(justify="right")
-    t.add_column()
-    fam = info["model_type"] + ("" if info["in_table"] else " (not in the table: copy/reorder ops only)")
-    rows = [
-        ("family", fam), ("layers", str(info["num_layers"])), ("residual", str(info["residual"])),
-        ("parameters", f"{info['params']:,}"), ("size", human_bytes(info["bytes"])),
-        ("dtypes", ", ".join(f"{k}: {v}" for k, v in info["dtypes"].items())),
-        ("shards", f"{len(info['shards'])} ({info['tensors']} tensors)"),
-        ("tied embeddings", f"{info['tie_word_embeddings']} (lm_head stored: {info['lm_head_stored']})"),
-    ]  # fmt: skip
-    for k, v in info["per_layer_config_lists"].items():
-        rows.append((k, ", ".join(map(str, v))))
-    for k, v in rows:
-        t.add_row(k, v)
     return t

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 from modelsurgeon.arch.layer_keys import sync_layer_keys
 from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.build import output_tensors
 from modelsurgeon.errors import CheckpointError, PlanError
+from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
+from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
+from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
+from modelsurgeon.io.writer import write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.plan.load import LoadedPlan, load_plan
@@ -25,7 +27,6 @@ from modelsurgeon.plan.schema import Widen
 if TYPE_CHECKING:
     from modelsurgeon.ops.width import Dims, WidthPlan
 
-DEFAULT_MAX_SHARD = 5 * 10**9
 NOT_PER_LAYER = {"architectures"}  # list-valued config keys that never index layers
 
 
@@ -184,8 +185,6 @@ def grow(
     progress: Callable[[int], None] | None = None,
 ) -> Prepared:
     """Apply a plan to a checkpoint and write the grown checkpoint to `out` atomically."""
-    from modelsurgeon.manifest import ConfigCheck, finish_output
-
     prep = prepare(model, plan)
     out = Path(out)
     check_output_path(out, prep.ckpt.path, force)
@@ -193,5 +192,5 @@ def grow(
     check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map))
     with atomic_directory(out) as tmp:
         write_shards(tmp, prep.tensors, max_shard_size, progress)
-        finish_output(prep, tmp, check)
+        finish_grow(prep, tmp, check)
     return prep

@@ -1,15 +1,18 @@
-"""What a checkpoint is, from its config and headers alone (no tensor data is read)."""
+"""What a checkpoint is (`surgeon inspect`), from its config and headers alone (no tensor data is read)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+from rich.table import Table
+
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.io.reader import open_checkpoint
+from modelsurgeon.units import human_bytes
 
 
-def inspect_checkpoint(path: str | Path) -> dict:
+def summarize_checkpoint(path: str | Path) -> dict:
     ckpt = open_checkpoint(path)
     spec = resolve_spec(ckpt.config, ckpt.names)
     layout = layout_of(spec, ckpt.config, ckpt.names, str(path))
@@ -35,3 +38,22 @@ def inspect_checkpoint(path: str | Path) -> dict:
         "per_layer_config_lists": lists,
         "tensors_per_layer": len(layout.layers[0]) if n else 0,
     }
+
+
+def checkpoint_table(info: dict) -> Table:
+    t = Table(title=info["path"], show_header=False)
+    t.add_column(justify="right")
+    t.add_column()
+    fam = info["model_type"] + ("" if info["in_table"] else " (not in the table: copy/reorder ops only)")
+    rows = [
+        ("family", fam), ("layers", str(info["num_layers"])), ("residual", str(info["residual"])),
+        ("parameters", f"{info['params']:,}"), ("size", human_bytes(info["bytes"])),
+        ("dtypes", ", ".join(f"{k}: {v}" for k, v in info["dtypes"].items())),
+        ("shards", f"{len(info['shards'])} ({info['tensors']} tensors)"),
+        ("tied embeddings", f"{info['tie_word_embeddings']} (lm_head stored: {info['lm_head_stored']})"),
+    ]  # fmt: skip
+    for k, v in info["per_layer_config_lists"].items():
+        rows.append((k, ", ".join(map(str, v))))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t

@@ -1,0 +1,117 @@
+"""What a grow writes beside the weights: config.json (validated by transformers), the
+surgeon.json manifest of the growth, and a model-card section describing it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelsurgeon.errors import CheckpointError
+from modelsurgeon.io.hf_files import file_sha256, subdirectories, write_json
+from modelsurgeon.manifest import GrowStage, LayerRecord, Manifest, OutputRecord, PlanRecord, finish_output, now
+from modelsurgeon.manifest import read_manifest, source_record, tool_version
+
+if TYPE_CHECKING:
+    from modelsurgeon.grow.engine import Prepared
+
+
+def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> bool:
+    """Load the rewritten config.json with transformers, as users will (it checks per-layer
+    lists); False when transformers does not know the model type, so it was not validated."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config.get("model_type") not in CONFIG_MAPPING:
+        return False
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="surgeon-config-") as tmp:
+        write_json(Path(tmp) / "config.json", config)
+        try:
+            cfg = AutoConfig.from_pretrained(tmp)
+        except Exception as exc:  # transformers raises many kinds; all mean the same here
+            raise CheckpointError(
+                f"the rewritten config.json does not load in transformers: {exc}",
+                hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
+            ) from None
+    if getattr(cfg, num_layers_key, None) != expected_layers:
+        raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
+    return True
+
+
+class ConfigCheck:
+    """validate_config in a background thread: importing transformers (and torch) takes
+    seconds of CPU, which overlaps the weight copy (its syscalls release the GIL)."""
+
+    def __init__(self, config: dict, num_layers_key: str, expected_layers: int) -> None:
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=(config, num_layers_key, expected_layers), daemon=True)
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        try:
+            self._outcome.append(validate_config(*args))
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._outcome.append(exc)
+
+    def result(self) -> bool:
+        self._thread.join()
+        if isinstance(self._outcome[0], BaseException):
+            raise self._outcome[0]
+        return self._outcome[0]
+
+
+def build_manifest(prep: Prepared, shards: int) -> Manifest:
+    """The grow's manifest: its source and the growth; the lineage of SOURCE's manifest, if any, continues."""
+    ckpt = prep.ckpt
+    source = source_record(ckpt.path, ckpt.files, model_type=prep.spec.model_type, num_layers=prep.layout.num_layers,
+                           tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
+    if ckpt.index_path is not None:
+        source = source.model_copy(update={"index_sha256": file_sha256(ckpt.index_path)})
+    layer_map = [LayerRecord(layer=j, source=e.source, scale=e.scale, new=e.new) for j, e in enumerate(prep.layer_map)]
+    stage = GrowStage(kind="grow", created=now(), plan=prep.loaded.plan.name, equivalence=prep.equivalence,
+                      layers=(prep.layout.num_layers, len(prep.layer_map)), source=source, layer_map=layer_map)  # fmt: skip
+    previous = read_manifest(ckpt.path)
+    plan = PlanRecord(name=prep.loaded.plan.name, origin=prep.loaded.origin, text=prep.loaded.source_text,
+                      mergekit_translation=prep.loaded.translation)  # fmt: skip
+    output = OutputRecord(tensors=len(prep.tensors), bytes=prep.bytes_out, shards=shards,
+                          num_layers=len(prep.layer_map), params=prep.params_out)  # fmt: skip
+    return Manifest(
+        tool="modelsurgeon", version=tool_version(), source=source, plan=plan, steps=list(prep.compiled.steps),
+        equivalence=prep.equivalence, layer_map=layer_map, config_lists_remapped=prep.remapped_lists,
+        input_tensors=prep.accounting, warnings=prep.warnings, output=output,
+        lineage=[*(previous.lineage if previous else []), stage],
+    )  # fmt: skip
+
+
+def model_card(prep: Prepared, source_card: str) -> str:
+    m = prep.layer_map
+    rows = "\n".join(f"| {j} | {e.source} | {e.scale:g} | {'yes' if e.new else ''} |" for j, e in enumerate(m))
+    section = f"""
+## Growth with modelsurgeon
+
+This checkpoint was grown from `{prep.ckpt.path.name}` ({prep.spec.model_type}, {prep.layout.num_layers} layers,
+{prep.params_in:,} parameters) to {len(m)} layers ({prep.params_out:,} parameters) with the plan
+`{prep.loaded.plan.name}`. Equivalence class: **{prep.equivalence}** (exact: same outputs as the source;
+approx: first-order equal; none: needs training to recover). Full provenance is in `surgeon.json`.
+
+| output layer | source layer | branch scale | added |
+|---|---|---|---|
+{rows}
+"""
+    return (source_card.rstrip() + "\n" + section) if source_card else f"# {prep.loaded.plan.name}\n{section}"
+
+
+def finish_grow(prep: Prepared, tmp: Path, check: ConfigCheck) -> None:
+    """Write everything but the weights into `tmp` (weights already there)."""
+    skipped = subdirectories(prep.ckpt.path)
+    if skipped:  # listed in the manifest's warnings, so found before it is built
+        prep.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
+    if not check.result():
+        prep.warnings.append(f"transformers does not know model_type {prep.spec.model_type!r}; config.json not validated")
+    card = prep.ckpt.path / "README.md"
+    card_text = model_card(prep, card.read_text() if card.is_file() else "")
+    manifest = build_manifest(prep, len(list(tmp.glob("*.safetensors"))))
+    finish_output(tmp, prep.ckpt.path, manifest, prep.config, card_text)
