@@ -12,7 +12,7 @@ from transformers import AutoConfig
 
 from modelsurgeon.arch.layer_keys import best_value, implied, layer_key_findings
 from modelsurgeon.arch.registry import load_specs
-from modelsurgeon.engine import grow
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint
 
