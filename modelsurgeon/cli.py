@@ -201,7 +201,7 @@ def verify(
     engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: GROWN's weight dtype).")] = None,
     expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,

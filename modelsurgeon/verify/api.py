@@ -14,7 +14,7 @@ import torch
 from modelsurgeon.arch.layer_keys import layer_key_findings
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, layer_key_check, load_check, program_check, structure_check
-from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
+from modelsurgeon.verify.claims import Claims, Structure, compare_dtype, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
@@ -43,7 +43,7 @@ def _prompt_texts(prompts: str | Path | Sequence[str] | None) -> list[str]:
 def _validate(engine: str, dtype: str, max_new_tokens: int) -> None:
     if engine not in ENGINES:
         raise VerifyError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise VerifyError(f"unsupported dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     if max_new_tokens < 1:
         raise VerifyError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -183,7 +183,7 @@ def verify_checkpoint(
     engine: str = "torch",
     prompts: str | Path | Sequence[str] | None = None,
     max_new_tokens: int = 16,
-    dtype: str = "float32",
+    dtype: str | None = None,
     expect: str | None = None,
     strict: bool = False,
     layerwise: bool = False,
@@ -191,7 +191,8 @@ def verify_checkpoint(
     device: str | None = None,
 ) -> VerifyReport:
     """Compare GROWN with SOURCE and check GROWN's equivalence class (from its surgeon.json, or
-    `expect`). Returns the report whether or not the checks pass: call `raise_if_failed()`.
+    `expect`). `dtype` None compares at GROWN's weight dtype. Returns the report whether or not
+    the checks pass: call `raise_if_failed()`.
 
     Raises:
         VerifyError: bad arguments, no class to check, a model that does not load, or no vLLM.
@@ -205,6 +206,7 @@ def verify_checkpoint(
         vllm_python = find_vllm_python(vllm_python)
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)
+    dtype = dtype or compare_dtype(src, out, claims.notes)
     problems = structure_problems(src, out, claims.layer_map)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
     if max_prompt < MIN_TOKENS:

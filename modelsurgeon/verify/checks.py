@@ -49,6 +49,8 @@ class Bounds:
 BOUNDS = {
     "float32": Bounds(1e-4, 1e-5, 1e-5, 0.5, 0.7, 1.5, 1e-3, 1e-4, 1e-3),
     "bfloat16": Bounds(5e-2, 1e-2, 1e-2, 0.5, 0.7, 1.5, 0.1, 2e-2, 0.25),
+    # float16 keeps 11 bits: bfloat16's bounds hold with room to spare
+    "float16": Bounds(5e-2, 1e-2, 1e-2, 0.5, 0.7, 1.5, 0.1, 2e-2, 0.25),
 }
 
 
