@@ -23,6 +23,7 @@ from modelsurgeon.manifest import read_manifest
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
+from modelsurgeon.train.sharded import check_engine, gather, is_sharded
 
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
@@ -219,21 +220,26 @@ def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, res
 
 
 def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int,
-           folds: dict | None = None) -> None:
+           folds: dict | None = None, moments: dict | None = None) -> None:
+    """Write OUT from the unsharded `net`; `moments` (gathered under FSDP) replace reading the
+    optimizer's own state, which is sharded there; None with a sharded run: no optimizer/."""
     from modelsurgeon.train.backend import unwrapped_optimizer
     from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
+    from modelsurgeon.train.sharded import adam_moments, is_sharded
 
     method = options.train_method
     base = method.trained_model(net)
     check_free_space(out, setup.ckpt.total_bytes)
     source = stage_source(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
+    optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
+    if moments is None and not is_sharded(trainer):
+        moments = adam_moments(net, optimizer)
     with atomic_directory(out) as tmp:
         write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size, folds)
         method.save_extras(net, tmp)
-        optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
-        save_optimizer(
-            tmp / "optimizer", net, optimizer, scheduler, step=stage["steps"], method=method.name, naming=method.optimizer_naming
-        )
+        if moments is not None:
+            save_optimizer(tmp / "optimizer", moments, optimizer, scheduler, step=stage["steps"], method=method.name,
+                           naming=method.optimizer_naming)  # fmt: skip
         finish_files(tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps")
 
 
@@ -256,10 +262,6 @@ def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | Non
     interrupt = InterruptCallback()
     args = training_arguments(options, work, total, eval_on_start=resume_from is None, **overrides)
     trainer = make_trainer(net, data.train, data.eval, args, [interrupt, *callbacks], carried)
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        raise TrainError("FSDP and DeepSpeed shard parameters and optimizer state, and writing OUT (merged weights, "
-                         "optimizer/) reads them unsharded on the main process; that path is not implemented yet",
-                         hint="use data parallelism: accelerate launch --multi_gpu (DDP) or torchrun")  # fmt: skip
     start = time.perf_counter()
     with interrupt.installed(), quiet():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -306,6 +308,7 @@ def train_stage(
     cbs = [MetricsCallback(work / "metrics.jsonl", per_step), *callbacks, *([ramp.callback()] if ramp else [])]
     if console is not None:
         cbs.append(RichProgressCallback(console, per_step))
+    check_engine(options.share_duplicates)
     try:
         net, shared = _load_model(model, options, setup)
         if ramp:
@@ -321,10 +324,12 @@ def train_stage(
     result = StageResult(out, options.method, trainer.state.global_step, trainer.state.global_step * per_step, seq_len,
                          trainable, total_params, seconds, done * per_step / max(seconds, 1e-9),
                          read_metrics(work / "metrics.jsonl"), dict(data.stats), shared)  # fmt: skip
+    gathered = gather(trainer, lambda: _load_model(model, options, setup)[0]) if is_sharded(trainer) else None
     if trainer.is_world_process_zero():
         check_output_path(out, model, force)
         stage = _stage_record(options, setup, result, resume_from is not None)
-        _write(out, setup, net, trainer, options, work, stage, max_shard_size, ramp.folds() if ramp else None)
+        _write(out, setup, gathered.model if gathered else net, trainer, options, work, stage, max_shard_size,
+               ramp.folds() if ramp else None, gathered.moments if gathered else None)  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
         result.written = True
     trainer.accelerator.wait_for_everyone()
