@@ -29,6 +29,12 @@ FAMILIES: tuple[str, ...] = (
     "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "olmo2", "gpt_neox",
 )
 
+# Mixture-of-experts families (tests of upcycling and expert growth; kept out of FAMILIES so the
+# dense-family suites do not run over them). Experts are small and distinct, so a copied or
+# dropped expert shows in the logits.
+MOE_FAMILIES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "flex_olmo")
+TINY_EXPERTS, TINY_TOP_K = 4, 2
+
 MAX_POSITIONS = 128
 # Smaller than the ~24-40 token prompts the tests use, so sliding and full layers differ.
 SLIDING_WINDOW = 16
@@ -81,8 +87,8 @@ def tiny_config(
     gpt2 and gpt_neox have no grouped-query attention, so `kv_heads` is ignored for them."""
     from transformers import AutoConfig
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES + MOE_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES + MOE_FAMILIES)}")
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     tokens = dict(vocab_size=vocab, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
@@ -105,8 +111,10 @@ def tiny_config(
         kw["head_dim"] = hidden // heads
     if family == "phi3":
         kw["original_max_position_embeddings"] = MAX_POSITIONS
-    if family in ("qwen2", "qwen3"):
+    if family in ("qwen2", "qwen3", "qwen2_moe"):
         kw.update(use_sliding_window=True, sliding_window=SLIDING_WINDOW, max_window_layers=n_layers // 2)
+    if family in MOE_FAMILIES:
+        kw.update(_moe_kwargs(family, hidden))
     if family in ("gemma2", "gemma3_text"):
         # Gemma scales scores by query_pre_attn_scalar**-0.5 (default 256, sized for head_dim
         # 256); use the real head_dim so attention is neither flat nor saturated.
@@ -115,6 +123,18 @@ def tiny_config(
     if layer_types is not None:
         kw["layer_types"] = layer_types
     return AutoConfig.for_model(family, **{**kw, **overrides})
+
+
+def _moe_kwargs(family: str, hidden: int) -> dict:
+    kw = dict(num_experts_per_tok=TINY_TOP_K, norm_topk_prob=True)
+    kw["num_local_experts" if family == "mixtral" else "num_experts"] = TINY_EXPERTS
+    if family in ("qwen2_moe", "qwen3_moe"):
+        kw["moe_intermediate_size"] = 2 * hidden
+    if family == "qwen2_moe":
+        kw["shared_expert_intermediate_size"] = 3 * hidden
+    if family == "mixtral":
+        kw.pop("norm_topk_prob")  # Mixtral always renormalises
+    return kw
 
 
 def _fan_in(module: nn.Module, weight: torch.Tensor) -> int:
@@ -158,6 +178,8 @@ def _randomise(model: PreTrainedModel, family: str, seed: int) -> None:
                 value = normal(p.shape, 1 / math.sqrt(p.shape[1]))
             elif p.ndim == 2:
                 value = normal(p.shape, 1 / math.sqrt(_fan_in(module, p)))
+            elif p.ndim == 3:  # transformers 5 fuses experts: (experts, out, in)
+                value = normal(p.shape, 1 / math.sqrt(p.shape[2]))
             else:  # a new kind of parameter needs a deliberate choice, not a silent default
                 raise TypeError(f"tiny: no rule for parameter {name} of {type(module).__name__} {tuple(p.shape)}")
             p.copy_(value)

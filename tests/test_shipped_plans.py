@@ -25,7 +25,9 @@ def test_shipped_plan(path, tiny, tmp_path):
     text = path.read_text()
     assert text.startswith(f"# plans/{path.name}: surgeon grow MODEL --plan plans/{path.name} -o OUT")
     claimed = next(line for line in text.splitlines() if "Equivalence:" in line).split("Equivalence:")[1].split()[0].strip(".;(")
-    src = tiny("llama", n_layers=8)
+    # A plan for another family names it ("Source: mixtral"); the rest run on Llama.
+    source = next((line.split("Source:")[1].split()[0].strip(".;") for line in text.splitlines() if "Source:" in line), "llama")
+    src = tiny(source, n_layers=8)
     prep = grow(src, load_plan(path), tmp_path / "out")
     assert prep.equivalence == claimed
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)

@@ -24,8 +24,16 @@ class Branch(BaseModel):
     """The module whose output is one residual branch's contribution to the stream."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    module: str
+    module: str  # may hold `*` for an expert index: every expert's down projection carries the branch
     fold: Fold
+    # The in-memory module whose output is the branch, where it differs from the file's names
+    # (transformers 5 fuses experts, and calls Mixtral's block_sparse_moe `mlp`).
+    hook: str | None = None
+
+    def matches(self, module: str) -> bool:
+        if "*" not in self.module:
+            return module == self.module
+        return re.fullmatch(re.escape(self.module).replace(r"\*", r"\d+"), module) is not None
 
 
 class ConfigKeys(BaseModel):
@@ -56,6 +64,46 @@ class LayerKey(BaseModel):
     default: int | None = None  # what readers assume when the key is absent
 
 
+class MoeSpec(BaseModel):
+    """Where a mixture-of-experts family keeps its experts, router and MoE config keys. Expert
+    tensors are stored one file key per expert (`{experts}.<e>.<module>`), which is what
+    transformers 5 writes and reads back into its fused 3D tensors, and what vLLM loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    experts: str  # module prefix of the experts: expert e is `{experts}.{e}.`
+    expert_modules: dict[str, str]  # module inside one expert -> role (gate, up, down)
+    router: str  # module of the router linear: (experts, hidden)
+    shared: dict[str, str] = {}  # shared expert's modules -> role (gate, up, down)
+    shared_router: str | None = None  # sigmoid gate of the shared expert: (1, hidden)
+    num_experts_key: str
+    num_experts_alias: str | None = None  # the other name transformers' attribute_map accepts
+    top_k_key: str = "num_experts_per_tok"
+    expert_ffn_key: str  # config key of one expert's FFN width
+    shared_ffn_key: str | None = None
+    norm_topk_key: str | None = None  # None: the family always renormalises the top-k weights
+    dense_layers_key: str | None = None  # list of layer indices that keep a dense FFN
+    sparse_step_key: str | None = None  # every n-th layer is sparse (Qwen MoE)
+    upcycles: list[str] = []  # dense families whose layers match this family's, FFN aside
+    drop_config: list[str] = []  # dense-family config keys this family does not have
+    refuse_if: list[str] = []  # dense-family options this family cannot express (set: no upcycle)
+    set_config: dict[str, object] = {}  # values an upcycled config must take
+
+    def experts_key(self, config: dict) -> str:
+        """The key config.json uses for the expert count (saved configs differ from hub ones)."""
+        alias = self.num_experts_alias
+        return alias if alias and alias in config and self.num_experts_key not in config else self.num_experts_key
+
+    def expert_module(self, e: int, module: str) -> str:
+        return f"{self.experts}.{e}.{module}"
+
+    def expert_role(self, module: str) -> tuple[int, str] | None:
+        """(expert index, role) of a module path inside an expert, else None."""
+        m = re.fullmatch(re.escape(self.experts) + r"\.(\d+)\.(.+)", module)
+        if m is None or m.group(2) not in self.expert_modules:
+            return None
+        return int(m.group(1)), self.expert_modules[m.group(2)]
+
+
 class ArchSpec(BaseModel):
     """One model family. `known=False` marks a spec detected from tensor names alone."""
 
@@ -78,6 +126,7 @@ class ArchSpec(BaseModel):
     qk_norm: Literal["per_head", "full"] = "per_head"  # q/k norms over head_dim, or over all heads
     norm_fold: Fold = "gain"  # how a scale folds into this family's norm gains
     embed_scale: Literal["none", "sqrt_hidden"] = "none"  # Gemma multiplies embeddings by sqrt(hidden)
+    moe: MoeSpec | None = None
     known: bool = True
 
     def layer_tensor(self, index: int, suffix: str) -> str:
@@ -87,15 +136,19 @@ class ArchSpec(BaseModel):
         """Map each present per-layer tensor suffix that carries a branch output to (branch, fold)."""
         out: dict[str, tuple[str, Fold]] = {}
         for name, br in self.branches.items():
-            for kind in ("weight", "bias"):
-                suffix = f"{br.module}.{kind}"
-                if suffix in suffixes:
+            for suffix in suffixes:
+                module, kind = suffix.rsplit(".", 1)
+                if kind in ("weight", "bias") and br.matches(module):
                     out[suffix] = (name, br.fold)
         return out
 
     def role_of(self, suffix: str) -> str | None:
         module = suffix.rsplit(".", 1)[0]
-        return self.modules.get(module)
+        role = self.modules.get(module)
+        if role is None and self.moe is not None:
+            found = self.moe.expert_role(module)
+            role = f"expert_{found[1]}" if found else None
+        return role
 
 
 @dataclass(frozen=True)

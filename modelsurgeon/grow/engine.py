@@ -21,6 +21,7 @@ from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_director
 from modelsurgeon.io.writer import write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
+from modelsurgeon.ops.moe import moe_config, sparse_layers, upcycle_problems
 from modelsurgeon.plan.load import LoadedPlan, load_plan
 from modelsurgeon.plan.schema import Widen
 
@@ -66,6 +67,13 @@ class Prepared:
     def width(self) -> WidthPlan | None:
         return self.compiled.width
 
+    @property
+    def experts(self) -> dict | None:
+        """Experts, top-k and total/active parameters of an MoE output (None for dense)."""
+        from modelsurgeon.ops.moe import summary
+
+        return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
+
 
 def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[str]:
     """Branch scales need the family's roles: refuse rather than write a wrong model."""
@@ -82,13 +90,20 @@ def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> li
     for i in scaled:
         suffixes = set(layout.layers[i])
         present = spec.branch_tensors(suffixes)
-        missing = [b for b, br in spec.branches.items() if f"{br.module}.weight" not in suffixes]
+        missing = _missing_branches(spec, present)
         unknown = [s for s in sorted(suffixes) if spec.role_of(s) is None and s not in present]
         if missing:
             problems.append(f"layer {i} lacks the branch output tensor(s) for {missing} that {spec.model_type} should have")
         if unknown:
             problems.append(f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: {unknown}")
     return problems
+
+
+def _missing_branches(spec: ArchSpec, present: dict[str, tuple[str, str]]) -> list[str]:
+    """Branches with no output tensor in a layer; branches sharing a hook are alternatives
+    (an MoE layer's experts, or the dense FFN of a layer an MoE family keeps dense)."""
+    found = {spec.branches[b].hook or spec.branches[b].module for b, _ in present.values()}
+    return [b for b, br in spec.branches.items() if (br.hook or br.module) not in found]
 
 
 def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap) -> dict[str, int]:
@@ -155,7 +170,11 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     spec = resolve_spec(ckpt.config, ckpt.names)
     layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
     dims = _dims(ckpt, spec, layout) if any(isinstance(s, Widen) for s in loaded.plan.steps) else None
-    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin, spec, dims)
+    sparse = sparse_layers(spec, layout)
+    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin, spec, dims, sparse, ckpt.config)
+    moe_problems = upcycle_problems(compiled.moe, ckpt.config, layout) if compiled.moe else []
+    if moe_problems:
+        raise PlanError(loaded.origin, moe_problems, hint="upcycle a model whose layers the MoE family can express")
     problems = _scaling_problems(spec, layout, compiled.layer_map)
     if problems:
         raise PlanError(loaded.origin, problems, hint="use new: copy with branch_scale: 1 or a supported family")
@@ -167,11 +186,13 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     if flags and compiled.layer_map != identity_map(layout.num_layers):
         equivalence = "none"
         warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
-    tensors, untied = output_tensors(ckpt, spec, layout, compiled.layer_map, compiled.width, loaded.origin)
+    tensors, untied = output_tensors(ckpt, spec, layout, compiled.layer_map, compiled.width, loaded.origin, compiled.moe)
     if compiled.width is not None:
         _widen_config(config, spec, compiled.width, untied)
         if untied:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
+    if compiled.moe is not None:
+        config = moe_config(config, compiled.moe, config[spec.config_keys.ffn])
     accounting = account(ckpt, layout, compiled.layer_map)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
 

@@ -37,6 +37,11 @@ def summary_table(prep: Prepared) -> Table:
     t.add_row("tensors", f"{len(prep.ckpt.tensors)} -> {len(prep.tensors)}")
     if prep.remapped_lists:
         t.add_row("config lists remapped", ", ".join(prep.remapped_lists))
+    moe = prep.experts
+    if moe is not None:
+        t.add_row("family", f"{prep.spec.model_type} -> {prep.config['model_type']}")
+        t.add_row("experts", f"{moe['experts']} in each of {moe['moe_layers']} MoE layers, top-{moe['top_k']} per token")
+        t.add_row("params per token", f"{moe['params_active']:,} active of {moe['params_total']:,} total")
     if prep.width is not None:
         from modelsurgeon.ops.width import tp_degrees
 

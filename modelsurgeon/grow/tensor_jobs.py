@@ -14,6 +14,7 @@ from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.st_format import DTYPE_SIZES
 from modelsurgeon.io.writer import OutTensor
 from modelsurgeon.ops.layermap import LayerMap
+from modelsurgeon.ops.moe import ExpertGrowth, moe_tensors
 
 if TYPE_CHECKING:  # tensor transforms import torch; byte copies never need it
     import torch
@@ -153,9 +154,12 @@ def unknown_roles(jobs: list[Job], width: WidthPlan | None, origin: str, spec: A
                         hint="add the module to the family's table in modelsurgeon/arch/specs/")  # fmt: skip
 
 
-def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: LayerMap, width: WidthPlan | None, origin: str) -> tuple[list[OutTensor], bool]:
+def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: LayerMap, width: WidthPlan | None, origin: str,
+                   moe: ExpertGrowth | None = None) -> tuple[list[OutTensor], bool]:  # fmt: skip
     """Non-layer tensors first, then each output layer; returns (tensors, untied)."""
     g_jobs, untied = global_jobs(ckpt, spec, layout, width)
     jobs = g_jobs + layer_jobs(spec, layout, layer_map)
     unknown_roles(jobs, width, origin, spec)
+    if moe is not None:  # sparse layers' FFNs become (more) experts
+        return moe_tensors(ckpt, moe, jobs, partial(make_tensor, ckpt, spec, width)), untied
     return [make_tensor(ckpt, spec, width, j) for j in jobs], untied

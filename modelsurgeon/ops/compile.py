@@ -12,7 +12,8 @@ from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.depth import DEPTH_OPS
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, Local, classify, compose, identity_map, weakest
-from modelsurgeon.plan.schema import Plan, Widen
+from modelsurgeon.ops.moe import ExpertGrowth, apply_step, start
+from modelsurgeon.plan.schema import Experts, Plan, Upcycle, Widen
 
 if TYPE_CHECKING:  # width maps need torch; plans without widen steps never import it
     from modelsurgeon.ops.width import Dims, WidthPlan
@@ -33,6 +34,7 @@ class Compiled:
     layer_map: LayerMap
     steps: tuple[StepResult, ...]
     width: WidthPlan | None = None
+    moe: ExpertGrowth | None = None  # set for an MoE output (upcycled, or an MoE source)
 
     @property
     def equivalence(self) -> Equivalence:
@@ -58,14 +60,25 @@ class _Widths:
         return cls
 
 
-def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSpec | None = None, dims: Dims | None = None) -> Compiled:
+def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSpec | None = None, dims: Dims | None = None,
+                 sparse: tuple[bool, ...] | None = None, config: dict | None = None) -> Compiled:  # fmt: skip
     """Raises PlanError with each failing step's location and the valid range. A step that fails
-    leaves the model's shape unknown, so later steps are checked only up to the first failure."""
+    leaves the model's shape unknown, so later steps are checked only up to the first failure.
+    `sparse` (with `config`) marks an MoE source's layers that hold experts."""
     current = identity_map(n_layers)
     widths = _Widths(spec, dims)
+    moe = start(spec, sparse, config or {})
     results: list[StepResult] = []
     for i, step in enumerate(plan.steps):
         try:
+            if isinstance(step, (Upcycle, Experts)):
+                if spec is None or not spec.known:
+                    raise ValueError(f"op: {step.op} needs the family's tensor roles, which this model's family lacks")
+                moe, cls = apply_step(step, moe, spec, len(current))
+                results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
+                continue
+            if isinstance(step, Widen) and moe is not None:
+                raise ValueError("op: widen does not grow mixture-of-experts layers yet; widen before upcycling")
             if isinstance(step, Widen):
                 cls = widths.apply(step)
                 results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
@@ -79,4 +92,5 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
         layers_out, equivalence = len(local), classify(local, len(current))
         results.append(StepResult(op=step.op, layers_in=len(current), layers_out=layers_out, equivalence=equivalence))
         current = compose(current, local)
-    return Compiled(current, tuple(results), widths.plan)
+        moe = moe.remap(local) if moe is not None else None
+    return Compiled(current, tuple(results), widths.plan, moe)

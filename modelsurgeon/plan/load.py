@@ -14,7 +14,7 @@ from modelsurgeon.plan.schema import OPS, Plan
 
 HINTS = {
     "op": f"valid ops: {', '.join(OPS)}",
-    "factor": "factor is how many layers each selected layer (or block) becomes, an int >= 2",
+    "factor": "an int >= 2: how many layers each selected layer (or block) becomes; op: experts: copies of each expert",
     "layers": "a selection: all | [0, 5, -1] | {from: 8, to: 24} | {every: 4} | {middle: 4}",
     "branch_scale": "1 (default), split (1/k), sqrt (1/sqrt(k)), or a number >= 0",
     "new": "copy (added layers are copies) or zero (identity copies: output projections zeroed)",
@@ -24,7 +24,13 @@ HINTS = {
     "hidden": "'<n>x' (integer multiples are exact) or a target size (approximate)",
     "ffn": "'<n>x' or any target size >= the current one (exact)",
     "heads": "an integer multiple like '2x' (query and key/value heads both; head_dim kept)",
-    "noise": "{snr_db: 30, seed: 0} or {std: 0.001, seed: 0}",
+    "noise": "{snr_db: 30, seed: 0} or {std: 0.001, seed: 0} (upcycle: {std: 0.01, seed: 0})",
+    "experts": "the number of experts each upcycled FFN becomes, an int >= 2",
+    "top_k": "experts each token is routed to, 1..experts (renormalised, so identical experts are exact)",
+    "router": "{init: zero} | {init: normal, std: 0.02, seed: 0} | {init: orthogonal, seed: 0}",
+    "drop": "{fraction: 0.5, seed: 0}: re-initialise this share of each expert's units (Drop-Upcycling)",
+    "fraction": "a share of units in (0, 1]",
+    "keep_top_k": "false (default: top-k multiplied, exact) or true (top-k kept: not exact)",
 }
 
 
@@ -98,7 +104,8 @@ def _field_names() -> set[str]:
 
     names: set[str] = set()
     for model in (schema.Plan, schema.Interpolate, schema.Stack, schema.Splice, schema.LayerMapStep,
-                  schema.Drop, schema.Widen, schema.NoiseSpec, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
+                  schema.Drop, schema.Widen, schema.NoiseSpec, schema.Upcycle, schema.Experts,
+                  schema.RouterInit, schema.DropSpec, schema.ExpertNoise, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
         for fname, info in model.model_fields.items():
             names.add(info.alias or fname)
     return names

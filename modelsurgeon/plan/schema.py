@@ -177,8 +177,66 @@ class Widen(_Strict):
         return self
 
 
-Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop, Widen], Field(discriminator="op")]
-OPS = ("interpolate", "stack", "splice", "layers", "drop", "widen")
+# Growing into experts: `upcycle` (dense FFN -> mixture of experts) and `experts` (more experts).
+
+
+class RouterInit(_Strict):
+    """How the new router (one row per expert) starts. Identical experts with renormalised
+    top-k weights compute the dense FFN for any router, so this only matters once experts differ."""
+
+    init: Literal["zero", "normal", "orthogonal"] = "zero"
+    std: float = Field(default=0.02, gt=0)  # for init: normal
+    seed: int = 0
+
+
+class DropSpec(_Strict):
+    """Drop-Upcycling (Nakamura et al. 2025): re-initialise this share of each expert's FFN
+    units (rows of gate/up, columns of down) from the original weights' mean and std."""
+
+    fraction: float = Field(gt=0, le=1)
+    seed: int = 0
+
+
+class ExpertNoise(_Strict):
+    """Per-expert Gaussian noise on every expert weight (symmetry breaking); std 0 is a no-op."""
+
+    std: float = Field(ge=0)
+    seed: int = 0
+
+
+class Upcycle(_Strict):
+    """Turn the selected dense FFNs into `experts` copies behind a top-`top_k` router."""
+
+    op: Literal["upcycle"]
+    experts: int = Field(ge=2)
+    top_k: int = Field(ge=1)
+    layers: Selection = "all"
+    router: RouterInit = RouterInit()
+    drop: DropSpec | None = None
+    noise: ExpertNoise | None = None
+
+    @model_validator(mode="after")
+    def _k(self) -> Upcycle:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= experts ({self.experts})")
+        return self
+
+    @property
+    def perturbed(self) -> bool:
+        return self.drop is not None or (self.noise is not None and self.noise.std > 0)
+
+
+class Experts(_Strict):
+    """Copy every expert (and its router row) `factor` times; top-k grows by the factor too
+    (exact) unless keep_top_k (not exact: the copies of one expert crowd the top-k)."""
+
+    op: Literal["experts"]
+    factor: int = Field(ge=2)
+    keep_top_k: bool = False
+
+
+Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop, Widen, Upcycle, Experts], Field(discriminator="op")]
+OPS = ("interpolate", "stack", "splice", "layers", "drop", "widen", "upcycle", "experts")
 
 
 class Plan(_Strict):

@@ -16,6 +16,7 @@ from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, layer_key_check, load_check, program_check, structure_check
 from modelsurgeon.verify.claims import Claims, Structure, compare_dtype, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
+from modelsurgeon.verify.experts import expert_problems
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
@@ -208,6 +209,7 @@ def verify_checkpoint(
     claims = read_claims(src, out, expect)
     dtype = dtype or compare_dtype(src, out, claims.notes)
     problems = structure_problems(src, out, claims.layer_map)
+    experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
     if max_prompt < MIN_TOKENS:
         raise VerifyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions")
@@ -219,6 +221,9 @@ def verify_checkpoint(
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
     report.checks.append(layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none"))
+    if out.spec.moe is not None and claims.equivalence == "exact":
+        report.checks.append(Check("experts and router rows copied", not experts, "yes" if not experts else "no",
+                                   "every expert its source's", True, "; ".join(experts)))  # fmt: skip
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
     if engine != "vllm":

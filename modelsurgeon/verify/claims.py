@@ -115,8 +115,9 @@ def structure_problems(source: Structure, grown: Structure, layer_map: list[tupl
     problems = []
     src_cfg, out_cfg = source.ckpt.config, grown.ckpt.config
     n = source.num_layers
+    dropped = grown.spec.moe.drop_config if grown.spec.moe and source.spec.moe is None else []  # upcycled
     for key, values in src_cfg.items():
-        if not isinstance(values, list) or len(values) != n or key in NOT_PER_LAYER or n < 2:
+        if not isinstance(values, list) or len(values) != n or key in NOT_PER_LAYER or n < 2 or key in dropped:
             continue
         want = [values[s] for s, _ in layer_map]
         got = out_cfg.get(key)

@@ -44,7 +44,7 @@ class _Scaled(nn.Module):
 
 def branch_modules(structure: Structure) -> list[str]:
     """Module paths inside one decoder layer whose outputs are residual branches."""
-    return [b.module for b in structure.spec.branches.values()]
+    return list(dict.fromkeys(b.hook or b.module for b in structure.spec.branches.values()))
 
 
 def can_run(structure: Structure, model: nn.Module) -> str:
