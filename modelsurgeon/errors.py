@@ -73,6 +73,8 @@ class TrainInterrupted(TrainError):
     """Training stopped on a signal (Ctrl-C, SIGTERM on preemption, SIGHUP) after saving a
     resumable checkpoint; exits with the shell convention 128 + the signal number."""
 
+    exit_code = 130  # 128 + SIGINT; each instance carries its own signal's code
+
     def __init__(self, message: str, hint: str = "", signum: int = 2) -> None:
         super().__init__(message, hint)
         self.signum = signum
