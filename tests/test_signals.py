@@ -51,6 +51,8 @@ def shards_with_holds(*a, **k):
     return result
 
 w._write_tensor, w.write_shards = tensor_then_hold, shards_with_holds
+import importlib  # grow's engine bound write_shards when the package was imported
+importlib.import_module("modelsurgeon.grow.engine").write_shards = shards_with_holds
 from modelsurgeon.cli import main
 sys.argv = ["surgeon", *sys.argv[1:]]
 main()
