@@ -19,6 +19,7 @@ from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
 from modelsurgeon.io.writer import write_shards
+from modelsurgeon.ops.cast import cast_output
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.ops.moe import moe_config, sparse_layers, upcycle_problems
@@ -193,6 +194,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     if compiled.moe is not None:
         config = moe_config(config, compiled.moe, config[spec.config_keys.ffn])
+    if loaded.dtype is not None:  # a mergekit config's dtype: the write casts, as convert --dtype does
+        tensors, config = cast_output(tensors, config, loaded.dtype, ckpt.load, loaded.origin)
     accounting = account(ckpt, layout, compiled.layer_map)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
 
