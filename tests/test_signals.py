@@ -128,7 +128,8 @@ def test_sigkill_then_rerun_frees_the_leftover(tiny, tmp_path, plan, caplog):
     assert leftovers(tmp_path) == [] and (out / "config.json").is_file()
     assert not (out / atomic.OWNER_FILE).exists()
     notice = [r.getMessage() for r in caplog.records if r.name == atomic.__name__]
-    assert notice == [f"removed 1 leftover temporary directory ({atomic.format_bytes(size)} freed) of {out}: {tmp.name}"]
+    freed = atomic.format_bytes(size)
+    assert notice == [f"removed 1 leftover temporary directory ({freed} freed) of {out}: {tmp.name}"]
 
 
 def test_a_live_writers_directory_is_left_alone(tiny, tmp_path, plan):

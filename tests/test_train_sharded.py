@@ -21,10 +21,12 @@ from modelsurgeon.errors import TrainError
 from modelsurgeon.train.sharded import check_engine
 
 ROOT = Path(__file__).parents[1]
-COMMON = "compute_environment: LOCAL_MACHINE\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n"
+COMMON = ("compute_environment: LOCAL_MACHINE\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
+          "mixed_precision: 'no'\nuse_cpu: true\n")
 CONFIGS = {  # DDP on CPU runs under torchrun: accelerate's MULTI_CPU needs mpirun for more than one process
-    "fsdp2": COMMON + "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
-    "  fsdp_state_dict_type: SHARDED_STATE_DICT\n  fsdp_reshard_after_forward: true\n",
+    "fsdp2": COMMON + "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
+    "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
+    "  fsdp_reshard_after_forward: true\n",
 }
 ARGS = ["--data", "synthetic:arith:n=200", "--seq-len", "32", "--batch-size", "2", "--log-every", "1", "--lr", "3e-3"]
 
@@ -38,7 +40,8 @@ def launch(tmp: Path, engine: str, model: Path, out: Path, *args: str, wait: boo
         config.write_text(CONFIGS[engine])
         runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     cmd = [*runner, "-m", "modelsurgeon", "train-stage", str(model), "-o", str(out), *ARGS, *args]
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # its own group: SIGTERM reaches the launcher and workers
     if not wait:
         return child
     output, _ = child.communicate(timeout=900)
@@ -66,7 +69,8 @@ def test_fsdp2_writes_what_ddp_writes(tiny, tmp_path, method):
     assert not torch.equal(changed, load_file(model / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"])
     if method == "lora":  # peft's own files, with the full (gathered) LoRA matrices
         assert (fsdp / "adapter" / "adapter_config.json").is_file()
-        assert_same_tensors(ddp / "adapter" / "adapter_model.safetensors", fsdp / "adapter" / "adapter_model.safetensors", 1e-6)
+        adapter = Path("adapter") / "adapter_model.safetensors"
+        assert_same_tensors(ddp / adapter, fsdp / adapter, 1e-6)
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def test_parent_and_conversion_by_default(chain):
     report = verify_checkpoint(root / "out", root / "out-bf16", **FAST)
     assert report.passed, report.to_dict()
     assert report.equivalence == "exact" and report.origin == "surgeon.json lineage: convert"
-    assert report.dtype == "bfloat16" and "compared at bfloat16, GROWN's weight dtype (SOURCE's is float32)" in report.notes
+    assert report.dtype == "bfloat16"
+    assert "compared at bfloat16, GROWN's weight dtype (SOURCE's is float32)" in report.notes
     program = next(c for c in report.checks if c.name == "GROWN = layer map run on SOURCE")
     assert program.passed
 

@@ -21,12 +21,13 @@ def implied(rule: LayerKey, value: int, n: int) -> list[bool]:
 
 def _candidates(rule: LayerKey, n: int) -> range:
     # period > n marks every layer, as does n + 1; full_prefix 0..n covers every prefix length
-    return range(0, n + 1) if rule.pattern == "full_prefix" else range(1, n + 2)
+    return range(n + 1) if rule.pattern == "full_prefix" else range(1, n + 2)
 
 
 def best_value(rule: LayerKey, marks: list[bool], prefer: int | None) -> tuple[int, int]:
     """(value, layers it gets right): the most agreement; ties keep `prefer`, else the smallest."""
-    scored = [(sum(a == b for a, b in zip(implied(rule, v, len(marks)), marks)), v) for v in _candidates(rule, len(marks))]
+    n = len(marks)
+    scored = [(sum(a == b for a, b in zip(implied(rule, v, n), marks)), v) for v in _candidates(rule, n)]
     top = max(score for score, _ in scored)
     best = [v for score, v in scored if score == top]
     return (prefer if prefer in best else best[0]), top
@@ -64,8 +65,9 @@ def sync_layer_keys(old: dict, new: dict, spec: ArchSpec, sources: list[int], n_
         n = len(marks)
         if rule.key is None:
             if implied(rule, rule.default, n) != marks:
-                warnings.append(f"'{rule.list}' after the layer map has {_describe(marks, rule)}; readers that ignore it "
-                                f"(older transformers, llama.cpp) assume {_describe(implied(rule, rule.default, n), rule)}")  # fmt: skip
+                assumed = _describe(implied(rule, rule.default, n), rule)
+                warnings.append(f"'{rule.list}' after the layer map has {_describe(marks, rule)}; readers that "
+                                f"ignore it (older transformers, llama.cpp) assume {assumed}")
             continue
         best, right = best_value(rule, marks, int(value) if value is not None else None)
         if rule.key in old or best != rule.default or right < n:
@@ -73,8 +75,8 @@ def sync_layer_keys(old: dict, new: dict, spec: ArchSpec, sources: list[int], n_
         if right < n:
             wrong = [i for i, (a, b) in enumerate(zip(implied(rule, best, n), marks)) if a != b]
             warnings.append(f"'{rule.list}' after the layer map ({_describe(marks, rule)}) cannot be expressed by "
-                            f"'{rule.key}'; set it to {best}, which gives readers that ignore '{rule.list}' (vLLM, older "
-                            f"transformers) the right attention at {right} of {n} layers (wrong at {wrong})")  # fmt: skip
+                            f"'{rule.key}'; set it to {best}, which gives readers that ignore '{rule.list}' (vLLM, "
+                            f"older transformers) the right attention at {right} of {n} layers (wrong at {wrong})")
     return warnings
 
 
@@ -101,5 +103,6 @@ def layer_key_findings(config: dict, spec: ArchSpec) -> list[tuple[str, bool]]:
         if right > got:
             found.append((text + f"; set '{rule.key}' to {best}", True))
         else:
-            found.append((text + f"; no value of '{rule.key}' expresses this pattern ({right} of {len(marks)} layers at best)", False))
+            best_text = f"; no value of '{rule.key}' expresses this pattern ({right} of {len(marks)} layers at best)"
+            found.append((text + best_text, False))
     return found

@@ -158,9 +158,11 @@ class CleanReport:
         """One line per leftover, then the summary (what `surgeon clean` prints)."""
         verb = "would remove" if dry_run else "removed"
         rows = [f"{verb} {x.path} ({format_bytes(x.bytes)}): {x.why}" for x in self.removed]
-        rows += [f"{'would restore' if dry_run else 'restored'} {out} from {x.path}: {x.why}" for x, out in self.restored]
+        restore = "would restore" if dry_run else "restored"
+        rows += [f"{restore} {out} from {x.path}: {x.why}" for x, out in self.restored]
         rows += [f"kept {x.path}: {x.why}" for x in self.kept]
-        rows += [f"kept {w}: resumable train-stage state (continue with --resume, or delete it)" for w in self.work_dirs]
+        work = "resumable train-stage state (continue with --resume, or delete it)"
+        rows += [f"kept {w}: {work}" for w in self.work_dirs]
         summary = self.summary()
         return rows + [summary.replace("removed", "would remove", 1) if dry_run else summary]
 

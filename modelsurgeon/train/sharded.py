@@ -31,7 +31,7 @@ def check_engine(share_duplicates: bool) -> None:
                          hint="pip install deepspeed (it needs a CUDA toolchain), or use an FSDP config")  # fmt: skip
     if (deepspeed or fsdp) and share_duplicates:
         raise TrainError("--share-duplicates ties one tensor to several layers, which FSDP and DeepSpeed cannot shard",
-                         hint="drop --share-duplicates under FSDP/DeepSpeed (sharding already spreads the memory)")  # fmt: skip
+                         hint="drop --share-duplicates under FSDP/DeepSpeed (sharding spreads the memory anyway)")
 
 
 def is_sharded(trainer) -> bool:
@@ -77,7 +77,8 @@ def gather(trainer, rebuild: Callable[[], torch.nn.Module]) -> Gathered | None:
     if result.missing_keys or result.unexpected_keys:
         raise TrainError(f"the gathered state dict does not fit the model: missing {result.missing_keys[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}",
-                         hint="this is a bug in modelsurgeon's FSDP/DeepSpeed support; please report it with the accelerate config")  # fmt: skip
+                         hint="a bug in modelsurgeon's FSDP/DeepSpeed support; please report it with the "
+                         "accelerate config")
     if moments is None:
         log.warning("DeepSpeed partitions AdamW state its own way: OUT/optimizer/ is not written "
                     "(--carry-optimizer needs it; the Trainer checkpoints for --resume are unaffected)")
