@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from modelsurgeon.cli_options import flag, with_model_options
 from modelsurgeon.errors import SurgeonError
+from modelsurgeon.io.atomic import Interrupted, exit_on_signals
 from modelsurgeon.train.options import TrainOptions, load_options
 
 # Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
@@ -42,16 +43,21 @@ def resolve(model: Path) -> Path:
 
 
 def handled(fn):
-    """Turn SurgeonErrors into a message on stderr and the error's exit code."""
+    """Turn SurgeonErrors into a message on stderr and the error's exit code, and SIGTERM,
+    SIGHUP and SIGINT into 128 + the signal number once the temporary output is removed."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with exit_on_signals():
+                return fn(*args, **kwargs)
         except SurgeonError as exc:
             err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:  # escaped: a hint like `pip install modelsurgeon[gguf]` must print as written
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except Interrupted as exc:
+            err.print(f"[bold red]stopped:[/] {exc}; no partial output was left behind", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -79,7 +85,7 @@ def grow(
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
     drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and report verify's logit drift.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
@@ -223,7 +229,7 @@ def verify(
     engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32 (fp32) or bfloat16 (bf16).")] = "float32",
+    dtype: Annotated[Optional[str], typer.Option(help="float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: GROWN's weight dtype).")] = None,
     expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,
@@ -325,9 +331,9 @@ def sweep(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Sweep directory: runs/, tuning/, results.csv, summary.json, report.md.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at a time, each in its own process.")] = 1,
     threads_per_run: Annotated[Optional[int], typer.Option("--threads-per-run", min=1, help="Torch threads per run (default: CPU cores / workers).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete DIR and start over.")] = False,
-    emit_commands: Annotated[bool, typer.Option("--emit-commands", help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.")] = False,
+    resume: Annotated[bool, flag("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")] = False,
+    force: Annotated[bool, flag("--force", help="Delete DIR and start over.")] = False,
+    emit_commands: Annotated[bool, flag("--emit-commands", help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.")] = False,
 ) -> None:
     """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
     from modelsurgeon.sweep import emit, report_dir, run_sweep
@@ -347,6 +353,19 @@ def sweep(
         return
     summary = run_sweep(Path(spec), output, workers=workers, threads=threads_per_run, resume=resume, force=force, console=err)
     out.print(f"[green]wrote[/] {output / 'report.md'} ({summary['finished']} runs)", highlight=False)
+
+
+@app.command()
+@handled
+def clean(
+    directory: Annotated[Path, typer.Argument(help="Directory to scan (recursively), e.g. an output's parent or a run directory.")],
+    dry_run: Annotated[bool, flag("--dry-run", help="List what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove temporary output directories left by killed writers (SIGKILL, power loss); never a live one's."""
+    from modelsurgeon.io.atomic import clean as clean_fn
+
+    for line in clean_fn(directory, dry_run=dry_run).lines(dry_run):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -77,9 +77,15 @@ class TrainError(SurgeonError):
 
 
 class TrainInterrupted(TrainError):
-    """Training stopped on Ctrl-C after saving a resumable checkpoint (shell convention: 128 + SIGINT)."""
+    """Training stopped on a signal (Ctrl-C, SIGTERM on preemption, SIGHUP) after saving a
+    resumable checkpoint; exits with the shell convention 128 + the signal number."""
 
-    exit_code = 130
+    exit_code = 130  # 128 + SIGINT; each instance carries its own signal's code
+
+    def __init__(self, message: str, hint: str = "", signum: int = 2) -> None:
+        super().__init__(message, hint)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class DataError(SurgeonError):
@@ -102,7 +108,7 @@ class RecipeError(PlanError):
 class SweepError(PlanError):
     """A `surgeon sweep` file, one of its expanded recipes, or a sweep directory is unusable."""
 
-    exit_code = 11
+    exit_code = 13
 
     def __init__(self, source: str, problems: list[str], hint: str = "") -> None:
         super().__init__(source, problems, hint)

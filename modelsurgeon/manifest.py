@@ -290,18 +290,26 @@ def _stage_links(manifest: Manifest) -> list[tuple[SourceRecord | None, list[Lay
     return links
 
 
-def lineage_layer_map(manifest: Manifest, parent_headers_sha256: str, num_layers: int) -> LayerMap | None:
+def lineage_path(manifest: Manifest, parent_headers_sha256: str, num_layers: int) -> tuple[LayerMap, list[Stage]] | None:
     """The layer map from a checkpoint (its manifest; `num_layers` layers) to the ancestor whose
-    safetensors headers have this fingerprint: the growths' maps composed along the lineage,
-    newest first (stages other than growths keep the layers). None when no recorded stage input
-    has that fingerprint, or a growth on the way did not record its map (0.1.0 files keep only
-    the last growth's)."""
+    safetensors headers have this fingerprint, and the stages on the way (oldest first): the
+    growths' maps composed along the lineage, newest first (stages other than growths keep the
+    layers). None when no recorded stage input has that fingerprint, or a growth on the way did
+    not record its map (0.1.0 files keep only the last growth's)."""
     composed = identity_map(num_layers)
-    for src, lmap, grows in reversed(_stage_links(manifest)):
+    links = _stage_links(manifest)
+    for i in range(len(links) - 1, -1, -1):
+        src, lmap, grows = links[i]
         if grows:
             if lmap is None or any(e.source >= len(lmap) for e in composed):
                 return None
             composed = compose(tuple(r.entry() for r in lmap), list(composed))
         if src is not None and src.headers_sha256 == parent_headers_sha256:
-            return composed
+            return composed, list(manifest.lineage[i:])
     return None
+
+
+def lineage_layer_map(manifest: Manifest, parent_headers_sha256: str, num_layers: int) -> LayerMap | None:
+    """lineage_path's layer map alone."""
+    found = lineage_path(manifest, parent_headers_sha256, num_layers)
+    return None if found is None else found[0]

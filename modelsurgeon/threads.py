@@ -4,8 +4,10 @@ processes on C cores then run N*C spinning threads)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -27,6 +29,25 @@ def pin_threads(n: int) -> None:
         os.environ[var] = str(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """pin_threads(n) for the duration of a block, then the caller's settings back (an in-process
+    sweep must not leave its worker share behind in the caller's process)."""
+    saved = {var: os.environ.get(var) for var in THREAD_ENV}
+    torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    pin_threads(n)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if torch_threads is not None:
+            sys.modules["torch"].set_num_threads(torch_threads)
 
 
 def pin_for_launcher() -> int | None:

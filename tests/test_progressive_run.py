@@ -126,3 +126,31 @@ def test_resume_accepts_comments_but_not_a_changed_recipe(run, tmp_path):
     changed.write_text(RECIPE.replace("lora_r: 2", "lora_r: 4"))
     with pytest.raises(OutputError, match="not started by this recipe"):
         run_recipe(changed, run_dir, resume=True)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_stage_and_resume_finishes(tmp_path, monkeypatch):
+    """Preemption (SIGTERM) mid-stage: exit 143 with a resumable checkpoint; --resume completes the run."""
+    import os
+    import signal
+
+    from modelsurgeon.train import callbacks
+
+    on_log = callbacks.MetricsCallback.on_log
+
+    def on_log_then_sigterm(self, args, state, control, logs=None, **kw):
+        on_log(self, args, state, control, logs=logs, **kw)
+        if state.global_step == 1 and logs and "loss" in logs:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(callbacks.MetricsCallback, "on_log", on_log_then_sigterm)
+    recipe, run_dir = tmp_path / "mini.yaml", tmp_path / "run"
+    recipe.write_text(RECIPE)
+    result = CliRunner().invoke(app, ["progressive", str(recipe), "-o", str(run_dir)])
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "interrupted by SIGTERM at step 2" in " ".join(result.output.split())
+    assert (run_dir / "stages" / "01-train" / ".model.work" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(callbacks.MetricsCallback, "on_log", on_log)
+    result = CliRunner().invoke(app, ["progressive", str(recipe), "-o", str(run_dir), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "summary.json").read_text())["stages"][0]["steps"] == 3

@@ -253,7 +253,9 @@ def test_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     assert not work_dir(out).exists()
 
 
-def test_cli_ctrl_c_says_how_to_resume(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_ctrl_c_says_how_to_resume(tiny, tmp_path, monkeypatch, signum):
+    """Ctrl-C, and SIGTERM as a cluster sends on preemption: a resumable checkpoint, exit 128 + signal."""
     from modelsurgeon.train import callbacks
 
     on_log = callbacks.MetricsCallback.on_log
@@ -261,15 +263,16 @@ def test_cli_ctrl_c_says_how_to_resume(tiny, tmp_path, monkeypatch):
     def on_log_then_sigint(self, args, state, control, logs=None, **kw):
         on_log(self, args, state, control, logs=logs, **kw)
         if state.global_step == 3 and logs and "loss" in logs:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(callbacks.MetricsCallback, "on_log", on_log_then_sigint)
     out = tmp_path / "out"
     args = [tiny("llama"), "--data", DATA, "-o", out, "--steps", 6, "--seq-len", 32, "--batch-size", 4, "--log-every", 1]
     result = run_cli(*args)
-    assert result.exit_code == 130, result.output
-    assert "interrupted at step 4 of 6" in result.output and "--resume" in result.output
-    assert not out.exists()
+    assert result.exit_code == 128 + signum, result.output
+    text = " ".join(result.output.split())
+    assert f"interrupted by {signal.Signals(signum).name} at step 4 of 6" in text and "--resume" in text
+    assert not out.exists() and (work_dir(out) / "checkpoint-4").is_dir()
     monkeypatch.setattr(callbacks.MetricsCallback, "on_log", on_log)
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output

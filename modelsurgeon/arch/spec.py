@@ -48,6 +48,22 @@ class ConfigKeys(BaseModel):
     head_dim: str | None = "head_dim"
 
 
+class LayerKey(BaseModel):
+    """A scalar config key that encodes which layers are `marked` (e.g. use sliding attention),
+    for readers that ignore the per-layer `list` (vLLM, older transformers, llama.cpp).
+    full_prefix: layers i >= value are marked (Qwen's max_window_layers); period: every value-th
+    layer is unmarked, the rest marked (Gemma's sliding_window_pattern). `key: null`: readers
+    hard-code `default` (Gemma 2 alternates), so nothing can be set, only warned about."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str | None
+    pattern: Literal["full_prefix", "period"]
+    list: str = "layer_types"
+    marked: str = "sliding_attention"
+    enabled_by: str | None = None  # a boolean key that switches the pattern on (Qwen's use_sliding_window)
+    default: int | None = None  # what readers assume when the key is absent
+
+
 class MoeSpec(BaseModel):
     """Where a mixture-of-experts family keeps its experts, router and MoE config keys. Expert
     tensors are stored one file key per expert (`{experts}.<e>.<module>`), which is what
@@ -102,6 +118,7 @@ class ArchSpec(BaseModel):
     branches: dict[str, Branch] = {}
     layer_lists: list[str] = []
     position_flags: list[str] = []
+    layer_keys: list[LayerKey] = []
     transposed_linears: bool = False
     tie_key: str = "tie_word_embeddings"
     config_keys: ConfigKeys = ConfigKeys()

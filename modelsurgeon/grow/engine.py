@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelsurgeon.arch.layer_keys import sync_layer_keys
 from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import CheckpointError, PlanError
@@ -180,7 +181,9 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     if problems:
         raise PlanError(loaded.origin, problems, hint="use new: copy with branch_scale: 1 or a supported family")
     config, remapped = rewrite_config(ckpt.config, spec, compiled.layer_map, layout.num_layers)
-    equivalence, warnings = compiled.equivalence, []
+    equivalence = compiled.equivalence
+    # scalars that index layers (max_window_layers, ...) re-derived from the remapped lists
+    warnings = sync_layer_keys(ckpt.config, config, spec, [e.source for e in compiled.layer_map], layout.num_layers)
     flags = [f for f in spec.position_flags if ckpt.config.get(f)]
     if flags and compiled.layer_map != identity_map(layout.num_layers):
         equivalence = "none"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import OutputError, ShapeError
+from modelsurgeon.io.atomic import claim_temp, exit_on_signals, release_temp, tidy_leftovers
 from modelsurgeon.io.st_format import TensorInfo, encode_header
 
 if TYPE_CHECKING:  # torch loads only when a tensor is computed: a pure copy never needs it
@@ -208,6 +209,7 @@ def check_output_path(out: Path, model: Path, force: bool, is_file: bool = False
 def check_free_space(out: Path, needed: int) -> None:
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
+    tidy_leftovers(out.resolve())  # what killed writers to OUT left behind counts as free
     free = shutil.disk_usage(parent).free
     if free < needed:
         raise OutputError(
@@ -245,13 +247,14 @@ def atomic_file(out: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; on success it replaces `out` in one rename, on any
-    failure (exception, Ctrl-C, disk full) it is removed and `out` is left as it was."""
+    failure (exception, SIGTERM/SIGHUP/SIGINT, disk full) it is removed and `out` is left as it
+    was. Leftovers of killed writers to `out` are removed first (io/atomic.py)."""
     out = out.resolve()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = claim_temp(out)
     try:
-        yield tmp
+        with exit_on_signals():
+            yield tmp
+        release_temp(tmp)
         for f in tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:

@@ -21,6 +21,7 @@ from modelsurgeon.sweep.expand import Job, SweepManifest, expand
 from modelsurgeon.sweep.patch import seeded
 from modelsurgeon.sweep.schema import load_sweep
 from modelsurgeon.sweep.tune import tuned_recipe
+from modelsurgeon.threads import pin_threads, pinned_threads, threads_per_worker
 
 MANIFEST_FILE = "sweep.json"
 RECIPE_FILE = "recipe.yaml"  # the name `surgeon progressive` gives its own copy: the run reuses it
@@ -94,13 +95,6 @@ def command(out_dir: Path, job: Job, threads: int | None) -> str:
     return f"{env}surgeon progressive {shlex.quote(str(run_dir / RECIPE_FILE))} -o {shlex.quote(str(run_dir))} --resume"
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run_job(recipe: str, run_dir: str) -> float:
     """One run (in a worker or in this process): `surgeon progressive RECIPE -o RUN_DIR --resume`."""
     from modelsurgeon.progressive import run_recipe
@@ -121,17 +115,17 @@ def execute(out_dir: Path, jobs: list[Job], workers: int, threads: int, console=
     failures: list[str] = []
     args = {j.dir: (str(out_dir / j.dir / RECIPE_FILE), str(out_dir / j.dir)) for j in todo}
     if workers <= 1:
-        _init_worker(threads)
-        for i, job in enumerate(todo, 1):
-            _say(console, f"[{i}/{len(todo)}] {job.dir} ...")
-            try:
-                run_job(*args[job.dir])
-            except TrainInterrupted:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
-                failures.append(f"{job.dir}: {type(exc).__name__}: {exc}")
+        with pinned_threads(threads):
+            for i, job in enumerate(todo, 1):
+                _say(console, f"[{i}/{len(todo)}] {job.dir} ...")
+                try:
+                    run_job(*args[job.dir])
+                except TrainInterrupted:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+                    failures.append(f"{job.dir}: {type(exc).__name__}: {exc}")
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=pin_threads,
                                  initargs=(threads,)) as pool:  # fmt: skip
             futures = {pool.submit(run_job, *args[j.dir]): j for j in todo}
             pending, done_n = set(futures), 0
@@ -180,7 +174,7 @@ def run_sweep(sweep_path, out_dir, *, workers: int = 1, threads: int | None = No
 
     out_dir = Path(out_dir)
     manifest = prepare(Path(sweep_path), out_dir, resume, force)
-    threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = threads or threads_per_worker(workers)
     for phase in ("tuning", "run"):
         execute(out_dir, _write_phase(out_dir, manifest, phase), workers, threads, console)
     return write_sweep_report(out_dir)

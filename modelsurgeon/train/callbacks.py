@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl rows, Ctrl-C into a resumable checkpoint, a rich progress bar."""
+"""Trainer callbacks: metrics.jsonl rows, Ctrl-C/SIGTERM/SIGHUP into a resumable checkpoint, a rich progress bar."""
 
 from __future__ import annotations
 
@@ -54,31 +54,45 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class InterruptCallback(TrainerCallback):
-    """Turn Ctrl-C into "save a checkpoint and stop" at the end of the current optimizer step.
+    """Turn Ctrl-C, SIGTERM (preemption) and SIGHUP into "save a checkpoint and stop" at the end
+    of the current optimizer step.
 
     The Trainer checks `control` after each step, so setting should_save and
-    should_training_stop there makes it write a normal, resumable checkpoint. A second Ctrl-C
-    falls through to Python's KeyboardInterrupt (the default handler is back by then)."""
+    should_training_stop there makes it write a normal, resumable checkpoint. A second signal
+    falls through to the previous handlers (restored by then): the CLI's, which stop at once."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self.stopped_at: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        from modelsurgeon.io.atomic import STOP_SIGNALS
+
+        previous: dict = {}
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
         def handler(signum, frame):
-            self.requested = True
-            signal.signal(signal.SIGINT, previous)
+            self.signum = signum
+            restore()
 
         try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+            for s in STOP_SIGNALS:
+                previous[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: signals cannot reach us anyway
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            restore()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested and state.global_step < state.max_steps:

@@ -76,18 +76,17 @@ def weight_tensors(ckpt: Checkpoint, changed: set[str], merged: MergedWeights) -
     return out
 
 
-def save_optimizer(directory: Path, model: torch.nn.Module, optimizer, scheduler, *, step: int, method: str, naming: str) -> int:
+def save_optimizer(directory: Path, moments: dict, optimizer, scheduler, *, step: int, method: str, naming: str) -> int:
     """OUT/optimizer: "<param>.exp_avg"/"<param>.exp_avg_sq" (float32) for every trainable param
-    with AdamW state, and state.json; returns the number of params written."""
+    with AdamW state (`moments`: name -> (exp_avg, exp_avg_sq)), and state.json; returns the
+    number of params written."""
     from safetensors.torch import save_file
 
     directory.mkdir()
     tensors, group = {}, optimizer.param_groups[0]
-    for name, p in model.named_parameters():
-        state = optimizer.state.get(p) if p.requires_grad else None
-        if state and "exp_avg" in state:
-            tensors[f"{name}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
-            tensors[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+    for name, (avg, avg_sq) in moments.items():
+        tensors[f"{name}.exp_avg"] = avg.detach().float().cpu().contiguous()
+        tensors[f"{name}.exp_avg_sq"] = avg_sq.detach().float().cpu().contiguous()
     save_file(tensors, str(directory / "optimizer.safetensors"), metadata={"format": "pt"})
     meta = {"step": step, "method": method, "naming": naming, "lr_scheduler": scheduler.state_dict() if scheduler else None,
             "betas": list(group["betas"]), "eps": group["eps"], "weight_decay": group["weight_decay"], "lr": group.get("initial_lr", group["lr"])}  # fmt: skip

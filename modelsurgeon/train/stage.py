@@ -24,6 +24,7 @@ from modelsurgeon.threads import pin_for_launcher
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
+from modelsurgeon.train.sharded import check_engine, gather, is_sharded
 
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
@@ -234,21 +235,26 @@ def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, res
 
 
 def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int,
-           folds: dict | None = None) -> None:
+           folds: dict | None = None, moments: dict | None = None) -> None:
+    """Write OUT from the unsharded `net`; `moments` (gathered under FSDP) replace reading the
+    optimizer's own state, which is sharded there; None with a sharded run: no optimizer/."""
     from modelsurgeon.train.backend import unwrapped_optimizer
     from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
+    from modelsurgeon.train.sharded import adam_moments, is_sharded
 
     method = options.train_method
     base = method.trained_model(net)
     check_free_space(out, setup.ckpt.total_bytes)
     source = stage_source(setup.ckpt, setup.spec.model_type, setup.layout.num_layers)
+    optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
+    if moments is None and not is_sharded(trainer):
+        moments = adam_moments(net, optimizer)
     with atomic_directory(out) as tmp:
         write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size, folds)
         method.save_extras(net, tmp)
-        optimizer, scheduler = unwrapped_optimizer(trainer), trainer.lr_scheduler
-        save_optimizer(
-            tmp / "optimizer", net, optimizer, scheduler, step=stage["steps"], method=method.name, naming=method.optimizer_naming
-        )
+        if moments is not None:
+            save_optimizer(tmp / "optimizer", moments, optimizer, scheduler, step=stage["steps"], method=method.name,
+                           naming=method.optimizer_naming)  # fmt: skip
         finish_files(tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps")
 
 
@@ -264,23 +270,23 @@ def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> P
 
 def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | None, total: int,
            carried: dict | None, callbacks: list, overrides: dict):  # fmt: skip
-    """Run the Trainer (Ctrl-C: checkpoint and TrainInterrupted); return it and the seconds it ran."""
+    """Run the Trainer (a stop signal: checkpoint and TrainInterrupted); return it and the seconds it ran."""
     from modelsurgeon.train.backend import make_trainer, training_arguments
     from modelsurgeon.train.callbacks import InterruptCallback
 
     interrupt = InterruptCallback()
     args = training_arguments(options, work, total, eval_on_start=resume_from is None, **overrides)
     trainer = make_trainer(net, data.train, data.eval, args, [interrupt, *callbacks], carried)
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        raise TrainError("FSDP and DeepSpeed shard parameters and optimizer state, and writing OUT (merged weights, "
-                         "optimizer/) reads them unsharded on the main process; that path is not implemented yet",
-                         hint="use data parallelism: accelerate launch --multi_gpu (DDP) or torchrun")  # fmt: skip
     start = time.perf_counter()
     with interrupt.installed(), quiet():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if interrupt.stopped_at is not None:
-        raise TrainInterrupted(f"training interrupted at step {interrupt.stopped_at} of {total}; a resumable checkpoint is in {work}",
-                               hint="run the same command again with --resume to continue")  # fmt: skip
+        import signal
+
+        name = signal.Signals(interrupt.signum).name
+        raise TrainInterrupted(f"training interrupted by {name} at step {interrupt.stopped_at} of {total}; "
+                               f"a resumable checkpoint is in {work}",
+                               hint="run the same command again with --resume to continue", signum=interrupt.signum)
     return trainer, time.perf_counter() - start
 
 
@@ -300,7 +306,7 @@ def train_stage(
 
     `callbacks` are extra TrainerCallbacks; `trainer_overrides` are TrainingArguments fields.
     Raises TrainError (bad method, targets, layers, resume state), DataError (data),
-    CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C; checkpoint saved)."""
+    CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C, SIGTERM, SIGHUP; checkpoint saved)."""
     model, out = Path(model), Path(out)
     check_output_path(out, model, force)
     setup = _setup(model, options)
@@ -319,6 +325,7 @@ def train_stage(
     cbs = [MetricsCallback(work / "metrics.jsonl", per_step), *callbacks, *([ramp.callback()] if ramp else [])]
     if console is not None:
         cbs.append(RichProgressCallback(console, per_step))
+    check_engine(options.share_duplicates)
     try:
         net, shared = _load_model(model, options, setup)
         if ramp:
@@ -334,10 +341,12 @@ def train_stage(
     result = StageResult(out, options.method, trainer.state.global_step, trainer.state.global_step * per_step, seq_len,
                          trainable, total_params, seconds, done * per_step / max(seconds, 1e-9),
                          read_metrics(work / "metrics.jsonl"), dict(data.stats), shared)  # fmt: skip
+    gathered = gather(trainer, lambda: _load_model(model, options, setup)[0]) if is_sharded(trainer) else None
     if trainer.is_world_process_zero():
         check_output_path(out, model, force)
         stage = _stage_record(options, setup, result, resume_from is not None)
-        _write(out, setup, net, trainer, options, work, stage, max_shard_size, ramp.folds() if ramp else None)
+        _write(out, setup, gathered.model if gathered else net, trainer, options, work, stage, max_shard_size,
+               ramp.folds() if ramp else None, gathered.moments if gathered else None)  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
         result.written = True
     trainer.accelerator.wait_for_everyone()

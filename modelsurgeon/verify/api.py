@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from modelsurgeon.arch.layer_keys import layer_key_findings
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.io.dtype_rules import alias_help, canonical_dtype
-from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, load_check, program_check, structure_check
-from modelsurgeon.verify.claims import Claims, Structure, read_claims, read_structure, structure_problems
+from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, layer_key_check, load_check, program_check, structure_check
+from modelsurgeon.verify.claims import Claims, Structure, compare_dtype, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.experts import expert_problems
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
@@ -44,7 +45,7 @@ def _prompt_texts(prompts: str | Path | Sequence[str] | None) -> list[str]:
 def _validate(engine: str, dtype: str, max_new_tokens: int) -> None:
     if engine not in ENGINES:
         raise VerifyError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise VerifyError(f"unsupported dtype {dtype!r}", hint=f"use one of {alias_help(DTYPES)}")
     if max_new_tokens < 1:
         raise VerifyError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -184,7 +185,7 @@ def verify_checkpoint(
     engine: str = "torch",
     prompts: str | Path | Sequence[str] | None = None,
     max_new_tokens: int = 16,
-    dtype: str = "float32",
+    dtype: str | None = None,
     expect: str | None = None,
     strict: bool = False,
     layerwise: bool = False,
@@ -192,13 +193,14 @@ def verify_checkpoint(
     device: str | None = None,
 ) -> VerifyReport:
     """Compare GROWN with SOURCE and check GROWN's equivalence class (from its surgeon.json, or
-    `expect`). Returns the report whether or not the checks pass: call `raise_if_failed()`.
+    `expect`). `dtype` None compares at GROWN's weight dtype. Returns the report whether or not
+    the checks pass: call `raise_if_failed()`.
 
     Raises:
         VerifyError: bad arguments, no class to check, a model that does not load, or no vLLM.
         CheckpointError: a directory that is not a readable checkpoint.
     """
-    dtype = canonical_dtype(dtype)  # bf16, fp32
+    dtype = canonical_dtype(dtype) if dtype is not None else None  # bf16, fp32
     _validate(engine, dtype, max_new_tokens)
     start = time.perf_counter()
     if engine != "torch":  # before minutes of transformers work, not after
@@ -207,6 +209,7 @@ def verify_checkpoint(
         vllm_python = find_vllm_python(vllm_python)
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)
+    dtype = dtype or compare_dtype(src, out, claims.notes)
     problems = structure_problems(src, out, claims.layer_map)
     experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
@@ -219,6 +222,7 @@ def verify_checkpoint(
     layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
+    report.checks.append(layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none"))
     if out.spec.moe is not None and claims.equivalence == "exact":
         report.checks.append(Check("experts and router rows copied", not experts, "yes" if not experts else "no",
                                    "every expert its source's", True, "; ".join(experts)))  # fmt: skip

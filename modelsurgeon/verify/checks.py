@@ -49,6 +49,8 @@ class Bounds:
 BOUNDS = {
     "float32": Bounds(1e-4, 1e-5, 1e-5, 0.5, 0.7, 1.5, 1e-3, 1e-4, 1e-3),
     "bfloat16": Bounds(5e-2, 1e-2, 1e-2, 0.5, 0.7, 1.5, 0.1, 2e-2, 0.25),
+    # float16 keeps 11 bits: bfloat16's bounds hold with room to spare
+    "float16": Bounds(5e-2, 1e-2, 1e-2, 0.5, 0.7, 1.5, 0.1, 2e-2, 0.25),
 }
 
 
@@ -125,6 +127,15 @@ def finite_check(values: dict[str, bool]) -> Check:
 def structure_check(problems: list[str], gating: bool) -> Check:
     return Check("config lists follow the layer map", not problems, "yes" if not problems else "no", "remapped",
                  gating, "; ".join(problems))  # fmt: skip
+
+
+def layer_key_check(findings: list[tuple[str, bool]], gating: bool) -> Check:
+    """Scalars that index layers (max_window_layers, ...) against their lists: a value another
+    value would beat fails; a pattern no value expresses is reported."""
+    fixable = [text for text, can_fix in findings if can_fix]
+    got = "yes" if not findings else ("no" if fixable else "best possible")
+    return Check("config scalars agree with layer lists", not fixable, got, "agree", gating,
+                 "; ".join(text for text, _ in findings))  # fmt: skip
 
 
 def load_check(warnings: dict[str, list[str]], strict: bool) -> Check:

@@ -12,7 +12,7 @@ from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import MissingManifestError, VerifyError
 from modelsurgeon.io.hf_files import headers_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.manifest import MANIFEST, Manifest, read_manifest
+from modelsurgeon.manifest import MANIFEST, GrowStage, Manifest, Stage, lineage_path, read_manifest
 from modelsurgeon.ops.layermap import Equivalence
 
 CLASSES: tuple[Equivalence, ...] = ("exact", "approx", "none")
@@ -50,19 +50,33 @@ class Claims:
     notes: list[str] = field(default_factory=list)
 
 
-def _fingerprint_note(manifest: Manifest, source: Structure) -> list[str]:
-    """Growth chains record only the last step's map; a wrong SOURCE makes every check fail
-    for a reason the report should state up front."""
-    want = manifest.source.headers_sha256
-    if want and want != headers_sha256(source.ckpt.files):
-        return [f"SOURCE's weight headers differ from those recorded in {MANIFEST} (grown from "
-                f"{manifest.source.path}): the layer map may not apply to this SOURCE"]  # fmt: skip
-    return []
+# Each stage's effect on the function between two checkpoints of one lineage: growths promise
+# their class, conversions keep the function (compared at the narrower dtype), training changes it.
+_RANK = {"exact": 0, "approx": 1, "none": 2}
+
+
+def path_class(stages: list[Stage]) -> Equivalence:
+    """The class a path of lineage stages promises: its weakest stage's."""
+    classes = [s.equivalence if isinstance(s, GrowStage) else "exact" if s.kind == "convert" else "none" for s in stages]
+    return max(classes, key=_RANK.__getitem__, default="exact")
+
+
+def _not_in_lineage(manifest: Manifest, source: Structure, grown: Structure) -> VerifyError:
+    recorded = list(dict.fromkeys([s.source.path for s in manifest.lineage if s.source] + [manifest.source.path]))
+    return VerifyError(
+        f"SOURCE {source.ckpt.path} is not in GROWN's lineage: its weight headers match no checkpoint that "
+        f"{grown.ckpt.path / MANIFEST} records as an input ({', '.join(recorded)})",
+        hint="verify against one of those checkpoints, or pass --expect CLASS to compare these two as they are "
+        "(without a layer-map check)",
+    )
 
 
 def read_claims(source: Structure, grown: Structure, expect: str | None) -> Claims:
-    """The class to check (--expect wins over surgeon.json) and the layer map to diagnose with.
-    Without a manifest the map is the identity when the layer counts agree, else unknown."""
+    """The class to check (--expect wins over surgeon.json) and the layer map between SOURCE and
+    GROWN: the lineage's maps composed from the stage whose input has SOURCE's header fingerprint
+    to GROWN, whatever came after the last growth (a convert, a merge). A SOURCE that is not in the
+    lineage is an error, or with --expect a comparison without a layer map. Without a manifest the
+    map is the identity when the layer counts agree, else unknown."""
     if expect is not None and expect not in CLASSES:
         raise VerifyError(f"unknown equivalence class {expect!r}", hint=f"use one of {', '.join(CLASSES)}")
     manifest = read_manifest(grown.ckpt.path)
@@ -74,15 +88,18 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
             )
         same = source.num_layers == grown.num_layers
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)
-    layer_map = [(e.source, e.scale) for e in manifest.layer_map or []] or None
-    notes = _fingerprint_note(manifest, source)
-    claimed = manifest.equivalence
-    if expect is None:
-        if claimed not in CLASSES:
-            raise VerifyError(f"{MANIFEST} has no valid 'equivalence' ({claimed!r})", hint="pass --expect CLASS")
-        return Claims(claimed, MANIFEST, layer_map, notes)
-    origin = "--expect" if claimed in (None, expect) else f"--expect (surgeon.json says {claimed})"
-    return Claims(expect, origin, layer_map, notes)
+    found = lineage_path(manifest, headers_sha256(source.ckpt.files), grown.num_layers)
+    if found is None:
+        if expect is None:
+            raise _not_in_lineage(manifest, source, grown)
+        return Claims(expect, "--expect", None, [f"SOURCE is not in GROWN's {MANIFEST} lineage: no layer-map check"])
+    layer_map, stages = found
+    claimed = path_class(stages)
+    kinds = [s.kind for s in stages]
+    origin = MANIFEST if kinds == ["grow"] else f"{MANIFEST} lineage: {' -> '.join(kinds) or 'same weights'}"
+    if expect is not None:
+        origin = "--expect" if claimed == expect else f"--expect ({origin} says {claimed})"
+    return Claims(expect or claimed, origin, [(e.source, e.scale) for e in layer_map])
 
 
 def structure_problems(source: Structure, grown: Structure, layer_map: list[tuple[int, float]] | None) -> list[str]:
@@ -118,3 +135,24 @@ def _list_problem(key: str, got, want: list, layer_map: list[tuple[int, float]])
     return (f"config.json '{key}' differs at grown layers {bad}: e.g. '{key}'[{j}] is {got[j]!r} but grown layer {j} "
             f"is a copy of source layer {layer_map[j][0]}, whose entry is {want[j]!r}; the list was not remapped "
             f"through the layer map")  # fmt: skip
+
+
+# safetensors dtype -> the dtype verify runs at (float64 weights run at float32)
+RUN_DTYPES = {"F32": "float32", "F64": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def weight_dtype(s: Structure) -> str:
+    """The floating dtype holding most of a checkpoint's weight bytes, as verify names it."""
+    by_dtype: dict[str, int] = {}
+    for t in s.ckpt.tensors.values():
+        if t.dtype in RUN_DTYPES:
+            by_dtype[RUN_DTYPES[t.dtype]] = by_dtype.get(RUN_DTYPES[t.dtype], 0) + t.nbytes
+    return max(by_dtype, key=by_dtype.__getitem__, default="float32")
+
+
+def compare_dtype(source: Structure, grown: Structure, notes: list[str]) -> str:
+    """Compare at GROWN's weight dtype: a bfloat16 GROWN of a float32 SOURCE then matches
+    SOURCE cast as GROWN was, instead of failing exact checks on the cast's rounding."""
+    s, g = weight_dtype(source), weight_dtype(grown)
+    notes.append(f"compared at {g}, GROWN's weight dtype" + (f" (SOURCE's is {s})" if s != g else ""))
+    return g

@@ -16,7 +16,7 @@ import torch
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.claims import Structure
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
