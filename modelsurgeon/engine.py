@@ -14,6 +14,7 @@ from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_sp
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.build import output_tensors
 from modelsurgeon.errors import CheckpointError, PlanError
+from modelsurgeon.io.layout import ShardLayout, plan_layout
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, write_shards
 from modelsurgeon.ops.compile import Compiled, compile_plan
@@ -43,6 +44,12 @@ class Prepared:
     equivalence: Equivalence
     accounting: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    shards: ShardLayout | None = None  # which tensors go in which output file (io.layout)
+
+    @property
+    def computes(self) -> bool:
+        """Whether any output tensor is computed (every other one is a byte copy)."""
+        return any(t.source is None for t in self.tensors)
 
     @property
     def layer_map(self) -> LayerMap:
@@ -146,8 +153,9 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
 
 
-def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
-    """Validate the plan against the checkpoint from headers alone; write nothing."""
+def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: int = DEFAULT_MAX_SHARD) -> Prepared:
+    """Validate the plan against the checkpoint from headers alone and lay out the output
+    shards; write nothing."""
     loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
@@ -169,7 +177,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
         if untied:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     accounting = account(ckpt, layout, compiled.layer_map)
-    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
+    shards = plan_layout(tensors, max_shard_size)
+    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings, shards)
 
 
 def grow(
@@ -183,12 +192,14 @@ def grow(
     """Apply a plan to a checkpoint and write the grown checkpoint to `out` atomically."""
     from modelsurgeon.manifest import ConfigCheck, finish_output
 
-    prep = prepare(model, plan)
+    prep = prepare(model, plan, max_shard_size)
     out = Path(out)
     check_output_path(out, prep.ckpt.path, force)
     check_free_space(out, prep.bytes_out)
-    check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map))
+    # A pure byte copy never imports torch or transformers (seconds of CPU next to a copy that
+    # runs at disk speed); its config is checked structurally instead.
+    check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map), with_transformers=prep.computes)
     with atomic_directory(out) as tmp:
-        write_shards(tmp, prep.tensors, max_shard_size, progress)
+        write_shards(tmp, prep.tensors, max_shard_size, progress, layout=prep.shards)
         finish_output(prep, tmp, check)
     return prep

@@ -8,6 +8,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from modelsurgeon.engine import Prepared
+    from modelsurgeon.io.layout import ShardLayout
 
 
 def human_bytes(n: float) -> str:
@@ -51,6 +52,8 @@ def summary_table(prep: Prepared) -> Table:
     t.add_row("tensors", f"{len(prep.ckpt.tensors)} -> {len(prep.tensors)}")
     if prep.remapped_lists:
         t.add_row("config lists remapped", ", ".join(prep.remapped_lists))
+    if prep.shards is not None:
+        t.add_row("shards", shard_summary(prep.shards))
     if prep.width is not None:
         from modelsurgeon.ops.width import tp_degrees
 
@@ -59,6 +62,14 @@ def summary_table(prep: Prepared) -> Table:
     for w in prep.warnings:
         t.add_row("[yellow]warning[/]", w)
     return t
+
+
+def shard_summary(layout: ShardLayout) -> str:
+    """How many files, and how much of the output a copy-on-write filesystem can share."""
+    n = len(layout.shards)
+    how = "each byte-copied run at its source offset" if layout.kind == "aligned" else "packed in order"
+    return (f"{n} file{'s' if n != 1 else ''}, {how}; {100 * layout.share:.0f}% of the bytes "
+            f"({human_bytes(layout.shareable)}) shareable with the source where the filesystem clones (XFS, btrfs)")
 
 
 def _role(prep: Prepared, name: str) -> str:
