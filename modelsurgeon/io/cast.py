@@ -12,6 +12,7 @@ stay in cache.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -65,11 +66,25 @@ def _read_into(fd: int, buf: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+_buffers = threading.local()
+
+
+def _reused(count: int, dtype: type) -> np.ndarray:
+    # Fresh 64 MB arrays per block would be fresh pages, each zeroed by the kernel on first touch:
+    # that costs more system time than the cast. One buffer per calling thread, grown as needed.
+    need = count * np.dtype(dtype).itemsize
+    buf = getattr(_buffers, "buf", None)
+    if buf is None or buf.nbytes < need:
+        buf = _buffers.buf = np.empty(need, np.uint8)
+    return buf[:need].view(dtype)
+
+
 def cast_block(path: Path, offset: int, count: int, src_dtype: str, dst_dtype: str) -> tuple[np.ndarray, bool]:
     """`count` elements stored at byte `offset` of `path` as `src_dtype`, cast to `dst_dtype`:
-    (the output's words, whether every output value is finite)."""
+    (the output's words, whether every output value is finite). The words live in a buffer this
+    thread's next call reuses: write them out first."""
     kernel, src_t, dst_t = KERNELS[(src_dtype, dst_dtype)], WORDS[src_dtype], WORDS[dst_dtype]
-    out = np.empty(count, dst_t)
+    out = _reused(count, dst_t)
     size = np.dtype(src_t).itemsize
     with open(path, "rb", buffering=0) as fh:
 
