@@ -204,7 +204,7 @@ def xfs_volume(image: Path, mountpoint: Path, size: int):
         fh.truncate(size)
     try:
         subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-        mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+        mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=False, capture_output=True, text=True)
         if mounted.returncode != 0:
             raise RuntimeError(f"cannot loop-mount {image}: {mounted.stderr.strip()}")
         try:
@@ -223,5 +223,5 @@ def used_bytes(path: Path) -> int:
 
 
 def fs_type(path: Path) -> str:
-    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], check=False, capture_output=True, text=True)
     return out.stdout.strip() or "unknown"

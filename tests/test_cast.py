@@ -4,6 +4,7 @@ several threads, and `surgeon convert` uses them with the same refusals as befor
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -60,31 +61,36 @@ def test_widening_is_torch_bit_for_bit_on_every_bfloat16():
 
 
 @pytest.mark.parametrize("pair", [("F32", "BF16"), ("BF16", "F32")])
-def test_cast_block_reads_at_an_offset_in_threaded_pieces(tmp_path, monkeypatch, pair):
+def test_cast_into_reads_and_writes_at_offsets_in_threaded_pieces(tmp_path, monkeypatch, pair):
     monkeypatch.setattr(cast, "PIECE", 1000)  # many pieces, the last one short
     words = f32_specials()
     src = words if pair[0] == "F32" else (words >> 16).astype(np.uint16)
-    path = tmp_path / "data"
+    path, out = tmp_path / "data", tmp_path / "out"
     path.write_bytes(b"x" * 24 + src.tobytes() + b"tail")
     count = len(src) - 7
-    got, finite = cast.cast_block(path, 24 + 2 * src.itemsize, count, *pair)
     torch_types = {"F32": torch.float32, "BF16": torch.bfloat16}
-    np.testing.assert_array_equal(got, torch_bits(src[2 : 2 + count], *(torch_types[p] for p in pair)))
-    assert not finite
-    finite_words = src[np.isfinite(src.view(np.float32))] if pair[0] == "F32" else src[(src & 0x7F80) != 0x7F80]
-    path.write_bytes(finite_words.tobytes())
-    _, ok = cast.cast_block(path, 0, len(finite_words), *pair)
-    assert ok == (pair[0] == "BF16")  # float32 near its maximum rounds up to bfloat16 inf
+    want = torch_bits(src[2 : 2 + count], *(torch_types[p] for p in pair))
+    fd = os.open(out, os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"head", 0)
+        assert not cast.cast_into(path, 24 + 2 * src.itemsize, count, *pair, fd, 4)
+        assert out.read_bytes() == b"head" + want.tobytes()
+        finite = src[np.isfinite(src.view(np.float32))] if pair[0] == "F32" else src[(src & 0x7F80) != 0x7F80]
+        path.write_bytes(finite.tobytes())
+        # float32 near its maximum rounds up to bfloat16 inf: not finite after the cast
+        assert cast.cast_into(path, 0, len(finite), *pair, fd, 4) == (pair[0] == "BF16")
+    finally:
+        os.close(fd)
 
 
 def test_convert_uses_the_kernels_and_round_trips(tiny, tmp_path, monkeypatch):
     calls = []
-    real = cast.cast_block
-    monkeypatch.setattr("modelsurgeon.convert.safetensors_out.cast_block", lambda *a: calls.append(a) or real(*a))
+    real = cast.cast_into
+    monkeypatch.setattr("modelsurgeon.convert.safetensors_out.cast_into", lambda *a: calls.append(a) or real(*a))
     src = tiny("llama", n_layers=2, dtype=torch.bfloat16)
     convert(src, tmp_path / "f32", dtype="float32")
     convert(tmp_path / "f32", tmp_path / "bf16", dtype="bfloat16")
-    assert {c[3:] for c in calls} == {("BF16", "F32"), ("F32", "BF16")}
+    assert {c[3:5] for c in calls} == {("BF16", "F32"), ("F32", "BF16")}
     before, f32, back = (load_file(p / "model.safetensors") for p in (src, tmp_path / "f32", tmp_path / "bf16"))
     for name, t in before.items():
         assert torch.equal(f32[name].view(torch.int32), t.to(torch.float32).view(torch.int32)), name

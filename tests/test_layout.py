@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import struct
@@ -22,7 +23,6 @@ from modelsurgeon.cli import app
 from modelsurgeon.engine import prepare
 from modelsurgeon.io import kcopy, layout
 from modelsurgeon.io.layout import BLOCK, plan_layout
-from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.io.st_format import read_header
 from modelsurgeon.io.writer import OutTensor, write_shards
 
@@ -71,7 +71,7 @@ def test_byte_copies_sit_at_their_source_offset_modulo_the_block(model, tmp_path
         run = [i for i in in_file if i.name in source]
         for info in run:  # every byte copy is congruent with where it came from
             assert (info.offset - source[info.name].offset) % BLOCK == 0, (f.name, info.name)
-        for a, b in zip(run, run[1:]):  # runs are contiguous and in source order
+        for a, b in itertools.pairwise(run):  # runs are contiguous and in source order
             if b.offset == a.offset + a.nbytes and source[a.name].path == source[b.name].path:
                 assert source[b.name].offset - source[a.name].offset == b.offset - a.offset
         assert in_file[-1].offset + in_file[-1].nbytes == f.stat().st_size  # no hole, no trailing bytes

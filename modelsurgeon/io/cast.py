@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelsurgeon.io.kcopy import pwrite_all
+
 PIECE = 1 << 18  # elements per kernel call (1 MB of float32)
 NAN_BF16 = np.uint16(0xFFFF)
 EXPONENT_BF16 = 0x7F80  # all ones: inf or NaN
@@ -48,7 +50,7 @@ KERNELS = {("BF16", "F32"): widen_bf16, ("F32", "BF16"): narrow_f32}
 
 
 def fast_cast(src_dtype: str, dst_dtype: str) -> bool:
-    """Whether cast_block handles this pair (safetensors dtype codes)."""
+    """Whether cast_into handles this pair (safetensors dtype codes)."""
     return (src_dtype, dst_dtype) in KERNELS
 
 
@@ -69,30 +71,31 @@ def _read_into(fd: int, buf: np.ndarray, offset: int) -> None:
 _buffers = threading.local()
 
 
-def _reused(count: int, dtype: type) -> np.ndarray:
-    # Fresh 64 MB arrays per block would be fresh pages, each zeroed by the kernel on first touch:
-    # that costs more system time than the cast. One buffer per calling thread, grown as needed.
+def _reused(slot: str, count: int, dtype: type) -> np.ndarray:
+    # Each pool thread keeps its piece buffers: fresh arrays would be fresh pages for the kernel
+    # to zero, and small ones stay in cache between the read, the cast and the write.
     need = count * np.dtype(dtype).itemsize
-    buf = getattr(_buffers, "buf", None)
+    buf = getattr(_buffers, slot, None)
     if buf is None or buf.nbytes < need:
-        buf = _buffers.buf = np.empty(need, np.uint8)
+        buf = np.empty(need, np.uint8)
+        setattr(_buffers, slot, buf)
     return buf[:need].view(dtype)
 
 
-def cast_block(path: Path, offset: int, count: int, src_dtype: str, dst_dtype: str) -> tuple[np.ndarray, bool]:
-    """`count` elements stored at byte `offset` of `path` as `src_dtype`, cast to `dst_dtype`:
-    (the output's words, whether every output value is finite). The words live in a buffer this
-    thread's next call reuses: write them out first."""
+def cast_into(path: Path, offset: int, count: int, src_dtype: str, dst_dtype: str, fd: int, dst_offset: int) -> bool:
+    """Cast `count` elements stored at byte `offset` of `path` as `src_dtype` to `dst_dtype` and
+    write them at `dst_offset` of `fd`, piece by piece on every core (read, cast and write of
+    different pieces overlap). True if every value written is finite."""
     kernel, src_t, dst_t = KERNELS[(src_dtype, dst_dtype)], WORDS[src_dtype], WORDS[dst_dtype]
-    out = _reused(count, dst_t)
-    size = np.dtype(src_t).itemsize
+    src_size, dst_size = np.dtype(src_t).itemsize, np.dtype(dst_t).itemsize
     with open(path, "rb", buffering=0) as fh:
 
         def piece(a: int) -> bool:
-            b = min(a + PIECE, count)
-            buf = np.empty(b - a, src_t)
-            _read_into(fh.fileno(), buf, offset + a * size)
-            return kernel(buf, out[a:b])
+            n = min(PIECE, count - a)
+            src, out = _reused("src", n, src_t), _reused("out", n, dst_t)
+            _read_into(fh.fileno(), src, offset + a * src_size)
+            finite = kernel(src, out)
+            pwrite_all(fd, memoryview(out), dst_offset + a * dst_size)
+            return finite
 
-        finite = all(list(_pool().map(piece, range(0, count, PIECE))))
-    return out, finite
+        return all(list(_pool().map(piece, range(0, count, PIECE))))

@@ -20,7 +20,10 @@ FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range), the same o
 COPY_REFUSED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 CLONE_REFUSED = COPY_REFUSED | {errno.ENOTTY, errno.EBADF, errno.EPERM}
 KERNEL_CHUNK = 256 * 1024 * 1024  # per copy_file_range call, so a stop request is seen soon
-COPY_CHUNK = 64 * 1024 * 1024  # per pread/pwrite in the fallback
+COPY_CHUNK = 64 * 1024 * 1024  # per pread in the fallback
+# Per pwrite: on the development VM, writing 64 MB blocks in 1 MB calls took a quarter of the
+# system time and wall time of 4-64 MB calls (page-cache writes; copy_file_range was unaffected).
+WRITE_CHUNK = 1 << 20
 
 
 class Stopped(Exception):
@@ -28,8 +31,9 @@ class Stopped(Exception):
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    data = data.cast("B")
     while data:
-        n = os.pwrite(fd, data, offset)
+        n = os.pwrite(fd, data[:WRITE_CHUNK], offset)
         data, offset = data[n:], offset + n
 
 

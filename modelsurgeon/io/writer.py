@@ -22,11 +22,17 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import OutputError, ShapeError
 from modelsurgeon.io.kcopy import Copier, Stopped, pwrite_all
-from modelsurgeon.io.layout import Segment, Shard, ShardLayout, plan_layout, shard_groups, shard_names
-from modelsurgeon.io.st_format import DTYPE_SIZES, TensorInfo
+from modelsurgeon.io.layout import (
+    Segment,
+    Shard,
+    ShardLayout,
+    plan_layout,
+    shard_groups,
+    shard_names,
+)
+from modelsurgeon.io.st_format import TensorInfo
 
 if TYPE_CHECKING:  # torch loads only when a tensor is computed: a pure copy never needs it
-    import numpy as np
     import torch
 
 
@@ -38,7 +44,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["OutTensor", "row_blocks", "shard_groups", "shard_names", "write_shards", "atomic_directory"]
+__all__ = ["OutTensor", "atomic_directory", "row_blocks", "shard_groups", "shard_names", "write_shards"]
 # Shards of byte copies written at once: more threads would only queue on the disk.
 WRITERS = min(4, os.cpu_count() or 1)
 # Computed tensors are produced a block of rows at a time, each block at most this many
@@ -48,16 +54,17 @@ CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One output tensor: copied from `source` bytes, or produced by `compute(start, stop)`,
-    which returns rows start..stop-1 (along dim 0) of the output tensor: a torch tensor (checked
-    by the writer), or the raw bytes as a numpy array its producer has checked (io.cast)."""
+    """One output tensor: copied from `source` bytes, produced by `compute(start, stop)`, which
+    returns rows start..stop-1 (along dim 0) of the output tensor, or written whole by
+    `write(fd, offset)`, which checks what it writes itself (io.cast)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
     source: TensorInfo | None = None
-    compute: Callable[[int, int], torch.Tensor | np.ndarray] | None = None
+    compute: Callable[[int, int], torch.Tensor] | None = None
+    write: Callable[[int, int], None] | None = None
 
     @property
     def numel(self) -> int:
@@ -105,17 +112,7 @@ def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = N
     return value
 
 
-def _block_bytes(t: OutTensor, value: object, rows: tuple[int, int]) -> memoryview:
-    """The bytes of one computed block: a torch tensor is checked for dtype, shape and
-    finiteness here; a numpy array (a fast cast, already checked by its producer) for size."""
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        want = (rows[1] - rows[0] if t.shape else 1) * math.prod(t.shape[1:]) * DTYPE_SIZES[t.dtype]
-        if value.nbytes != want or not value.flags.c_contiguous:
-            raise ShapeError(f"computed block of '{t.name}' is {value.nbytes} bytes, planned {want}",
-                             hint="this is a bug in modelsurgeon; please report it with the plan")  # fmt: skip
-        return memoryview(value.reshape(-1).view(np.uint8))
+def _block_bytes(t: OutTensor, value: torch.Tensor, rows: tuple[int, int]) -> memoryview:
     import torch
 
     value = _checked(t, value, rows).contiguous()
@@ -123,6 +120,9 @@ def _block_bytes(t: OutTensor, value: object, rows: tuple[int, int]) -> memoryvi
 
 
 def _write_computed(t: OutTensor, fd: int, pos: int) -> int:
+    if t.write is not None:
+        t.write(fd, pos)
+        return pos + t.nbytes
     for rows in row_blocks(t.shape):
         data = _block_bytes(t, t.compute(*rows), rows)
         pwrite_all(fd, data, pos)
