@@ -23,6 +23,7 @@ from modelsurgeon.cli import app
 from modelsurgeon.engine import prepare
 from modelsurgeon.io import kcopy, layout
 from modelsurgeon.io.layout import BLOCK, plan_layout
+from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.io.st_format import read_header
 from modelsurgeon.io.writer import OutTensor, write_shards
 
@@ -206,3 +207,18 @@ def test_safe_open_reads_padded_headers(model, tmp_path, every_run):
         assert f.read_bytes()[8 + n - 1 : 8 + n] in (b" ", b"}")  # padding is spaces after the JSON
         with safe_open(f, "pt") as fh:
             assert fh.metadata() == {"format": "pt"}
+
+
+def test_convert_reshard_is_aligned_and_plans_what_it_writes(model, tmp_path, every_run):
+    from modelsurgeon.convert.engine import convert, prepare_conversion
+
+    conv = prepare_conversion(model, max_shard_size=60_000)
+    convert(model, tmp_path / "out", max_shard_size=60_000)
+    planned = [(name, count) for name, count, _ in conv.shards()]
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert planned == sorted((f, list(index.values()).count(f)) for f in set(index.values()))
+    assert plan_layout(conv.tensors, 60_000).kind == "aligned"
+    source = {i.name: i for i in open_checkpoint(model).tensors.values()}
+    for f in (tmp_path / "out").glob("*.safetensors"):
+        found, _ = read_header(f)
+        assert all((i.offset - source[n].offset) % BLOCK == 0 for n, i in found.items())

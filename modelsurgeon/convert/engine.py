@@ -20,6 +20,7 @@ from modelsurgeon.convert.safetensors_out import converted_config, out_tensors
 from modelsurgeon.convert.source import Source, open_source
 from modelsurgeon.errors import ConvertError
 from modelsurgeon.io.hf_files import copy_extra_files, write_json
+from modelsurgeon.io.layout import plan_layout
 from modelsurgeon.io.writer import OutTensor, atomic_directory, check_free_space, check_output_path, shard_groups, shard_names, write_shards
 from modelsurgeon.manifest import MANIFEST, extend_lineage, tool_version
 
@@ -57,7 +58,10 @@ class Conversion:
         """(file name, tensors, bytes) of every weight file."""
         if self.gguf is not None:
             return [(GGUF_FILE, len(self.gguf.tensors), self.gguf.bytes_out)]
-        groups = shard_groups(self.tensors, self.max_shard_size)
+        if self.to == "bin":
+            groups = shard_groups(self.tensors, self.max_shard_size)
+        else:  # the layout write_shards will choose (io.layout)
+            groups = [list(s.tensors) for s in plan_layout(self.tensors, self.max_shard_size).shards]
         names = (bin_shard_names if self.to == "bin" else shard_names)(len(groups))
         return [(n, len(g), sum(t.nbytes for t in g)) for n, g in zip(names, groups)]
 
