@@ -222,3 +222,16 @@ def test_convert_reshard_is_aligned_and_plans_what_it_writes(model, tmp_path, ev
     for f in (tmp_path / "out").glob("*.safetensors"):
         found, _ = read_header(f)
         assert all((i.offset - source[n].offset) % BLOCK == 0 for n, i in found.items())
+
+
+def test_pure_copy_grow_never_imports_torch_or_transformers(model, tmp_path):
+    """Importing them costs seconds of CPU, more than copying a small model: a depth growth made
+    only of byte copies must not pay it (its config is checked structurally instead)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from modelsurgeon.engine import grow; grow({str(model)!r}, {str(PLANS / 'solar.yaml')!r}, "
+            f"{str(tmp_path / 'out')!r}); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 12
