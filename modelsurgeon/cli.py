@@ -101,7 +101,7 @@ def grow(
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run and verify:
         raise typer.BadParameter("--verify checks a written output; use --drift with --dry-run", param_hint="--verify")
-    prep = prepare(model, plan) if dry_run else _grow_with_progress(grow_fn, model, plan, output, force, shard)
+    prep = prepare(model, plan, shard) if dry_run else _grow_with_progress(grow_fn, model, plan, output, force, shard)
     if prep.loaded.translation:
         out.print(prep.loaded.translation, highlight=False)
     out.print(layer_map_table(prep))

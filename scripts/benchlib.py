@@ -4,9 +4,12 @@ measurement of how busy the machine was."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +178,50 @@ def background_busy(seconds: float = 1.0) -> float | None:
     if a is None or b is None or b[1] == a[1]:
         return None
     return (b[0] - a[0]) / (b[1] - a[1])
+
+
+# ----------------------------------------------------------------------------- XFS with reflink
+
+
+def xfs_unavailable() -> str | None:
+    """Why an XFS loop image cannot be made here, or None when it can."""
+    if not sys.platform.startswith("linux"):
+        return "XFS loop images need Linux"
+    if os.geteuid() != 0:
+        return "mounting a loop image needs root"
+    if shutil.which("mkfs.xfs") is None:
+        return "mkfs.xfs not installed (apt-get install xfsprogs)"
+    return None
+
+
+@contextlib.contextmanager
+def xfs_volume(image: Path, mountpoint: Path, size: int):
+    """A fresh, sparse XFS image with reflink=1, loop-mounted at `mountpoint` for the block;
+    unmounted and deleted afterwards. Raises RuntimeError when mounting fails."""
+    image.unlink(missing_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as fh:
+        fh.truncate(size)
+    try:
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+        mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=False, capture_output=True, text=True)
+        if mounted.returncode != 0:
+            raise RuntimeError(f"cannot loop-mount {image}: {mounted.stderr.strip()}")
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    finally:
+        image.unlink(missing_ok=True)
+
+
+def used_bytes(path: Path) -> int:
+    """Bytes allocated on the filesystem holding `path`, after writeback (XFS allocates then)."""
+    os.sync()
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def fs_type(path: Path) -> str:
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], check=False, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
 from modelsurgeon.errors import CheckpointError, OutputError, PlanError
-from modelsurgeon.io import writer
+from modelsurgeon.io import kcopy, writer
 
 DOUBLE = "name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"
 
@@ -159,17 +159,21 @@ def test_output_overlapping_input(tmp_path, model, plan_file, where):
 
 @pytest.mark.parametrize("failure", ["exception", "disk-full", "interrupt"])
 def test_interrupted_write_leaves_nothing(tmp_path, model, plan_file, monkeypatch, failure):
-    real, calls = writer._write_tensor, []
+    calls = []
 
-    def flaky(t, fd):
-        calls.append(t.name)
-        if len(calls) == 5:
-            if failure == "disk-full":
-                raise OSError(errno.ENOSPC, "No space left on device")
-            raise KeyboardInterrupt if failure == "interrupt" else RuntimeError("boom")
-        real(t, fd)
+    def flaky(real):  # the 5th piece written (a merged byte copy or a computed tensor) fails
+        def write(*args):
+            calls.append(args)
+            if len(calls) == 5:
+                if failure == "disk-full":
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                raise KeyboardInterrupt if failure == "interrupt" else RuntimeError("boom")
+            return real(*args)
 
-    monkeypatch.setattr(writer, "_write_tensor", flaky)
+        return write
+
+    monkeypatch.setattr(kcopy.Copier, "segment", flaky(kcopy.Copier.segment))
+    monkeypatch.setattr(writer, "_write_computed", flaky(writer._write_computed))
     from modelsurgeon.grow.engine import grow
 
     with pytest.raises((OSError, RuntimeError, KeyboardInterrupt)):

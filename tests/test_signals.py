@@ -38,11 +38,12 @@ def hold(here):
         marker.write_text(str(os.getpid()))
         time.sleep(120)
 
-write_tensor, write_shards = w._write_tensor, w.write_shards
+write_computed, write_shards = w._write_computed, w.write_shards
 
-def tensor_then_hold(t, fd):
-    write_tensor(t, fd)
+def tensor_then_hold(t, fd, pos):
+    pos = write_computed(t, fd, pos)  # new: zero computes tensors, so shards are written in this thread
     hold("during")
+    return pos
 
 def shards_with_holds(*a, **k):
     hold("before")
@@ -50,7 +51,7 @@ def shards_with_holds(*a, **k):
     hold("after")
     return result
 
-w._write_tensor, w.write_shards = tensor_then_hold, shards_with_holds
+w._write_computed, w.write_shards = tensor_then_hold, shards_with_holds
 import importlib  # grow's engine bound write_shards when the package was imported
 importlib.import_module("modelsurgeon.grow.engine").write_shards = shards_with_holds
 from modelsurgeon.cli import main
@@ -211,13 +212,14 @@ def test_clean_names_leftovers_beside_an_output(tmp_path):
 
 
 def _kill_at_first_tensor(monkeypatch, signum):
-    write_tensor = writer._write_tensor
+    write_computed = writer._write_computed
 
-    def write_then_signal(t, fd):
-        write_tensor(t, fd)
+    def write_then_signal(t, fd, pos):
+        pos = write_computed(t, fd, pos)
         os.kill(os.getpid(), signum)
+        return pos
 
-    monkeypatch.setattr(writer, "_write_tensor", write_then_signal)
+    monkeypatch.setattr(writer, "_write_computed", write_then_signal)
 
 
 @pytest.mark.parametrize("command", ["grow", "convert", "merge-lora"])

@@ -24,6 +24,7 @@ from modelsurgeon.io.writer import atomic_file, shard_groups, shard_names, write
 from modelsurgeon.manifest import ConvertStage, Manifest, extend_lineage, finish_output, now, read_manifest, source_record
 from modelsurgeon.manifest import tool_version
 from modelsurgeon.progress import announce_total
+from modelsurgeon.io.layout import plan_layout
 
 MANIFEST_KEY = "modelsurgeon.manifest"  # a single .gguf file's surgeon.json, as a JSON string
 
@@ -60,7 +61,10 @@ class Conversion:
         """(file name, tensors, bytes) of every weight file."""
         if self.gguf is not None:
             return [(self.single_file or GGUF_FILE, len(self.gguf.tensors), self.gguf.bytes_out)]
-        groups = shard_groups(self.tensors, self.max_shard_size)
+        if self.to == "bin":
+            groups = shard_groups(self.tensors, self.max_shard_size)
+        else:  # the layout write_shards will choose (io.layout)
+            groups = [list(s.tensors) for s in plan_layout(self.tensors, self.max_shard_size).shards]
         names = (bin_shard_names if self.to == "bin" else shard_names)(len(groups))
         return [(n, len(g), sum(t.nbytes for t in g)) for n, g in zip(names, groups)]
 

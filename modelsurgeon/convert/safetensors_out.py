@@ -14,9 +14,10 @@ from modelsurgeon.convert.options import DTYPE_NAMES, target_dtype
 from modelsurgeon.io.dtype_rules import converted_config  # noqa: F401 (re-exported)
 from modelsurgeon.convert.source import Source, SourceTensor
 from modelsurgeon.errors import CheckpointError, ConvertError, SurgeonError
+from modelsurgeon.io.cast import cast_into, fast_cast
 from modelsurgeon.io.st_format import DTYPE_SIZES
 from modelsurgeon.io.dtypes import ST_TO_TORCH
-from modelsurgeon.io.writer import OutTensor, all_finite
+from modelsurgeon.io.writer import OutTensor, all_finite, row_blocks
 
 
 def _not_finite(name: str, value: torch.Tensor, dtype: str) -> SurgeonError:
@@ -39,12 +40,25 @@ def cast_rows(src: Source, name: str, dtype: str, start: int, stop: int) -> torc
     return cast
 
 
+def write_cast(src: Source, t: SourceTensor, dtype: str, fd: int, offset: int) -> None:
+    """Write `t` as exactly `tensor.to(dtype)` gives it, cast by io.cast straight from its bytes
+    (several times faster than through torch); torch is used only to name what failed."""
+    if cast_into(t.info.path, t.info.offset, t.numel, t.dtype, dtype, fd, offset):
+        return
+    for rows in row_blocks(t.shape):
+        cast_rows(src, t.name, dtype, *rows)  # raises for the first block that is not finite
+    raise ConvertError(f"tensor '{t.name}': the fast cast found non-finite values torch does not",
+                       hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+
+
 def out_tensor(src: Source, t: SourceTensor, dtype: str | None, copy_bytes: bool = True) -> OutTensor:
     """The output tensor for `t` in dtype `dtype` (None: keep); a byte copy where possible."""
     out = target_dtype(t.dtype, dtype)
     nbytes = t.numel * DTYPE_SIZES[out]
     if copy_bytes and out == t.dtype and t.info is not None:
         return OutTensor(t.name, out, t.shape, nbytes, source=t.info)
+    if copy_bytes and t.info is not None and fast_cast(t.dtype, out):
+        return OutTensor(t.name, out, t.shape, nbytes, write=partial(write_cast, src, t, out))
     return OutTensor(t.name, out, t.shape, nbytes, compute=partial(cast_rows, src, t.name, out))
 
 

@@ -16,6 +16,7 @@ from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
 from modelsurgeon.grow.tensor_jobs import output_tensors
+from modelsurgeon.io.layout import ShardLayout, plan_layout
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
 from modelsurgeon.io.writer import write_shards
@@ -48,6 +49,12 @@ class Prepared:
     equivalence: Equivalence
     accounting: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    shards: ShardLayout | None = None  # which tensors go in which output file (io.layout)
+
+    @property
+    def computes(self) -> bool:
+        """Whether any output tensor is computed (every other one is a byte copy)."""
+        return any(t.source is None for t in self.tensors)
 
     @property
     def layer_map(self) -> LayerMap:
@@ -165,8 +172,9 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
 
 
-def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
-    """Validate the plan against the checkpoint from headers alone; write nothing."""
+def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: int = DEFAULT_MAX_SHARD) -> Prepared:
+    """Validate the plan against the checkpoint from headers alone and lay out the output
+    shards; write nothing."""
     loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
@@ -198,7 +206,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     if loaded.dtype is not None:  # a mergekit config's dtype: the write casts, as convert --dtype does
         tensors, config = cast_output(tensors, config, loaded.dtype, ckpt.load, loaded.origin)
     accounting = account(ckpt, layout, compiled.layer_map)
-    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings)
+    shards = plan_layout(tensors, max_shard_size)
+    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings, shards)
 
 
 def grow(
@@ -210,13 +219,15 @@ def grow(
     progress: Callable[[int], None] | None = None,
 ) -> Prepared:
     """Apply a plan to a checkpoint and write the grown checkpoint to `out` atomically."""
-    prep = prepare(model, plan)
+    prep = prepare(model, plan, max_shard_size)
     out = Path(out)
     check_output_path(out, prep.ckpt.path, force)
     check_free_space(out, prep.bytes_out)
     announce_total(progress, prep.bytes_out)
-    check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map))
+    # A pure byte copy never imports torch or transformers (seconds of CPU next to a copy that
+    # runs at disk speed); its config is checked structurally instead.
+    check = ConfigCheck(prep.config, prep.spec.num_layers_key, len(prep.layer_map), with_transformers=prep.computes)
     with atomic_directory(out) as tmp:
-        write_shards(tmp, prep.tensors, max_shard_size, progress)
+        write_shards(tmp, prep.tensors, max_shard_size, progress, layout=prep.shards)
         finish_grow(prep, tmp, check)
     return prep

@@ -3,6 +3,7 @@ surgeon.json manifest of the growth, and a model-card section describing it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -41,12 +42,30 @@ def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> 
     return True
 
 
+def check_layer_count(config: dict, num_layers_key: str, expected_layers: int) -> bool:
+    """The structural part of validate_config, without transformers: the layer count is set
+    (per-layer lists were given that length by rewrite_config; a vision-language model's in its
+    text_config) and the config is valid JSON."""
+    json.dumps(config)
+    found = config.get(num_layers_key, (config.get("text_config") or {}).get(num_layers_key))
+    if found != expected_layers:
+        raise CheckpointError(f"rewritten config reads {num_layers_key}={found}, expected {expected_layers}",
+                              hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+    return True
+
+
 class ConfigCheck:
     """validate_config in a background thread: importing transformers (and torch) takes
-    seconds of CPU, which overlaps the weight copy (its syscalls release the GIL)."""
+    seconds of CPU, which overlaps the weight copy (its syscalls release the GIL). Without
+    `with_transformers` (a pure byte copy, which otherwise never imports torch) only
+    check_layer_count runs, at once."""
 
-    def __init__(self, config: dict, num_layers_key: str, expected_layers: int) -> None:
+    def __init__(self, config: dict, num_layers_key: str, expected_layers: int, with_transformers: bool = True) -> None:
         self._outcome: list = []
+        self._thread: threading.Thread | None = None
+        if not with_transformers:
+            self._outcome.append(check_layer_count(config, num_layers_key, expected_layers))
+            return
         self._thread = threading.Thread(target=self._run, args=(config, num_layers_key, expected_layers), daemon=True)
         self._thread.start()
 
@@ -57,7 +76,8 @@ class ConfigCheck:
             self._outcome.append(exc)
 
     def result(self) -> bool:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if isinstance(self._outcome[0], BaseException):
             raise self._outcome[0]
         return self._outcome[0]

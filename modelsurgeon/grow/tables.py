@@ -10,6 +10,7 @@ from modelsurgeon.units import human_bytes, human_count
 
 if TYPE_CHECKING:
     from modelsurgeon.grow.engine import Prepared
+    from modelsurgeon.io.layout import ShardLayout
 
 
 def layer_map_table(prep: Prepared) -> Table:
@@ -42,6 +43,8 @@ def summary_table(prep: Prepared) -> Table:
         t.add_row("family", f"{prep.spec.model_type} -> {prep.config['model_type']}")
         t.add_row("experts", f"{moe['experts']} in each of {moe['moe_layers']} MoE layers, top-{moe['top_k']} per token")
         t.add_row("params per token", f"{moe['params_active']:,} active of {moe['params_total']:,} total")
+    if prep.shards is not None:
+        t.add_row("shards", shard_summary(prep.shards))
     if prep.width is not None:
         from modelsurgeon.ops.width import tp_degrees
 
@@ -50,6 +53,14 @@ def summary_table(prep: Prepared) -> Table:
     for w in prep.warnings:
         t.add_row("[yellow]warning[/]", w)
     return t
+
+
+def shard_summary(layout: ShardLayout) -> str:
+    """How many files, and how much of the output a copy-on-write filesystem can share."""
+    n = len(layout.shards)
+    how = "each byte-copied run at its source offset" if layout.kind == "aligned" else "packed in order"
+    return (f"{n} file{'s' if n != 1 else ''}, {how}; {100 * layout.share:.0f}% of the bytes "
+            f"({human_bytes(layout.shareable)}) shareable with the source where the filesystem clones (XFS, btrfs)")
 
 
 def _role(prep: Prepared, name: str) -> str:

@@ -88,15 +88,24 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, meta
 
 
-def encode_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+def encode_header(
+    entries: list[tuple[str, str, tuple[int, ...], int]],
+    metadata: dict[str, str],
+    align_to: int | None = None,
+    block: int = 4096,
+) -> bytes:
     """Header bytes (length prefix included) for tensors laid out back to back in this order.
 
-    `entries` are (name, dtype, shape, nbytes)."""
+    `entries` are (name, dtype, shape, nbytes). With `align_to`, the header is padded so that the
+    data starts at an offset congruent to `align_to` modulo `block` (see io.layout)."""
     header: dict[str, object] = {"__metadata__": metadata}
     pos = 0
     for name, dtype, shape, nbytes in entries:
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
         pos += nbytes
     body = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    body += b" " * (-(8 + len(body)) % ALIGN)
+    if align_to is None:
+        body += b" " * (-(8 + len(body)) % ALIGN)
+    else:
+        body += b" " * ((align_to - 8 - len(body)) % block)
     return struct.pack("<Q", len(body)) + body

@@ -3,24 +3,35 @@
 Every output tensor's dtype and shape are known before the first byte is written (they come
 from the input headers), so each shard's header is written first and the data streamed after
 it, one tensor at a time. Unchanged tensors are copied by the kernel from their source byte
-range (never decoded); computed tensors exist in memory one at a time."""
+range (never decoded; cloned where the filesystem shares blocks, see io.layout); computed
+tensors exist in memory one row block at a time."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import OutputError, ShapeError
 from modelsurgeon.io.atomic import claim_temp, exit_on_signals, release_temp, tidy_leftovers
-from modelsurgeon.io.st_format import TensorInfo, encode_header
+from modelsurgeon.io.kcopy import Copier, Stopped, pwrite_all
+from modelsurgeon.io.layout import (
+    Segment,
+    Shard,
+    ShardLayout,
+    plan_layout,
+    shard_groups,
+    shard_names,
+)
+from modelsurgeon.io.st_format import TensorInfo
 
 if TYPE_CHECKING:  # torch loads only when a tensor is computed: a pure copy never needs it
     import torch
@@ -35,7 +46,9 @@ def __getattr__(name: str):
 
 
 DEFAULT_MAX_SHARD = 5 * 10**9  # bytes per weight file, as transformers' save_pretrained writes them
-COPY_CHUNK = 64 * 1024 * 1024
+# Shards of byte copies written at once. The threads wait in the kernel, not on a CPU: on the
+# 2-core development VM, 4 took a 3.4 GB splice from 2.3 s (one at a time) to 1.55 s, 2 to 1.7 s.
+WRITERS = 4
 # Computed tensors are produced a block of rows at a time, each block at most this many
 # elements (64 MB in float32), so memory stays bounded even for a 128K-vocab embedding.
 CHUNK_ELEMENTS = 16 * 1024 * 1024
@@ -43,8 +56,9 @@ CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One output tensor: copied from `source` bytes, or produced by `compute(start, stop)`,
-    which returns rows start..stop-1 (along dim 0) of the output tensor."""
+    """One output tensor: copied from `source` bytes, produced by `compute(start, stop)`, which
+    returns rows start..stop-1 (along dim 0) of the output tensor, or written whole by
+    `write(fd, offset)`, which checks what it writes itself (io.cast)."""
 
     name: str
     dtype: str
@@ -52,6 +66,7 @@ class OutTensor:
     nbytes: int
     source: TensorInfo | None = None
     compute: Callable[[int, int], torch.Tensor] | None = None
+    write: Callable[[int, int], None] | None = None
 
     @property
     def numel(self) -> int:
@@ -70,52 +85,6 @@ def row_blocks(shape: tuple[int, ...], budget: int | None = None) -> list[tuple[
     per_row = max(1, math.prod(shape[1:]))
     step = max(1, budget // per_row)
     return [(a, min(a + step, rows)) for a in range(0, rows, step)] or [(0, 0)]
-
-
-def shard_groups(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
-    """Greedy, order-preserving packing into shards of at most max_shard_size bytes
-    (a single larger tensor gets a shard of its own)."""
-    groups: list[list[OutTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        if groups[-1] and size + t.nbytes > max_shard_size:
-            groups.append([])
-            size = 0
-        groups[-1].append(t)
-        size += t.nbytes
-    return groups
-
-
-def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return ["model.safetensors"]
-    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-def _copy_range(src: TensorInfo, fd: int) -> None:
-    with open(src.path, "rb", buffering=0) as fh:
-        offset, left = src.offset, src.nbytes
-        while left:
-            try:
-                n = os.copy_file_range(fh.fileno(), fd, min(left, 1 << 30), offset)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                n = 0
-            if n == 0:  # no kernel copy here (or EOF): fall back to bounded read/write
-                chunk = os.pread(fh.fileno(), min(left, COPY_CHUNK), offset)
-                if not chunk:
-                    raise OSError(errno.EIO, f"{src.path}: unexpected end of file")
-                _write_all(fd, memoryview(chunk))
-                n = len(chunk)
-            offset += n
-            left -= n
 
 
 def all_finite(value: torch.Tensor) -> bool:
@@ -145,15 +114,58 @@ def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = N
     return value
 
 
-def _write_tensor(t: OutTensor, fd: int) -> None:
-    if t.source is not None:
-        _copy_range(t.source, fd)
-        return
+def _block_bytes(t: OutTensor, value: torch.Tensor, rows: tuple[int, int]) -> memoryview:
     import torch
 
+    value = _checked(t, value, rows).contiguous()
+    return memoryview(value.reshape(-1).view(torch.uint8).numpy())
+
+
+def _write_computed(t: OutTensor, fd: int, pos: int) -> int:
+    if t.write is not None:
+        t.write(fd, pos)
+        return pos + t.nbytes
     for rows in row_blocks(t.shape):
-        value = _checked(t, t.compute(*rows), rows).contiguous()
-        _write_all(fd, memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+        data = _block_bytes(t, t.compute(*rows), rows)
+        pwrite_all(fd, data, pos)
+        pos += len(data)
+    return pos
+
+
+def _write_shard(path: Path, shard: Shard, copier: Copier, progress: Callable[[int], None] | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        pwrite_all(fd, memoryview(shard.header), 0)
+        pos = len(shard.header)
+        for piece in shard.pieces():
+            if isinstance(piece, Segment):
+                copier.segment(piece, fd)
+                pos += piece.nbytes
+            else:
+                pos = _write_computed(piece, fd, pos)
+            if progress:
+                progress(piece.nbytes)
+        os.fsync(fd)  # in the worker: one shard's flush overlaps the others' copies
+    finally:
+        os.close(fd)
+
+
+def _run_parallel(jobs: list[Callable[[], None]], workers: int, copier: Copier) -> None:
+    """Run the shard writers on `workers` threads; on the first failure (or Ctrl-C) tell the
+    others to stop, wait for them, and raise it."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="surgeon-shard")
+    try:
+        futures = [pool.submit(job) for job in jobs]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        real = [e for e in errors if not isinstance(e, Stopped)]
+        if real:
+            raise real[0]
+    except BaseException:
+        copier.stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_shards(
@@ -161,26 +173,28 @@ def write_shards(
     tensors: list[OutTensor],
     max_shard_size: int,
     progress: Callable[[int], None] | None = None,
+    layout: ShardLayout | None = None,
 ) -> dict[str, str]:
-    """Write all tensors as HF-named shards (+ index when sharded); return the weight map."""
-    groups = shard_groups(tensors, max_shard_size)
-    names = shard_names(len(groups))
-    weight_map: dict[str, str] = {}
-    for group, fname in zip(groups, names):
-        header = encode_header([(t.name, t.dtype, t.shape, t.nbytes) for t in group], {"format": "pt"})
-        fd = os.open(directory / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, memoryview(header))
-            for t in group:
-                _write_tensor(t, fd)
-                weight_map[t.name] = fname
-                if progress:
-                    progress(t.nbytes)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    if len(groups) > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+    """Write all tensors as HF-named shards (+ index when sharded); return the weight map.
+
+    `layout` (default: plan_layout's choice) decides shards and their order. Shards made only of
+    byte copies are written in parallel (the copies run in the kernel, outside the GIL);
+    computed tensors are written one shard at a time, so memory stays one row block."""
+    layout = layout or plan_layout(tensors, max_shard_size)
+    names = shard_names(len(layout.shards))
+    copier = Copier()
+    jobs = [partial(_write_shard, directory / n, s, copier, progress) for s, n in zip(layout.shards, names)]
+    computed = any(t.source is None for s in layout.shards for t in s.tensors)
+    workers = 1 if computed else min(len(jobs), WRITERS)
+    if workers > 1:
+        _run_parallel(jobs, workers, copier)
+    else:
+        for job in jobs:
+            job()
+    file_of = {t.name: n for s, n in zip(layout.shards, names) for t in s.tensors}
+    weight_map = {t.name: file_of[t.name] for t in tensors}
+    if len(names) > 1:
+        index = {"metadata": {"total_size": layout.nbytes}, "weight_map": weight_map}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return weight_map
 
