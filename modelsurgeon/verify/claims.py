@@ -76,6 +76,11 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)
     layer_map = [(e.source, e.scale) for e in manifest.layer_map or []] or None
     notes = _fingerprint_note(manifest, source)
+    if manifest.multi_model:  # layers of other checkpoints: SOURCE cannot run GROWN's program
+        layer_map = None
+        notes.append(f"GROWN is a splice of {1 + len(manifest.models)} models ({MANIFEST} models: "
+                     f"{[m.path for m in manifest.models]}): the layer-map program check and the hidden-state "
+                     "alignment need every layer's own model, so they are not checkable against one SOURCE")  # fmt: skip
     claimed = manifest.equivalence
     if expect is None:
         if claimed not in CLASSES:
