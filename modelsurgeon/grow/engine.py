@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
+from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec, text_config_of
+from modelsurgeon.arch.vlm import vlm_of
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
@@ -74,6 +75,15 @@ class Prepared:
         from modelsurgeon.ops.moe import summary
 
         return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
+
+
+def _nest(wrapper: dict, text: dict, spec: ArchSpec, width: WidthPlan | None, untied: bool) -> dict:
+    """A vision-language model's config with its rewritten text_config, and the copies of the
+    text hidden size (e.g. Qwen2.5-VL's vision_config.out_hidden_size) following it."""
+    config = vlm_of(wrapper).nest(wrapper, text, width.dst.hidden if width is not None else None)
+    if untied:
+        config[spec.tie_key] = False
+    return config
 
 
 def _scaling_problems(spec: ArchSpec, layouts: list[Layout], layer_map: LayerMap) -> list[str]:
@@ -186,15 +196,19 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
 
 
-def _open_all(loaded: LoadedPlan, model: str | Path) -> tuple[ArchSpec, list[Source], dict[str, int]]:
-    """MODEL's spec, MODEL and the plan's other models (MODEL first), and each plan key's index."""
+def _open_all(loaded: LoadedPlan, model: str | Path) -> tuple[ArchSpec, list[Source], dict[str, int], dict | None]:
+    """MODEL's spec, MODEL and the plan's other models (MODEL first), each plan key's index, and
+    a vision-language model's whole config (None otherwise: MODEL's config is its text config)."""
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
+    wrapper = ckpt.config if spec.wrapper else None
+    if wrapper is not None:  # every op works on the text tower's config; nested back at the end
+        ckpt = replace(ckpt, config=text_config_of(wrapper))
     main = Source(str(model), ckpt, layout_of(spec, ckpt.config, ckpt.names, str(model)))
     if not loaded.plan.models:
-        return spec, [main], {}
+        return spec, [main], {}, wrapper
     sources, index = open_sources(loaded.plan, main, spec, loaded.origin)
-    return spec, sources, index
+    return spec, sources, index, wrapper
 
 
 def _check(loaded: LoadedPlan, spec: ArchSpec, sources: list[Source], compiled: Compiled, taken: dict[str, int]) -> None:
@@ -214,7 +228,7 @@ def _check(loaded: LoadedPlan, spec: ArchSpec, sources: list[Source], compiled: 
 def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
     """Validate the plan against the checkpoint(s) from headers alone; write nothing."""
     loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
-    spec, sources, index = _open_all(loaded, model)
+    spec, sources, index, wrapper = _open_all(loaded, model)
     ckpt, layout = sources[0].ckpt, sources[0].layout
     dims = _dims(ckpt, spec, layout) if any(isinstance(s, Widen) for s in loaded.plan.steps) else None
     sparse = sparse_layers(spec, layout)
@@ -237,6 +251,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     if compiled.moe is not None:
         config = moe_config(config, compiled.moe, config[spec.config_keys.ffn])
+    if wrapper is not None:
+        config = _nest(wrapper, config, spec, compiled.width, untied)
     accounting = account(ckpt, layout, compiled.layer_map, sources, taken)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings,
                     sources)  # fmt: skip

@@ -37,6 +37,7 @@ def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> 
                 f"the rewritten config.json does not load in transformers: {exc}",
                 hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
             ) from None
+    cfg = cfg.get_text_config()  # a vision-language model's layer count is its text tower's
     if getattr(cfg, num_layers_key, None) != expected_layers:
         raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
     return True

@@ -61,7 +61,7 @@ def _role(prep: Prepared, name: str) -> str:
         suffix = name[len(prefix):].split(".", 1)[1]
         role = prep.spec.role_of(suffix) or suffix
     else:
-        role = prep.spec.globals.get(name.rsplit(".", 1)[0]) or name
+        role = prep.spec.global_role(name) or name
     return role + (" bias" if name.endswith(".bias") else "")
 
 

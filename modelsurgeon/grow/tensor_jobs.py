@@ -69,7 +69,7 @@ def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
     uniform = width is None or width.dst.hidden % width.src.hidden == 0
     jobs = []
     for name in layout.others:
-        role = spec.globals.get(_module(name))
+        role = spec.global_role(name)
         folds: tuple = ()
         if name == embed and a != 1.0:
             folds = (("multiply", a),)
