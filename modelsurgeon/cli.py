@@ -154,8 +154,8 @@ def demo(
 @handled
 def convert(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
-    to: Annotated[str, typer.Option(help="Output format: safetensors, bin or gguf (llama, mistral, qwen2).")] = "safetensors",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory, or one NAME.gguf file (created atomically).")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Output format: safetensors, bin or gguf (default: gguf for -o NAME.gguf, else safetensors).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32, bfloat16 or float16 (default: keep).")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
     dry_run: Annotated[bool, flag("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
@@ -170,7 +170,7 @@ def convert(
     if not dry_run and output is None:
         raise typer.BadParameter("-o/--output is required unless --dry-run", param_hint="--output")
     if dry_run:
-        conv = prepare_conversion(model, to, dtype, shard)
+        conv = prepare_conversion(model, to, dtype, shard, output)
     else:
         conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance))
     out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)

@@ -91,9 +91,11 @@ def test_truncated_bin(tmp_path, model):
     fails(tmp_path, model, "not a readable PyTorch file", 3)
 
 
-def test_unsupported_family_for_gguf_names_the_supported(tiny, tmp_path):
-    out = fails(tmp_path, tiny("gpt2", n_layers=2), "GGUF export does not support model_type 'gpt2'", 7, "--to", "gguf")
-    assert "llama, mistral, qwen2" in out
+def test_unsupported_family_for_gguf_names_the_supported(tmp_path, model):
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "bloom"}))
+    out = fails(tmp_path, model, "GGUF export does not support model_type 'bloom'", 7, "--to", "gguf")
+    assert "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, olmo2, gpt2, gpt_neox" in " ".join(out.split())
 
 
 def test_gguf_without_the_gguf_package(tmp_path, model, monkeypatch):

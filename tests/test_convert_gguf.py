@@ -4,13 +4,16 @@ vocabulary, and every tensor's values mapped back to the Hugging Face tensor it 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from typer.testing import CliRunner
 
+from modelsurgeon.cli import app
 from modelsurgeon.convert import convert
 from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
@@ -120,6 +123,79 @@ def test_gguf_tied_model_has_no_output_tensor(tiny, tmp_path):
     assert "token_embd.weight" in tensors and "output.weight" not in tensors  # llama.cpp ties it
 
 
+@pytest.mark.parametrize("family", ["gemma2", "gpt2", "gpt_neox"])
+def test_gguf_family_transforms(tiny, tmp_path, family):
+    """The per-family changes llama.cpp's converter makes, each undone independently here:
+    Gemma's norm offsets become gains, GPT-2's Conv1D weights are transposed, GPT-NeoX's fused
+    qkv rows go from [head][q k v] to [q; k; v]; everything else is copied unchanged."""
+    src = tiny(family, n_layers=2)
+    convert(src, tmp_path / "out", to="gguf", dtype="float32")
+    _, tensors = read(tmp_path / "out")
+    got = {n: values(t) for n, t in tensors.items()}
+    hf = load_file(src / "model.safetensors")
+    if family == "gemma2":
+        assert torch.equal(got["blk.0.attn_norm.weight"], hf["model.layers.0.input_layernorm.weight"] + 1)
+        assert torch.equal(got["output_norm.weight"], hf["model.norm.weight"] + 1)
+        assert torch.equal(got["blk.1.attn_q.weight"].reshape(32, 32), hf["model.layers.1.self_attn.q_proj.weight"])
+        assert "output.weight" not in got  # tied: llama.cpp reuses token_embd
+    elif family == "gpt2":
+        w = hf["transformer.h.1.mlp.c_fc.weight"]  # (in=32, out=128)
+        assert tuple(int(d) for d in tensors["blk.1.ffn_up.weight"].shape) == (32, 128)  # GGUF: ne0 (in) first
+        assert torch.equal(got["blk.1.ffn_up.weight"].reshape(128, 32), w.T)
+        assert torch.equal(got["position_embd.weight"].reshape(128, 32), hf["transformer.wpe.weight"])
+        assert not any(n.endswith((".attn.bias", ".attn.masked_bias")) for n in got)
+    else:
+        w, b = (hf[f"gpt_neox.layers.0.attention.query_key_value.{k}"] for k in ("weight", "bias"))
+        q_of_head_1 = w[3 * 8 : 4 * 8]  # 4 heads of 8: rows [q0 k0 v0 q1 k1 v1 ...]
+        v_of_head_3 = b[11 * 8 : 12 * 8]
+        qkv, qkv_b = got["blk.0.attn_qkv.weight"].reshape(96, 32), got["blk.0.attn_qkv.bias"]
+        assert torch.equal(qkv[8:16], q_of_head_1) and torch.equal(qkv_b[2 * 32 + 3 * 8 :], v_of_head_3)
+        assert torch.equal(qkv.sort(0).values, w.sort(0).values)  # a reordering of the same rows
+
+
+def test_gguf_single_file_output(tiny, tmp_path):
+    """`-o NAME.gguf` writes that one file (lineage inside it), atomically; --force replaces it;
+    a .gguf name with another --to is refused; an existing directory of that name stays a directory."""
+    src = tiny("qwen2", n_layers=2)
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
+    reader = gguf.GGUFReader(tmp_path / "tiny.gguf")
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert len(reader.tensors) == 2 * 12 + 3  # 12 per layer: q/k/v carry biases
+    manifest = json.loads(reader.fields["modelsurgeon.manifest"].contents())
+    assert manifest["lineage"][-1]["to"] == "gguf" and manifest["lineage"][-1]["files"] == ["tiny.gguf"]
+    again = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf")])
+    assert again.exit_code != 0 and "already exists" in again.output
+    forced = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf"), "--force",
+                                 "--dtype", "bfloat16"])
+    assert forced.exit_code == 0, forced.output
+    assert gguf.GGUFReader(tmp_path / "tiny.gguf").fields["general.file_type"].contents() == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]  # no temporary left behind
+    wrong = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "x.gguf"), "--to", "safetensors"])
+    assert wrong.exit_code != 0 and "named .gguf but --to is safetensors" in " ".join(wrong.output.split())
+    (tmp_path / "dir.gguf").mkdir()
+    as_dir = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "dir.gguf"), "--to", "gguf", "--force"])
+    assert as_dir.exit_code == 0, as_dir.output
+    assert {"model.gguf", "config.json", "surgeon.json"} <= {p.name for p in (tmp_path / "dir.gguf").iterdir()}
+
+
+def test_gguf_phi3_name_llama_cpp_can_load(tiny, tmp_path):
+    """llama.cpp looks up Phi-3's special tokens when general.name contains 'phi3'; a vocabulary
+    without them gets another name (and a warning) rather than a file llama.cpp cannot load."""
+    src = tmp_path / "Phi3-grown"
+    shutil.copytree(tiny("phi3", n_layers=2), src)
+    conv = convert(src, tmp_path / "out", to="gguf")
+    fields, _ = read(tmp_path / "out")
+    assert fields["general.name"] == "phi_3-grown"
+    assert any("'<|endoftext|>'" in w for w in conv.warnings)
+    ok = tmp_path / "tiny-model"
+    shutil.copytree(tiny("phi3", n_layers=2), ok)
+    convert(ok, tmp_path / "out2", to="gguf")
+    assert read(tmp_path / "out2")[0]["general.name"] == "tiny-model"
+
+
 def test_gguf_llama3_rope_factors_match_transformers(tiny, tmp_path):
     rope = LLAMA3_ROPE
     convert(tiny("llama", n_layers=2, rope_parameters=rope), tmp_path / "out", to="gguf")
@@ -133,30 +209,65 @@ def test_gguf_llama3_rope_factors_match_transformers(tiny, tmp_path):
     assert fields["llama.rope.freq_base"] == 500000.0
 
 
-FULL_ATTENTION = {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}  # llama.cpp's qwen2 has no window
+# llama.cpp's qwen2/3 graphs have no sliding window
+FULL_ATTENTION = {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}
 LLAMA_CPP_CASES = {
     "llama": ("llama", {}), "mistral": ("mistral", {}), "qwen2": ("qwen2", FULL_ATTENTION),
     "llama-tied": ("llama", {"tie_word_embeddings": True}), "llama3-rope": ("llama", {"rope_parameters": LLAMA3_ROPE}),
-    "qwen2-tied": ("qwen2", {**FULL_ATTENTION, "tie_word_embeddings": True}),
+    "qwen2-tied": ("qwen2", {**FULL_ATTENTION, "tie_word_embeddings": True}), "qwen3": ("qwen3", FULL_ATTENTION),
+    # Gemma's layers alternate sliding (window 16) and full attention; the prompt is longer than the window.
+    "gemma2": ("gemma2", {}), "gemma3_text": ("gemma3_text", {}), "gemma2-no-window": ("gemma2", FULL_ATTENTION),
+    "phi3": ("phi3", {}), "olmo2": ("olmo2", {}),
+    "gpt2": ("gpt2", {}), "gpt_neox": ("gpt_neox", {}),
 }  # fmt: skip
+PROMPT = [5, 17, 42, 99, 7, 200, 33, 64, 1, 250, 128, 3] * 3  # 36 tokens
+
+
+class GgmlGelu(torch.nn.Module):
+    """GELU as ggml computes it on CPU: the tanh form, looked up in a table indexed by the input
+    rounded to float16, so output and input are float16-rounded (outside +-10: 0 and x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.half().float()
+        y = (0.5 * h * (1 + torch.tanh(0.7978845608028654 * h * (1 + 0.044715 * h * h)))).half().float()
+        return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+
+
+def with_ggml_gelu(model) -> int:
+    """Swap every GELU of a transformers model for GgmlGelu; return how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        for attr in ("act", "act_fn"):
+            if "gelu" in type(getattr(module, attr, None)).__name__.lower():
+                setattr(module, attr, GgmlGelu())
+                swapped += 1
+    return swapped
 
 
 @pytest.mark.parametrize("case", list(LLAMA_CPP_CASES))
 def test_gguf_logits_match_llama_cpp(tiny, tmp_path, case):
     """End to end, where llama-cpp-python is installed: llama.cpp's logits on the exported file
-    equal transformers' on the source. A missing or wrong q/k permutation, head count or rope
-    setting moves the logits by O(1); float32 rounding by ~1e-5."""
+    equal transformers' on the source. A missing or wrong q/k permutation, head count, norm
+    offset, transpose, qkv order, sliding-window layer or rope setting moves the logits by
+    O(1); float32 rounding by ~1e-5. ggml's table GELU is mirrored in the reference; what is
+    left of it (an input landing on the other side of a float16 rounding step) stays < 1e-3."""
     llama_cpp = pytest.importorskip("llama_cpp")
     from transformers import AutoModelForCausalLM
 
     family, overrides = LLAMA_CPP_CASES[case]
-    src = tiny(family, n_layers=2, hidden=64, **overrides)
+    src = tmp_path / f"{case}-model"  # llama.cpp reads general.name (the directory's name) for Phi-3
+    shutil.copytree(tiny(family, n_layers=2, hidden=64, **overrides), src)
     convert(src, tmp_path / "out", to="gguf", dtype="float32")
-    ids = [5, 17, 42, 99, 7, 200, 33, 64, 1, 250, 128, 3]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    gelu = with_ggml_gelu(model)
+    assert gelu == (2 if family in ("gemma2", "gemma3_text", "gpt2", "gpt_neox") else 0)
     with torch.no_grad():
-        want = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+        want = model(torch.tensor([PROMPT])).logits[0]
     # An F32 KV cache: llama.cpp's default F16 cache rounds keys and values.
-    llm = llama_cpp.Llama(str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64, type_k=0, type_v=0)
-    llm.eval(ids)
-    got = torch.tensor(np.array(llm.scores[: len(ids)]))
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    llm = llama_cpp.Llama(str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64,
+                          type_k=0, type_v=0)
+    llm.eval(PROMPT)
+    got = torch.tensor(np.array(llm.scores[: len(PROMPT)]))
+    llm.close()
+    tol = 1e-3 if gelu else 1e-4
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import PlanError
 from modelsurgeon.ops.compile import compile_plan
 from modelsurgeon.plan import parse_plan
@@ -83,3 +88,39 @@ slices:
 def test_untranslatable_configs(text, msg):
     with pytest.raises(PlanError, match=msg):
         parse_plan(text)
+
+
+SPLICE = "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n  - sources: [{model: m, layer_range: [1, 4]}]\n"
+
+
+@pytest.mark.parametrize("key, dtype, to", [("dtype", "bfloat16", torch.bfloat16),
+                                            ("out_dtype", "float16", torch.float16)])
+def test_mergekit_dtype_casts_the_output(tiny, tmp_path, key, dtype, to):
+    """mergekit writes its merge in out_dtype (else dtype); so does grow: every output tensor
+    is bit-identical to `source.to(dtype)`, the files shrink to that dtype's size, and
+    config.json names it, as `surgeon convert --dtype` does."""
+    src = tiny("llama")  # float32
+    prep = grow(src, parse_plan(SPLICE + f"{key}: {dtype}\n", "mk.yml"), tmp_path / "out")
+    assert f"written as {dtype} (the config's {key})" in prep.loaded.translation
+    hf, out = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    layer = {0: 0, 1: 1, 2: 1, 3: 2, 4: 3}  # output layer -> source layer
+    assert len(out) == len(hf) + 9  # one more layer of 9 tensors (2 + 3 layers from 4)
+    for name, value in out.items():
+        parts = name.split(".")
+        source = ".".join([*parts[:2], str(layer[int(parts[2])]), *parts[3:]]) if parts[1] == "layers" else name
+        assert value.dtype == to and torch.equal(value, hf[source].to(to)), name
+    data = sum(v.numel() for v in out.values()) * 2  # 2 bytes a value, not the source's 4
+    assert 0 < (tmp_path / "out" / "model.safetensors").stat().st_size - data < 10_000  # the rest is the header
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == dtype
+
+
+def test_mergekit_without_dtype_keeps_the_source_dtype(tiny, tmp_path):
+    src = tiny("llama", dtype=torch.bfloat16)
+    grow(src, parse_plan(SPLICE, "mk.yml"), tmp_path / "out")
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    assert {v.dtype for v in out.values()} == {torch.bfloat16}
+
+
+def test_mergekit_unknown_dtype_is_a_plan_error():
+    with pytest.raises(PlanError, match=r"dtype: expected one of float32, bfloat16, float16, got 'int8'"):
+        parse_plan(SPLICE + "dtype: int8\n")

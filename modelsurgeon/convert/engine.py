@@ -1,4 +1,5 @@
-"""`surgeon convert`: one entry point from a checkpoint directory to safetensors, .bin or GGUF.
+"""`surgeon convert`: one entry point from a checkpoint directory to safetensors, .bin or GGUF
+(a directory, or for GGUF also the one .gguf file llama.cpp users expect).
 
 Everything is planned from headers (or memory-mapped pickles) first: output names, dtypes,
 shards and sizes, which is what --dry-run prints. The write then streams one tensor (or block
@@ -6,6 +7,7 @@ of rows) at a time into a temporary sibling of OUT that replaces OUT in one rena
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,14 +15,16 @@ from pathlib import Path
 
 from modelsurgeon.convert.bin_io import bin_shard_names, write_bin_shards
 from modelsurgeon.convert.gguf_out import GGUF_FILE, GgufPlan, plan_gguf, write_gguf
-from modelsurgeon.convert.options import DTYPE_NAMES, parse_dtype, parse_format
+from modelsurgeon.convert.options import DTYPE_NAMES, gguf_file, parse_dtype, parse_format
 from modelsurgeon.convert.safetensors_out import converted_config, out_tensors
 from modelsurgeon.convert.source import Source, open_source
 from modelsurgeon.errors import ConvertError
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
-from modelsurgeon.io.writer import shard_groups, shard_names, write_shards
-from modelsurgeon.manifest import ConvertStage, extend_lineage, finish_output, now, read_manifest, source_record
+from modelsurgeon.io.writer import atomic_file, shard_groups, shard_names, write_shards
+from modelsurgeon.manifest import ConvertStage, Manifest, extend_lineage, finish_output, now, read_manifest, source_record
 from modelsurgeon.manifest import tool_version
+
+MANIFEST_KEY = "modelsurgeon.manifest"  # a single .gguf file's surgeon.json, as a JSON string
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Conversion:
     gguf: GgufPlan | None = None
     config: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    single_file: str | None = None  # GGUF written as this one file, not into a directory
 
     @property
     def bytes_out(self) -> int:
@@ -53,7 +58,7 @@ class Conversion:
     def shards(self) -> list[tuple[str, int, int]]:
         """(file name, tensors, bytes) of every weight file."""
         if self.gguf is not None:
-            return [(GGUF_FILE, len(self.gguf.tensors), self.gguf.bytes_out)]
+            return [(self.single_file or GGUF_FILE, len(self.gguf.tensors), self.gguf.bytes_out)]
         groups = shard_groups(self.tensors, self.max_shard_size)
         names = (bin_shard_names if self.to == "bin" else shard_names)(len(groups))
         return [(n, len(g), sum(t.nbytes for t in g)) for n, g in zip(names, groups)]
@@ -67,13 +72,18 @@ class Conversion:
 
 
 def prepare_conversion(
-    model: str | Path, to: str = "safetensors", dtype: str | None = None, max_shard_size: int = DEFAULT_MAX_SHARD
+    model: str | Path, to: str | None = None, dtype: str | None = None, max_shard_size: int = DEFAULT_MAX_SHARD,
+    out: str | Path | None = None,
 ) -> Conversion:
-    """Validate the request and plan the output from the source's headers.
+    """Validate the request and plan the output from the source's headers. `to` None: GGUF when
+    `out` is named *.gguf, else safetensors; GGUF to an `out` named *.gguf is that one file.
 
     Raises ConvertError (unknown format or dtype, family or tokenizer GGUF cannot take) and
     CheckpointError (unreadable source, unsafe pickle, storage sharing no rule explains)."""
-    to, code = parse_format(to), parse_dtype(dtype)
+    out = Path(out) if out is not None else None
+    to, code = parse_format(to, out), parse_dtype(dtype)
+    if out is not None and to != "gguf" and gguf_file(out):
+        raise ConvertError(f"output {out} is named .gguf but --to is {to}", hint="pass --to gguf, or another name")
     if max_shard_size <= 0:
         raise ConvertError(f"max shard size must be positive, got {max_shard_size}", hint="use e.g. 5GB or 500MB")
     src = open_source(model)
@@ -81,6 +91,7 @@ def prepare_conversion(
     if to == "gguf":
         conv.gguf = plan_gguf(src, code)
         conv.config = dict(src.config)
+        conv.single_file = out.name if out is not None and gguf_file(out) else None
         conv.warnings += conv.gguf.warnings
     else:
         # .bin shards are built from tensor values, so even unchanged tensors are read, not byte-copied.
@@ -104,15 +115,19 @@ def _stage(conv: Conversion) -> ConvertStage:
     )
 
 
-def _finish(conv: Conversion, tmp: Path) -> None:
-    """Everything but the weights: tokenizer and other files, config.json, surgeon.json, and
-    the model card (a format change leaves it true)."""
+def _manifest(conv: Conversion) -> Manifest:
+    """MODEL's manifest with this conversion appended to its lineage."""
     src = conv.source
     st_files = src.files if src.format == "safetensors" else None
     origin = source_record(src.path, st_files, format=src.format, model_type=src.config.get("model_type"),
                            tensors=len(src.tensors), bytes=src.total_bytes)  # fmt: skip
-    manifest = extend_lineage(read_manifest(src.path), _stage(conv), origin)
-    skipped = finish_output(tmp, src.path, manifest, conv.config)
+    return extend_lineage(read_manifest(src.path), _stage(conv), origin)
+
+
+def _finish(conv: Conversion, tmp: Path) -> None:
+    """Everything but the weights: tokenizer and other files, config.json, surgeon.json, and
+    the model card (a format change leaves it true)."""
+    skipped = finish_output(tmp, conv.source.path, _manifest(conv), conv.config)
     if skipped:
         conv.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
 
@@ -129,19 +144,25 @@ def _write_weights(conv: Conversion, tmp: Path, progress: Callable[[int], None] 
 def convert(
     model: str | Path,
     out: str | Path,
-    to: str = "safetensors",
+    to: str | None = None,
     dtype: str | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Conversion:
-    """Convert a checkpoint to `to` (safetensors, bin, gguf), optionally to another dtype
-    (float32, bfloat16, float16), writing `out` atomically. Raises as prepare_conversion, and
-    OutputError when OUT exists without `force`, overlaps MODEL, or does not fit on disk."""
-    conv = prepare_conversion(model, to, dtype, max_shard_size)
+    """Convert a checkpoint to `to` (safetensors, bin, gguf; None: see prepare_conversion),
+    optionally to another dtype (float32, bfloat16, float16), writing `out` atomically. Raises as
+    prepare_conversion, and OutputError when OUT exists without `force`, overlaps MODEL, or does
+    not fit on disk."""
     out = Path(out)
-    check_output_path(out, conv.source.path, force)
+    conv = prepare_conversion(model, to, dtype, max_shard_size, out)
+    check_output_path(out, conv.source.path, force, is_file=conv.single_file is not None)
     check_free_space(out, conv.bytes_out)
+    if conv.single_file is not None:
+        # No directory for config.json and surgeon.json: the lineage travels inside the file.
+        with atomic_file(out) as tmp:
+            write_gguf(tmp, conv.gguf, conv.source, progress, {MANIFEST_KEY: json.dumps(_manifest(conv).to_json())})
+        return conv
     with atomic_directory(out) as tmp:
         _write_weights(conv, tmp, progress)
         _finish(conv, tmp)

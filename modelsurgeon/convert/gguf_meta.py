@@ -1,22 +1,21 @@
 """GGUF model metadata from a Hugging Face config.json, as llama.cpp's convert_hf_to_gguf.py
-writes it for the llama (also used for Mistral) and qwen2 architectures."""
+writes it: the keys every architecture shares here, the family-only ones from gguf_families."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+from modelsurgeon.convert.gguf_families import FAMILIES, GgufFamily, gemma_scale_warning
 from modelsurgeon.errors import CheckpointError, ConvertError
 
-# HF model_type -> gguf MODEL_ARCH member. llama.cpp has no separate architecture for dense
-# Mistral models: its converter writes them as llama, and so do we.
-GGUF_ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2"}
-# llama.cpp's llama graph applies rope to interleaved (x0, x1) pairs while HF rotates halves
-# (x_i, x_{i+d/2}), so the q/k rows are reordered per head; qwen2's graph uses HF's layout.
-PERMUTED_QK = {"llama", "mistral"}
 ROPE_TYPES = ("default", "linear", "yarn", "llama3")
-REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "rms_norm_eps", "vocab_size")  # fmt: skip
+# Each GGUF field and the config.json keys it may come from, first match wins (GPT-2 has its own names).
+KEYS = {
+    "n_layers": ("num_hidden_layers", "n_layer"), "n_ctx": ("max_position_embeddings", "n_positions"),
+    "n_embd": ("hidden_size", "n_embd"), "n_head": ("num_attention_heads", "n_head"),
+    "norm_eps": ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"), "vocab_size": ("vocab_size",),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,14 +30,19 @@ class Hparams:
     n_head_kv: int
     head_dim: int
     head_dim_in_config: bool
-    rms_eps: float
+    norm_eps: float  # RMSNorm's or LayerNorm's, as the family uses
     rope_theta: float
+    n_rot: int = 0  # rotated dimensions per head (partial rotary: phi3, gpt_neox)
     rope: dict = field(default_factory=dict)  # the scaling parameters, rope_type included
     vocab_size: int = 0
 
     @property
     def rope_type(self) -> str:
         return str(self.rope.get("rope_type", self.rope.get("type", "default")))
+
+    @property
+    def spec(self) -> GgufFamily:
+        return FAMILIES[self.family]
 
 
 def require_gguf():
@@ -59,45 +63,82 @@ def _rope_params(config: dict) -> dict:
     return {**(config.get("rope_scaling") or {}), **params}
 
 
+def _value(config: dict, field_name: str) -> int | float | None:
+    return next((config[k] for k in KEYS[field_name] if isinstance(config.get(k), (int, float))), None)
+
+
+def _rotary_fraction(config: dict, rope: dict) -> float:
+    """The fraction of each head that rope rotates (transformers 5 keeps it in rope_parameters)."""
+    return float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", config.get("rotary_pct", 1.0))))
+
+
 def read_hparams(config: dict) -> Hparams:
-    """Raises ConvertError for a family or rope type GGUF export does not support."""
+    """Raises ConvertError for a family or rope type GGUF export does not support, and
+    CheckpointError for a config.json without the sizes the metadata needs."""
     family = str(config.get("model_type"))
-    if family not in GGUF_ARCHS:
+    if family not in FAMILIES:
         raise ConvertError(f"GGUF export does not support model_type {family!r}",
-                           hint=f"supported families: {', '.join(GGUF_ARCHS)}")
-    missing = [k for k in REQUIRED if not isinstance(config.get(k), (int, float))]
+                           hint=f"supported families: {', '.join(FAMILIES)}")
+    values = {k: _value(config, k) for k in KEYS}
+    missing = [KEYS[k][0] for k, v in values.items() if v is None]
     if missing:
         raise CheckpointError(f"config.json lacks {', '.join(missing)}, needed for the GGUF metadata",
                               hint="fix or re-export config.json")
     rope = _rope_params(config)
-    n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    n_embd, n_head = int(values["n_embd"]), int(values["n_head"])
+    head_dim = config.get("head_dim") or n_embd // n_head
+    # GPT-2 leaves n_inner unset for its usual 4x MLP.
+    n_ff = config.get("intermediate_size") or config.get("n_inner") or 4 * n_embd
     hp = Hparams(
-        family=family, arch=GGUF_ARCHS[family], n_layers=config["num_hidden_layers"],
-        n_ctx=config["max_position_embeddings"], n_embd=config["hidden_size"], n_ff=config["intermediate_size"],
-        n_head=n_head, n_head_kv=config.get("num_key_value_heads") or n_head, head_dim=head_dim,
-        head_dim_in_config=config.get("head_dim") is not None, rms_eps=config["rms_norm_eps"],
-        rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))), rope=rope,
-        vocab_size=config["vocab_size"],
+        family=family, arch=FAMILIES[family].arch, n_layers=int(values["n_layers"]), n_ctx=int(values["n_ctx"]),
+        n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=config.get("num_key_value_heads") or n_head,
+        head_dim=head_dim, head_dim_in_config=config.get("head_dim") is not None, norm_eps=float(values["norm_eps"]),
+        rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        n_rot=int(_rotary_fraction(config, rope) * head_dim), rope=rope, vocab_size=int(values["vocab_size"]),
     )  # fmt: skip
-    if hp.rope_type not in ROPE_TYPES:
+    if hp.spec.rope and hp.rope_type not in ROPE_TYPES:
         raise ConvertError(f"rope_type {hp.rope_type!r} has no GGUF equivalent that llama.cpp reads",
                            hint=f"supported rope types: {', '.join(ROPE_TYPES)}")
     return hp
 
 
-def attention_warnings(config: dict) -> list[str]:
-    """Settings the GGUF cannot carry: llama.cpp's llama and qwen2 graphs attend to everything."""
+def _sliding_window(config: dict) -> int | None:
+    """The window transformers applies to some layers, or None when every layer sees everything."""
     window = config.get("sliding_window")
-    sliding = config.get("use_sliding_window", config.get("model_type") == "mistral")
-    if sliding and isinstance(window, int) and window < config.get("max_position_embeddings", 0):
-        return [f"sliding_window={window} is not in the GGUF: llama.cpp attends to the whole context, "
-                f"so outputs differ from transformers beyond {window} tokens"]
-    return []
+    if not isinstance(window, int) or window >= config.get("max_position_embeddings", 0):
+        return None
+    types = config.get("layer_types")
+    if isinstance(types, list):
+        return window if "sliding_attention" in types else None
+    return window if config.get("use_sliding_window", config.get("model_type") in ("mistral", "phi3")) else None
 
 
-def add_hparams(writer, hp: Hparams, file_type: int, name: str) -> None:
-    """Write the general.* and <arch>.* keys llama.cpp reads for these architectures."""
+def attention_warnings(config: dict, hp: Hparams) -> list[str]:
+    """Settings the GGUF cannot carry for this family."""
+    warnings = gemma_scale_warning(config, hp)
+    window = _sliding_window(config)
+    if window is not None and not hp.spec.sliding:
+        warnings.append(f"sliding_window={window} is not in the GGUF: llama.cpp's {hp.arch.lower()} graph attends "
+                        f"to the whole context, so outputs differ from transformers beyond {window} tokens")
+    return warnings
+
+
+def _add_rope(writer, hp: Hparams) -> None:
+    gguf = require_gguf()
+
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_rope_dimension_count(hp.n_rot)
+    if hp.rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(hp.rope["factor"]))
+    elif hp.rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(hp.rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(hp.rope.get("original_max_position_embeddings", hp.n_ctx)))
+
+
+def add_hparams(writer, hp: Hparams, config: dict, file_type: int, name: str) -> None:
+    """Write the general.* and <arch>.* keys llama.cpp reads for the family."""
     gguf = require_gguf()
 
     writer.add_name(name)
@@ -108,19 +149,17 @@ def add_hparams(writer, hp: Hparams, file_type: int, name: str) -> None:
     writer.add_feed_forward_length(hp.n_ff)
     writer.add_head_count(hp.n_head)
     writer.add_head_count_kv(hp.n_head_kv)
-    writer.add_layer_norm_rms_eps(hp.rms_eps)
-    writer.add_rope_freq_base(hp.rope_theta)
-    writer.add_rope_dimension_count(hp.head_dim)
+    if hp.spec.rms_norm:
+        writer.add_layer_norm_rms_eps(hp.norm_eps)
+    else:
+        writer.add_layer_norm_eps(hp.norm_eps)
+    if hp.spec.rope:
+        _add_rope(writer, hp)
     if hp.head_dim_in_config:  # head_dim may differ from hidden / heads; say so explicitly
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)
-    if hp.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(hp.rope["factor"]))
-    elif hp.rope_type == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(hp.rope["factor"]))
-        writer.add_rope_scaling_orig_ctx_len(int(hp.rope.get("original_max_position_embeddings", hp.n_ctx)))
+    if hp.spec.extra is not None:
+        hp.spec.extra(writer, config, hp)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

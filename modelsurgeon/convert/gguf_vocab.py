@@ -105,3 +105,21 @@ def add_vocab(writer, path: Path, vocab: Vocab) -> None:
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     gguf.SpecialVocab(path, load_merges=True, n_vocab=len(vocab.tokens)).add_to_gguf(writer, quiet=True)
+
+
+# llama.cpp picks per-token attributes by general.name: for a name containing "phi3" or "phi-3"
+# it looks these tokens up and refuses to load a file whose vocabulary lacks one of them.
+PHI3_NAMES, PHI3_TOKENS = ("phi3", "phi-3"), ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def general_name(name: str, vocab: Vocab) -> tuple[str, list[str]]:
+    """The general.name to write (the model directory's name when llama.cpp can load it), and
+    why another was chosen."""
+    missing = [t for t in PHI3_TOKENS if t not in vocab.tokens]
+    if not any(p in name.lower() for p in PHI3_NAMES) or not missing:
+        return name, []
+    safe = name.lower()
+    for p in PHI3_NAMES:
+        safe = safe.replace(p, "phi_3")
+    why = f"llama.cpp looks up {list(PHI3_TOKENS)} for names containing 'phi3' or 'phi-3'; missing: {missing}"
+    return safe, [f"general.name is {safe!r}, not {name!r}: {why}"]

@@ -14,9 +14,10 @@ def _size(n: int) -> str:
 
 def _gguf_lines(conv: Conversion) -> list[str]:
     hp, vocab = conv.gguf.hparams, conv.gguf.vocab
+    positions = f"rope {hp.rope_type} (base {hp.rope_theta:g})" if hp.spec.rope else "learned positions"
     return [
         f"gguf: architecture {hp.arch.lower()}, {hp.n_layers} blocks, {hp.n_head} heads ({hp.n_head_kv} kv), "
-        f"context {hp.n_ctx}, rope {hp.rope_type} (base {hp.rope_theta:g})",
+        f"context {hp.n_ctx}, {positions}",
         f"vocabulary: {len(vocab.tokens)} tokens, tokenizer.ggml.pre {vocab.pre!r}",
     ]
 

@@ -11,6 +11,7 @@ from functools import partial
 import torch
 
 from modelsurgeon.convert.options import DTYPE_NAMES, target_dtype
+from modelsurgeon.io.dtype_rules import converted_config  # noqa: F401 (re-exported)
 from modelsurgeon.convert.source import Source, SourceTensor
 from modelsurgeon.errors import CheckpointError, ConvertError, SurgeonError
 from modelsurgeon.io.st_format import DTYPE_SIZES
@@ -50,12 +51,3 @@ def out_tensor(src: Source, t: SourceTensor, dtype: str | None, copy_bytes: bool
 def out_tensors(src: Source, dtype: str | None, copy_bytes: bool = True) -> list[OutTensor]:
     """Every source tensor, in source order; `copy_bytes=False` for writers that need values."""
     return [out_tensor(src, t, dtype, copy_bytes) for t in src.tensors.values()]
-
-
-def converted_config(config: dict, dtype: str | None) -> dict:
-    """config.json with its dtype entry naming the new dtype (unchanged when no dtype was asked)."""
-    if dtype is None:
-        return dict(config)
-    name = DTYPE_NAMES[dtype]
-    keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]  # old readers know torch_dtype
-    return {**config, **{k: name for k in keys}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
 from modelsurgeon.io.writer import write_shards
+from modelsurgeon.ops.cast import cast_output
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
 from modelsurgeon.ops.moe import moe_config, sparse_layers, upcycle_problems
@@ -75,6 +77,23 @@ class Prepared:
         from modelsurgeon.ops.moe import summary
 
         return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
+
+
+def _read_by_source(tensors: list[OutTensor], sources: list[Source]) -> list[OutTensor]:
+    """Byte copies from a splice's other models as reads from their own checkpoint: the cast
+    reads a copied tensor by name from MODEL, where the same name may be another tensor."""
+    if len(sources) == 1:
+        return tensors
+    owner = {info.path: s.ckpt for s in sources[1:] for info in s.ckpt.tensors.values()}
+    out = []
+    for t in tensors:
+        ckpt = owner.get(t.source.path) if t.source is not None else None
+        out.append(t if ckpt is None else replace(t, source=None, compute=partial(_rows_of, ckpt, t.source.name)))
+    return out
+
+
+def _rows_of(ckpt: Checkpoint, name: str, start: int, stop: int):
+    return ckpt.load(name, (start, stop) if ckpt.tensors[name].shape else None)
 
 
 def _nest(wrapper: dict, text: dict, spec: ArchSpec, width: WidthPlan | None, untied: bool) -> dict:
@@ -253,6 +272,8 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan) -> Prepared:
         config = moe_config(config, compiled.moe, config[spec.config_keys.ffn])
     if wrapper is not None:
         config = _nest(wrapper, config, spec, compiled.width, untied)
+    if loaded.dtype is not None:  # a mergekit config's dtype: the write casts, as convert --dtype does
+        tensors, config = cast_output(_read_by_source(tensors, sources), config, loaded.dtype, ckpt.load, loaded.origin)
     accounting = account(ckpt, layout, compiled.layer_map, sources, taken)
     return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings,
                     sources)  # fmt: skip

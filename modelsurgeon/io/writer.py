@@ -194,13 +194,15 @@ def check_no_overlap(out: Path, other: Path, what: str = "the input", hint: str 
         )
 
 
-def check_output_path(out: Path, model: Path, force: bool) -> None:
-    """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force."""
+def check_output_path(out: Path, model: Path, force: bool, is_file: bool = False) -> None:
+    """Refuse OUT equal to or inside MODEL (or MODEL inside OUT), and an existing OUT without force.
+    `is_file`: OUT is one file, which --force may replace (a directory is always a directory)."""
     check_no_overlap(out, model)
     if out.exists() and not force:
         raise OutputError(f"output {out} already exists", hint="choose a new path, or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is not a directory", hint="remove it or choose another path")
+    if out.exists() and out.is_dir() == is_file:
+        kind = "a directory" if is_file else "not a directory"
+        raise OutputError(f"output {out} exists and is {kind}", hint="remove it or choose another path")
 
 
 def check_free_space(out: Path, needed: int) -> None:
@@ -220,6 +222,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file `out`; on success it replaces `out` in one
+    rename, on any failure it is removed and `out` is left as it was."""
+    out = out.resolve()
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ class LoadedPlan:
     source_text: str
     origin: str
     translation: str | None = None  # set when the input was a mergekit config
+    dtype: str | None = None  # the output dtype a mergekit config names (float32, bfloat16, float16)
 
 
 def _node_at(root: yaml.Node | None, loc: tuple) -> yaml.Node | None:
@@ -157,17 +158,18 @@ def _shown(value: object) -> str:
 def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     """Validate plan YAML text (native or mergekit passthrough)."""
     data, root = read_yaml(text, origin, PlanError, "name and steps", "plans/double.yaml")
-    translation = None
+    translation = dtype = None
     if "merge_method" in data or "slices" in data:
-        from modelsurgeon.plan.mergekit import translate_mergekit
+        from modelsurgeon.plan.mergekit import output_dtype, translate_mergekit
 
+        dtype = output_dtype(data, origin)
         data, translation = translate_mergekit(data, origin)
         root = None
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
         raise PlanError(origin, _problems(exc, root), hint="see PLAN_FORMAT.md or plans/*.yaml") from None
-    return LoadedPlan(plan, text, origin, translation)
+    return LoadedPlan(plan, text, origin, translation, dtype)
 
 
 def read_document(path: str | Path, error: type[PlanError], hint: str) -> tuple[str, str]:

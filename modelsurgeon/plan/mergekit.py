@@ -11,7 +11,9 @@ from modelsurgeon.errors import PlanError
 # Scaling both residual-branch outputs by the same value is what mergekit users mean by
 # "scale o_proj and down_proj": exactly a branch scale.
 BRANCH_FILTERS = {"o_proj", "down_proj"}
-IGNORED_KEYS = {"dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "base_model"}
+IGNORED_KEYS = {"tokenizer_source", "tokenizer", "chat_template", "base_model"}
+DTYPE_KEYS = ("out_dtype", "dtype")  # mergekit writes out_dtype when set, else dtype
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _value_at(value: object, k: int, n: int) -> float:
@@ -90,6 +92,18 @@ def _layer_map(parts: list[tuple[str | None, list]]) -> tuple[list, list[str]]:
     return entries, list(dict.fromkeys(m for m, _ in parts))
 
 
+def output_dtype(data: dict, origin: str) -> str | None:
+    """The dtype mergekit would write the merge in (None: it keeps the source's)."""
+    key = next((k for k in DTYPE_KEYS if data.get(k)), None)
+    if key is None:
+        return None
+    name = str(data[key]).removeprefix("torch.")
+    if name not in DTYPES:
+        raise PlanError(origin, [f"{key}: expected one of {', '.join(DTYPES)}, got {data[key]!r}"],
+                        hint="mergekit writes float32, bfloat16 or float16 checkpoints")
+    return name
+
+
 def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
     """Return (native plan data, a human-readable account of the translation)."""
     problems: list[str] = []
@@ -99,7 +113,7 @@ def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
     if not isinstance(slices, list) or not slices:
         problems.append("slices: expected a non-empty list of slices")
         slices = []
-    extra = set(data) - {"slices", "merge_method"} - IGNORED_KEYS
+    extra = set(data) - {"slices", "merge_method", *DTYPE_KEYS} - IGNORED_KEYS
     if extra:
         problems.append(f"keys {sorted(extra)} have no growth-plan equivalent")
     parts = [_slice_entries(i, sl, problems) for i, sl in enumerate(slices)]
@@ -116,7 +130,10 @@ def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
     if parts[-1][0] != models[0]:  # mergekit's final norm and head come from the last slice
         plan["head_from"] = parts[-1][0]
         note += f"; final norm and output head from {parts[-1][0]!r}, as mergekit takes them from the last slice"
+    dtype = output_dtype(data, origin)
+    if dtype:
+        note += f"; written as {dtype} (the config's {next(k for k in DTYPE_KEYS if data.get(k))})"
     ignored = sorted(set(data) & IGNORED_KEYS)
     if ignored:
-        note += f" (ignored, the source dtype and tokenizer are kept: {ignored})"
+        note += f" (ignored, the source tokenizer is kept: {ignored})"
     return plan, note
