@@ -82,6 +82,19 @@ def test_manifest_records_every_source_fingerprint(pair, tmp_path):
     assert "of `" in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_a_cast_reads_each_layer_from_its_own_model(pair, tmp_path):
+    """A mergekit dtype casts every tensor; layer 2 of `b` must not be read as MODEL's layer 2."""
+    a, b = pair
+    config = tmp_path / "mk.yml"
+    config.write_text(f"merge_method: passthrough\ndtype: bfloat16\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 2]}}]\n"
+                      f"  - sources: [{{model: {b}, layer_range: [2, 4]}}]\n")  # fmt: skip
+    grow(a, config, tmp_path / "out")
+    out, tb = tensors(tmp_path / "out"), tensors(b)
+    name = "model.layers.2.mlp.up_proj.weight"
+    assert out[name].dtype == torch.bfloat16 and torch.equal(out[name], tb[name].to(torch.bfloat16))
+    assert torch.equal(out["lm_head.weight"], tb["lm_head.weight"].to(torch.bfloat16))
+
+
 def test_embeddings_from_another_model(pair, tmp_path):
     a, b = pair
     grow(a, parse_plan(plan_for(b, f"embeddings_from: '{b}'\n")), tmp_path / "out")
