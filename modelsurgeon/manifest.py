@@ -75,15 +75,22 @@ class PlanRecord(_Record):
 
 
 class LayerRecord(_Record):
-    """One output layer of a growth: a copy of layer `source` with residual branches scaled by `scale`."""
+    """One output layer of a growth: a copy of layer `source` with residual branches scaled by
+    `scale`; of the growth's input, or with `model` k >= 1 of its k-th other model (`models`)."""
 
     layer: int
     source: int = Field(ge=0)
     scale: float
     new: bool = False
+    model: int = Field(default=0, ge=0)  # written only for layers from another model
 
     def entry(self) -> LayerEntry:
-        return LayerEntry(self.source, self.scale, self.new)
+        return LayerEntry(self.source, self.scale, self.new, self.model)
+
+
+def layer_record(j: int, e: LayerEntry) -> LayerRecord:
+    """The record of output layer j; `model` only when it is not the growth's input (old files stay as they were)."""
+    return LayerRecord(layer=j, source=e.source, scale=e.scale, new=e.new, **({"model": e.model} if e.model else {}))
 
 
 class OutputRecord(_Record):
@@ -102,6 +109,7 @@ class GrowStage(_Record):
     layers: tuple[int, int]  # (input layers, output layers)
     source: SourceRecord | None = None  # the input; absent in 0.1.0 files
     layer_map: list[LayerRecord] | None = None  # absent in 0.1.0 files (the manifest's layer_map then)
+    models: list[SourceRecord] | None = None  # a multi-model splice's other inputs; LayerRecord.model k is models[k-1]
 
 
 class TrainStage(_Record):
@@ -169,6 +177,7 @@ class Manifest(_Record):
     steps: list[StepResult] | None = None
     equivalence: Equivalence | None = None
     layer_map: list[LayerRecord] | None = None
+    models: list[SourceRecord] | None = None  # the last growth's other inputs (multi-model splice)
     config_lists_remapped: list[str] | None = None
     input_tensors: dict[str, int] | None = None
     warnings: list[str] | None = None
@@ -178,6 +187,11 @@ class Manifest(_Record):
     @property
     def widened(self) -> bool:
         return any(s.op == "widen" for s in self.steps or [])
+
+    @property
+    def multi_model(self) -> bool:
+        """The last growth took layers or non-layer tensors from more than one checkpoint."""
+        return bool(self.models)
 
     @property
     def new_layers(self) -> list[int]:
@@ -302,6 +316,8 @@ def lineage_path(manifest: Manifest, parent_headers_sha256: str, num_layers: int
         src, lmap, grows = links[i]
         if grows:
             if lmap is None or any(e.source >= len(lmap) for e in composed):
+                return None
+            if any(lmap[e.source].model for e in composed):  # a layer from another model has no ancestor here
                 return None
             composed = compose(tuple(r.entry() for r in lmap), list(composed))
         if src is not None and src.headers_sha256 == parent_headers_sha256:

@@ -55,6 +55,7 @@ def test_old_files_typed_fields(tmp_path):
     assert grown.equivalence == "exact" and [e.source for e in grown.layer_map] == PRO_SOURCES
     assert grown.new_layers == [2, 5] and [e.scale for e in grown.layer_map] == [1, 1, 0, 1, 1, 0]
     assert grown.source.headers_sha256 == TINY_HEADERS and grown.output.num_layers == 6
+    assert not grown.multi_model and grown.models is None and {e.model for e in grown.layer_map} == {0}
     (stage,) = grown.lineage
     assert isinstance(stage, GrowStage) and stage.layers == (4, 6) and stage.plan == "pro"
 

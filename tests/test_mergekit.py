@@ -54,11 +54,31 @@ slices:
     assert [(e.source, e.scale) for e in m] == [(0, 1.0), (1, 1.0), (0, 0.0), (1, 0.5), (2, 1.0)]
 
 
+def test_two_model_config_names_the_other_model_and_takes_its_head():
+    """mergekit takes embeddings from the first slice's model, final norm and head from the last's."""
+    text = """
+merge_method: passthrough
+slices:
+  - sources: [{model: a, layer_range: [0, 3]}]
+  - sources: [{model: b, layer_range: [2, 5]}]
+  - sources:
+      - model: b
+        layer_range: [5, 7]
+        parameters: {scale: [{filter: o_proj, value: 0.5}, {filter: down_proj, value: 0.5}]}
+"""
+    loaded = parse_plan(text, "frank.yml")
+    step = loaded.plan.steps[0]
+    assert loaded.plan.head_from == "b" and loaded.plan.embeddings_from is None
+    assert step.models == ["b"] and "'b'" in loaded.translation
+    m = compile_plan(loaded.plan, 4, models={"b": (1, 8)}).layer_map
+    assert [(e.model, e.source, e.scale) for e in m] == [
+        (0, 0, 1.0), (0, 1, 1.0), (0, 2, 1.0), (1, 2, 1.0), (1, 3, 1.0), (1, 4, 1.0), (1, 5, 0.5), (1, 6, 0.5)]
+
+
 @pytest.mark.parametrize(
     "text, msg",
     [
         ("merge_method: linear\nslices: [{sources: [{model: m, layer_range: [0, 2]}]}]\n", "only 'passthrough'"),
-        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}]}, {sources: [{model: b, layer_range: [0, 2]}]}]\n", "same source model"),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, layer_range: [0, 2]}]}]\n", "exactly one source"),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 2]}]}]\n", "start < end"),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 0}]}}]}]\n", "both o_proj and down_proj"),

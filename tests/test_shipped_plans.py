@@ -20,15 +20,27 @@ def test_the_five_plans_are_shipped():
     assert {p.stem for p in PLANS} >= {"double", "llama-pro", "solar", "stack4", "midas", "hypercloning-2x"}
 
 
+def _other_models(loaded, tiny, tmp_path, monkeypatch, source: str) -> int:
+    """A multi-model plan names its other models relative to the working directory: make each a
+    32-layer model (the shipped two-model plan's size) of another seed there; 8 layers otherwise."""
+    if not loaded.plan.models:
+        return 8
+    for i, name in enumerate(loaded.plan.models):
+        (tmp_path / name).symlink_to(tiny(source, n_layers=32, seed=i + 1), target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return 32
+
+
 @pytest.mark.parametrize("path", PLANS, ids=lambda p: p.stem)
-def test_shipped_plan(path, tiny, tmp_path):
+def test_shipped_plan(path, tiny, tmp_path, monkeypatch):
     text = path.read_text()
     assert text.startswith(f"# plans/{path.name}: surgeon grow MODEL --plan plans/{path.name} -o OUT")
     claimed = next(line for line in text.splitlines() if "Equivalence:" in line).split("Equivalence:")[1].split()[0].strip(".;(")
     # A plan for another family names it ("Source: mixtral"); the rest run on Llama.
     source = next((line.split("Source:")[1].split()[0].strip(".;") for line in text.splitlines() if "Source:" in line), "llama")
-    src = tiny(source, n_layers=8)
-    prep = grow(src, load_plan(path), tmp_path / "out")
+    loaded = load_plan(path)
+    src = tiny(source, n_layers=_other_models(loaded, tiny, tmp_path, monkeypatch, source))
+    prep = grow(src, loaded, tmp_path / "out")
     assert prep.equivalence == claimed
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert model.config.num_hidden_layers == len(prep.layer_map) >= 8

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from modelsurgeon.arch.spec import ArchSpec, Layout, split_layers
+from modelsurgeon.arch.vlm import text_family, tower_spec, vlm_of
 from modelsurgeon.errors import CheckpointError
 
 SPEC_DIR = Path(__file__).parent / "specs"
@@ -78,15 +79,30 @@ def _detect_spec(config: dict, names: list[str]) -> ArchSpec:
 
 
 def resolve_spec(config: dict, names: list[str]) -> ArchSpec:
-    """The table's spec for this config's model_type, else one detected from tensor names."""
+    """The table's spec for this config's model_type, else one detected from tensor names; for
+    a vision-language wrapper (vlm.yaml), its text family's spec moved under the wrapper's prefix."""
+    vlm = vlm_of(config)
+    if vlm is not None:
+        family = text_family(vlm, vlm.text_config(config))
+        text_spec = load_specs().get(family)
+        if text_spec is None or text_spec.moe is not None:
+            raise CheckpointError(f"{vlm.model_type}: its text tower is a {family!r}, which is not a dense family of the table",
+                                  hint=f"supported text families: {', '.join(SUPPORTED_FAMILIES)}")  # fmt: skip
+        return tower_spec(vlm, text_spec)
     spec = load_specs().get(str(config.get("model_type")))
     return spec if spec is not None else _detect_spec(config, names)
+
+
+def text_config_of(config: dict) -> dict:
+    """The config that holds the layer count and widths: text_config for a vision-language wrapper."""
+    vlm = vlm_of(config)
+    return vlm.text_config(config) if vlm is not None else config
 
 
 def layout_of(spec: ArchSpec, config: dict, names: list[str], where: str) -> Layout:
     """Split tensor names into layers and others; check the config's layer count agrees."""
     by_index, others = split_layers(names, spec.layer_prefix)
-    declared = config.get(spec.num_layers_key)
+    declared = text_config_of(config).get(spec.num_layers_key)
     indices = sorted(by_index)
     if indices != list(range(len(indices))):
         missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))

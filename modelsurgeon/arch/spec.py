@@ -128,6 +128,10 @@ class ArchSpec(BaseModel):
     embed_scale: Literal["none", "sqrt_hidden"] = "none"  # Gemma multiplies embeddings by sqrt(hidden)
     moe: MoeSpec | None = None
     known: bool = True
+    # A vision-language wrapper (arch/vlm.yaml) around this text family: its model_type, and the
+    # role of non-layer tensors outside `globals` (the vision tower: byte-copied by every op).
+    wrapper: str | None = None
+    other_role: str | None = None
 
     def layer_tensor(self, index: int, suffix: str) -> str:
         return f"{self.layer_prefix}{index}.{suffix}"
@@ -141,6 +145,11 @@ class ArchSpec(BaseModel):
                 if kind in ("weight", "bias") and br.matches(module):
                     out[suffix] = (name, br.fold)
         return out
+
+    def global_role(self, name: str) -> str | None:
+        """The role of a non-layer tensor: by its module (or its own name, for a bare parameter)."""
+        module = name.rsplit(".", 1)[0]
+        return self.globals.get(module) or self.globals.get(name) or self.other_role
 
     def role_of(self, suffix: str) -> str | None:
         module = suffix.rsplit(".", 1)[0]

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.layer_keys import sync_layer_keys
-from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec
+from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec, text_config_of
+from modelsurgeon.arch.vlm import vlm_of
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
+from modelsurgeon.grow.sources import Source, global_sources, open_sources, splice_problems
 from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.layout import ShardLayout, plan_layout
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
@@ -50,6 +53,7 @@ class Prepared:
     accounting: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     shards: ShardLayout | None = None  # which tensors go in which output file (io.layout)
+    sources: list[Source] = field(default_factory=list)  # MODEL first, then a splice's other models
 
     @property
     def computes(self) -> bool:
@@ -84,9 +88,35 @@ class Prepared:
         return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
 
 
-def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[str]:
+def _read_by_source(tensors: list[OutTensor], sources: list[Source]) -> list[OutTensor]:
+    """Byte copies from a splice's other models as reads from their own checkpoint: the cast
+    reads a copied tensor by name from MODEL, where the same name may be another tensor."""
+    if len(sources) == 1:
+        return tensors
+    owner = {info.path: s.ckpt for s in sources[1:] for info in s.ckpt.tensors.values()}
+    out = []
+    for t in tensors:
+        ckpt = owner.get(t.source.path) if t.source is not None else None
+        out.append(t if ckpt is None else replace(t, source=None, compute=partial(_rows_of, ckpt, t.source.name)))
+    return out
+
+
+def _rows_of(ckpt: Checkpoint, name: str, start: int, stop: int):
+    return ckpt.load(name, (start, stop) if ckpt.tensors[name].shape else None)
+
+
+def _nest(wrapper: dict, text: dict, spec: ArchSpec, width: WidthPlan | None, untied: bool) -> dict:
+    """A vision-language model's config with its rewritten text_config, and the copies of the
+    text hidden size (e.g. Qwen2.5-VL's vision_config.out_hidden_size) following it."""
+    config = vlm_of(wrapper).nest(wrapper, text, width.dst.hidden if width is not None else None)
+    if untied:
+        config[spec.tie_key] = False
+    return config
+
+
+def _scaling_problems(spec: ArchSpec, layouts: list[Layout], layer_map: LayerMap) -> list[str]:
     """Branch scales need the family's roles: refuse rather than write a wrong model."""
-    scaled = sorted({e.source for e in layer_map if e.scale != 1.0})
+    scaled = sorted({(e.model, e.source) for e in layer_map if e.scale != 1.0})
     if not scaled:
         return []
     if not spec.known:
@@ -96,8 +126,8 @@ def _scaling_problems(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> li
             f"(supported: {', '.join(SUPPORTED_FAMILIES)}); plans that only copy or reorder layers work"
         ]
     problems = []
-    for i in scaled:
-        suffixes = set(layout.layers[i])
+    for k, i in scaled:
+        suffixes = set(layouts[k].layers[i])
         present = spec.branch_tensors(suffixes)
         missing = _missing_branches(spec, present)
         unknown = [s for s in sorted(suffixes) if spec.role_of(s) is None and s not in present]
@@ -115,17 +145,27 @@ def _missing_branches(spec: ArchSpec, present: dict[str, tuple[str, str]]) -> li
     return [b for b, br in spec.branches.items() if (br.hook or br.module) not in found]
 
 
-def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap) -> dict[str, int]:
-    """Sort every input tensor into copied (non-layer), used by an output layer, or dropped
-    with a layer the plan leaves out; anything else would vanish silently, so it is an error."""
-    used = {e.source for e in layer_map}
+def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap, sources: list[Source] | None = None,
+            taken: dict[str, int] | None = None) -> dict[str, int]:  # fmt: skip
+    """Sort every input tensor of MODEL into copied (non-layer), used by an output layer, or
+    dropped with a layer the plan leaves out; anything else would vanish silently, so it is an
+    error. A splice's tensors from other models are counted apart (replaced: MODEL's non-layer
+    tensors another model provides; from_other_models: every tensor taken from the others)."""
+    used = {e.source for e in layer_map if e.model == 0}
     in_used = {n for i in used for n in layout.layers[i].values()}
     dropped = {n for i, layer in enumerate(layout.layers) if i not in used for n in layer.values()}
     lost = set(ckpt.names) - set(layout.others) - in_used - dropped
     if lost:
         raise CheckpointError(f"{len(lost)} input tensor(s) would not reach the output: {sorted(lost)[:5]}",
                               hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
-    return {"copied": len(layout.others), "in_mapped_layers": len(in_used), "dropped_with_layers": len(dropped)}
+    out = {"copied": len(layout.others), "in_mapped_layers": len(in_used), "dropped_with_layers": len(dropped)}
+    replaced = sum(1 for k in (taken or {}).values() if k)
+    foreign = {(e.model, e.source) for e in layer_map if e.model}
+    if replaced or foreign:
+        out["copied"] -= replaced
+        out["replaced"] = replaced
+        out["from_other_models"] = replaced + sum(len(sources[k].layout.layers[i]) for k, i in foreign)
+    return out
 
 
 def _widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) -> None:
@@ -141,22 +181,34 @@ def _widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) 
         config[spec.tie_key] = False
 
 
-def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int) -> tuple[dict, list[str]]:
+def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int,
+                   others: list[dict] | None = None) -> tuple[dict, list[str]]:  # fmt: skip
     """Set the layer count and remap every per-layer config list through the layer map: the
-    table's lists, and any other list with one entry per source layer."""
+    table's lists, and any other list with one entry per source layer. A splice's layer from
+    another model takes its entry from that model's config (`others[k - 1]` for model k)."""
     new = copy.deepcopy(config)
     new[spec.num_layers_key] = len(layer_map)
     keys = [k for k in spec.layer_lists if isinstance(config.get(k), list)]
     if n_source > 1:
         keys += [k for k, v in config.items() if isinstance(v, list) and len(v) == n_source and k not in keys and k not in NOT_PER_LAYER]
+    configs = [config, *(others or [])]
     for k in keys:
         if len(config[k]) != n_source:
             raise CheckpointError(
                 f"config.json '{k}' has {len(config[k])} entries but the model has {n_source} layers",
                 hint=f"fix '{k}' in config.json so it has one entry per layer",
             )
-        new[k] = [config[k][e.source] for e in layer_map]
+        new[k] = [_list_entry(configs[e.model], k, e.source, config) for e in layer_map]
     return new, keys
+
+
+def _list_entry(config: dict, key: str, i: int, main: dict) -> object:
+    """Entry i of a per-layer list in `config` (another model's lists must cover its layers)."""
+    values = config.get(key)
+    if config is not main and not (isinstance(values, list) and i < len(values)):
+        raise CheckpointError(f"config.json of another model in the splice has no per-layer '{key}' entry for layer {i}",
+                              hint=f"give every model of a splice the per-layer list '{key}'")  # fmt: skip
+    return values[i]
 
 
 def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
@@ -172,23 +224,49 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     return model_dims(spec, ckpt.config, shape[0] if spec.transposed_linears else shape[1])
 
 
-def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: int = DEFAULT_MAX_SHARD) -> Prepared:
-    """Validate the plan against the checkpoint from headers alone and lay out the output
-    shards; write nothing."""
-    loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
+def _open_all(loaded: LoadedPlan, model: str | Path) -> tuple[ArchSpec, list[Source], dict[str, int], dict | None]:
+    """MODEL's spec, MODEL and the plan's other models (MODEL first), each plan key's index, and
+    a vision-language model's whole config (None otherwise: MODEL's config is its text config)."""
     ckpt = open_checkpoint(model)
     spec = resolve_spec(ckpt.config, ckpt.names)
-    layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
-    dims = _dims(ckpt, spec, layout) if any(isinstance(s, Widen) for s in loaded.plan.steps) else None
-    sparse = sparse_layers(spec, layout)
-    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin, spec, dims, sparse, ckpt.config)
+    wrapper = ckpt.config if spec.wrapper else None
+    if wrapper is not None:  # every op works on the text tower's config; nested back at the end
+        ckpt = replace(ckpt, config=text_config_of(wrapper))
+    main = Source(str(model), ckpt, layout_of(spec, ckpt.config, ckpt.names, str(model)))
+    if not loaded.plan.models:
+        return spec, [main], {}, wrapper
+    sources, index = open_sources(loaded.plan, main, spec, loaded.origin)
+    return spec, sources, index, wrapper
+
+
+def _check(loaded: LoadedPlan, spec: ArchSpec, sources: list[Source], compiled: Compiled, taken: dict[str, int]) -> None:
+    """Every problem the headers show, raised at once before anything is written."""
+    ckpt, layout = sources[0].ckpt, sources[0].layout
+    problems = splice_problems(spec, sources, compiled.layer_map, taken) if len(sources) > 1 else []
+    if problems:
+        raise PlanError(loaded.origin, problems, hint="a splice takes layers from checkpoints of one family and width")
     moe_problems = upcycle_problems(compiled.moe, ckpt.config, layout) if compiled.moe else []
     if moe_problems:
         raise PlanError(loaded.origin, moe_problems, hint="upcycle a model whose layers the MoE family can express")
-    problems = _scaling_problems(spec, layout, compiled.layer_map)
+    problems = _scaling_problems(spec, [s.layout for s in sources], compiled.layer_map)
     if problems:
         raise PlanError(loaded.origin, problems, hint="use new: copy with branch_scale: 1 or a supported family")
-    config, remapped = rewrite_config(ckpt.config, spec, compiled.layer_map, layout.num_layers)
+
+
+def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: int = DEFAULT_MAX_SHARD) -> Prepared:
+    """Validate the plan against the checkpoint(s) from headers alone and lay out the output
+    shards; write nothing."""
+    loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
+    spec, sources, index, wrapper = _open_all(loaded, model)
+    ckpt, layout = sources[0].ckpt, sources[0].layout
+    dims = _dims(ckpt, spec, layout) if any(isinstance(s, Widen) for s in loaded.plan.steps) else None
+    sparse = sparse_layers(spec, layout)
+    models = {key: (k, sources[k].layout.num_layers) for key, k in index.items()}
+    compiled = compile_plan(loaded.plan, layout.num_layers, loaded.origin, spec, dims, sparse, ckpt.config, models)
+    taken = global_sources(loaded.plan, index, spec, sources[0])
+    _check(loaded, spec, sources, compiled, taken)
+    others = [s.ckpt.config for s in sources[1:]]
+    config, remapped = rewrite_config(ckpt.config, spec, compiled.layer_map, layout.num_layers, others)
     equivalence = compiled.equivalence
     # scalars that index layers (max_window_layers, ...) re-derived from the remapped lists
     warnings = sync_layer_keys(ckpt.config, config, spec, [e.source for e in compiled.layer_map], layout.num_layers)
@@ -196,18 +274,22 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: in
     if flags and compiled.layer_map != identity_map(layout.num_layers):
         equivalence = "none"
         warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
-    tensors, untied = output_tensors(ckpt, spec, layout, compiled.layer_map, compiled.width, loaded.origin, compiled.moe)
+    tensors, untied = output_tensors(sources, spec, compiled.layer_map, compiled.width, loaded.origin, compiled.moe,
+                                     taken)  # fmt: skip
     if compiled.width is not None:
         _widen_config(config, spec, compiled.width, untied)
         if untied:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     if compiled.moe is not None:
         config = moe_config(config, compiled.moe, config[spec.config_keys.ffn])
+    if wrapper is not None:
+        config = _nest(wrapper, config, spec, compiled.width, untied)
     if loaded.dtype is not None:  # a mergekit config's dtype: the write casts, as convert --dtype does
-        tensors, config = cast_output(tensors, config, loaded.dtype, ckpt.load, loaded.origin)
-    accounting = account(ckpt, layout, compiled.layer_map)
+        tensors, config = cast_output(_read_by_source(tensors, sources), config, loaded.dtype, ckpt.load, loaded.origin)
+    accounting = account(ckpt, layout, compiled.layer_map, sources, taken)
     shards = plan_layout(tensors, max_shard_size)
-    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings, shards)
+    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings,
+                    shards=shards, sources=sources)  # fmt: skip
 
 
 def grow(

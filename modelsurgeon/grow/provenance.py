@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import file_sha256, subdirectories, write_json
-from modelsurgeon.manifest import GrowStage, LayerRecord, Manifest, OutputRecord, PlanRecord, finish_output, now
-from modelsurgeon.manifest import read_manifest, source_record, tool_version
+from modelsurgeon.io.reader import Checkpoint
+from modelsurgeon.manifest import GrowStage, Manifest, OutputRecord, PlanRecord, SourceRecord, finish_output
+from modelsurgeon.manifest import layer_record, now, read_manifest, source_record, tool_version
 
 if TYPE_CHECKING:
     from modelsurgeon.grow.engine import Prepared
@@ -37,6 +38,7 @@ def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> 
                 f"the rewritten config.json does not load in transformers: {exc}",
                 hint="this is a bug in modelsurgeon or an inconsistent source config; please report it",
             ) from None
+    cfg = cfg.get_text_config()  # a vision-language model's layer count is its text tower's
     if getattr(cfg, num_layers_key, None) != expected_layers:
         raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
     return True
@@ -83,16 +85,25 @@ class ConfigCheck:
         return self._outcome[0]
 
 
-def build_manifest(prep: Prepared, shards: int) -> Manifest:
-    """The grow's manifest: its source and the growth; the lineage of SOURCE's manifest, if any, continues."""
-    ckpt = prep.ckpt
-    source = source_record(ckpt.path, ckpt.files, model_type=prep.spec.model_type, num_layers=prep.layout.num_layers,
+def _record(ckpt: Checkpoint, model_type: str, num_layers: int) -> SourceRecord:
+    """A growth input with its fingerprints (config, safetensors headers, index)."""
+    source = source_record(ckpt.path, ckpt.files, model_type=model_type, num_layers=num_layers,
                            tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
     if ckpt.index_path is not None:
         source = source.model_copy(update={"index_sha256": file_sha256(ckpt.index_path)})
-    layer_map = [LayerRecord(layer=j, source=e.source, scale=e.scale, new=e.new) for j, e in enumerate(prep.layer_map)]
+    return source
+
+
+def build_manifest(prep: Prepared, shards: int) -> Manifest:
+    """The grow's manifest: its source(s) and the growth; the lineage of SOURCE's manifest, if any, continues."""
+    ckpt = prep.ckpt
+    source = _record(ckpt, prep.spec.model_type, prep.layout.num_layers)
+    others = [_record(s.ckpt, prep.spec.model_type, s.layout.num_layers) for s in prep.sources[1:]]
+    multi = {"models": others} if others else {}
+    layer_map = [layer_record(j, e) for j, e in enumerate(prep.layer_map)]
     stage = GrowStage(kind="grow", created=now(), plan=prep.loaded.plan.name, equivalence=prep.equivalence,
-                      layers=(prep.layout.num_layers, len(prep.layer_map)), source=source, layer_map=layer_map)  # fmt: skip
+                      layers=(prep.layout.num_layers, len(prep.layer_map)), source=source, layer_map=layer_map,
+                      **multi)  # fmt: skip
     previous = read_manifest(ckpt.path)
     plan = PlanRecord(name=prep.loaded.plan.name, origin=prep.loaded.origin, text=prep.loaded.source_text,
                       mergekit_translation=prep.loaded.translation)  # fmt: skip
@@ -100,7 +111,7 @@ def build_manifest(prep: Prepared, shards: int) -> Manifest:
                           num_layers=len(prep.layer_map), params=prep.params_out)  # fmt: skip
     return Manifest(
         tool="modelsurgeon", version=tool_version(), source=source, plan=plan, steps=list(prep.compiled.steps),
-        equivalence=prep.equivalence, layer_map=layer_map, config_lists_remapped=prep.remapped_lists,
+        equivalence=prep.equivalence, layer_map=layer_map, **multi, config_lists_remapped=prep.remapped_lists,
         input_tensors=prep.accounting, warnings=prep.warnings, output=output,
         lineage=[*(previous.lineage if previous else []), stage],
     )  # fmt: skip
@@ -108,11 +119,14 @@ def build_manifest(prep: Prepared, shards: int) -> Manifest:
 
 def model_card(prep: Prepared, source_card: str) -> str:
     m = prep.layer_map
-    rows = "\n".join(f"| {j} | {e.source} | {e.scale:g} | {'yes' if e.new else ''} |" for j, e in enumerate(m))
+    names = [s.ckpt.path.name for s in prep.sources] or [prep.ckpt.path.name]
+    src = [f"{e.source}" + (f" of `{names[e.model]}`" if e.model else "") for e in m]
+    rows = "\n".join(f"| {j} | {src[j]} | {e.scale:g} | {'yes' if e.new else ''} |" for j, e in enumerate(m))
+    also = f" and layers of {', '.join(f'`{n}`' for n in names[1:])}" if len(names) > 1 else ""
     section = f"""
 ## Growth with modelsurgeon
 
-This checkpoint was grown from `{prep.ckpt.path.name}` ({prep.spec.model_type}, {prep.layout.num_layers} layers,
+This checkpoint was grown from `{prep.ckpt.path.name}`{also} ({prep.spec.model_type}, {prep.layout.num_layers} layers,
 {prep.params_in:,} parameters) to {len(m)} layers ({prep.params_out:,} parameters) with the plan
 `{prep.loaded.plan.name}`. Equivalence class: **{prep.equivalence}** (exact: same outputs as the source;
 approx: first-order equal; none: needs training to recover). Full provenance is in `surgeon.json`.

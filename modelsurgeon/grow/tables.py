@@ -14,15 +14,16 @@ if TYPE_CHECKING:
 
 
 def layer_map_table(prep: Prepared) -> Table:
-    per_layer = {e: 0 for e in range(prep.layout.num_layers)}
-    for i, layer in enumerate(prep.layout.layers):
-        per_layer[i] = sum(prep.ckpt.tensors[n].numel for n in layer.values())
+    sources = prep.sources or []
+    layouts = [(s.ckpt, s.layout) for s in sources] or [(prep.ckpt, prep.layout)]
+    per_layer = [[sum(c.tensors[n].numel for n in layer.values()) for layer in lay.layers] for c, lay in layouts]
     t = Table(title=f"layer map: {prep.layout.num_layers} -> {len(prep.layer_map)} layers")
     for col in ("out", "source", "branch scale", "added", "params"):
         t.add_column(col, justify="right")
     for j, e in enumerate(prep.layer_map):
         init = "identity" if e.scale == 0 and e.new else ("copy" if e.new else "")
-        t.add_row(str(j), str(e.source), f"{e.scale:g}", init, f"{per_layer[e.source]:,}")
+        src = f"{e.source}" + (f" of {sources[e.model].key}" if e.model else "")
+        t.add_row(str(j), src, f"{e.scale:g}", init, f"{per_layer[e.model][e.source]:,}")
     return t
 
 
@@ -36,6 +37,8 @@ def summary_table(prep: Prepared) -> Table:
     t.add_row("parameters", f"{prep.params_in:,} -> {prep.params_out:,}")
     t.add_row("output size", f"{human_bytes(prep.ckpt.total_bytes)} -> {human_bytes(prep.bytes_out)}")
     t.add_row("tensors", f"{len(prep.ckpt.tensors)} -> {len(prep.tensors)}")
+    for s in prep.sources[1:]:
+        t.add_row("other model", f"{s.key} ({s.layout.num_layers} layers, {human_bytes(s.ckpt.total_bytes)})")
     if prep.remapped_lists:
         t.add_row("config lists remapped", ", ".join(prep.remapped_lists))
     moe = prep.experts
@@ -69,7 +72,7 @@ def _role(prep: Prepared, name: str) -> str:
         suffix = name[len(prefix):].split(".", 1)[1]
         role = prep.spec.role_of(suffix) or suffix
     else:
-        role = prep.spec.globals.get(name.rsplit(".", 1)[0]) or name
+        role = prep.spec.global_role(name) or name
     return role + (" bias" if name.endswith(".bias") else "")
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError, ShapeError
+from modelsurgeon.grow.sources import Source
 from modelsurgeon.io.reader import Checkpoint
 from modelsurgeon.io.st_format import DTYPE_SIZES
 from modelsurgeon.io.writer import OutTensor
@@ -24,12 +25,13 @@ if TYPE_CHECKING:  # tensor transforms import torch; byte copies never need it
 
 @dataclass(frozen=True)
 class Job:
-    """One output tensor to make from one source tensor."""
+    """One output tensor to make from one source tensor (of `ckpt`: None is MODEL)."""
 
     src: str
     out: str
     role: str | None
     folds: tuple[tuple[str, float], ...] = ()
+    ckpt: Checkpoint | None = None
 
 
 def _module(suffix: str) -> str:
@@ -40,19 +42,23 @@ def _global_name(spec: ArchSpec, role: str) -> str | None:
     return next((f"{m}.weight" for m, r in spec.globals.items() if r == role), None)
 
 
-def layer_jobs(spec: ArchSpec, layout: Layout, layer_map: LayerMap) -> list[Job]:
+def layer_jobs(spec: ArchSpec, sources: list[Source], layer_map: LayerMap) -> list[Job]:
     jobs = []
     for j, e in enumerate(layer_map):
-        src = layout.layers[e.source]
+        src = sources[e.model].layout.layers[e.source]
         branch = spec.branch_tensors(set(src)) if e.scale != 1.0 else {}
+        ckpt = sources[e.model].ckpt if e.model else None
         for suffix, name in src.items():
             folds = ((branch[suffix][1], e.scale),) if suffix in branch else ()
-            jobs.append(Job(name, spec.layer_tensor(j, suffix), spec.role_of(suffix), folds))
+            jobs.append(Job(name, spec.layer_tensor(j, suffix), spec.role_of(suffix), folds, ckpt))
     return jobs
 
 
-def global_jobs(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, width: WidthPlan | None) -> tuple[list[Job], bool]:
-    """Non-layer tensors, with the tied-embedding rule under width growth; returns (jobs, untied)."""
+def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
+                taken: dict[str, int] | None = None) -> tuple[list[Job], bool]:  # fmt: skip
+    """Non-layer tensors (each from the source `taken` names, MODEL by default), with the
+    tied-embedding rule under width growth; returns (jobs, untied)."""
+    ckpt, layout, taken = sources[0].ckpt, sources[0].layout, taken or {}
     embed, lm_head = _global_name(spec, "embed"), _global_name(spec, "lm_head")
     tied = lm_head is not None and lm_head not in ckpt.tensors
     a, c = (1.0, 1.0)
@@ -63,16 +69,18 @@ def global_jobs(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, width: WidthPl
     uniform = width is None or width.dst.hidden % width.src.hidden == 0
     jobs = []
     for name in layout.others:
-        role = spec.globals.get(_module(name))
+        role = spec.global_role(name)
         folds: tuple = ()
         if name == embed and a != 1.0:
             folds = (("multiply", a),)
         elif tied and uniform and role == "final_norm" and c != 1.0:
             folds = ((spec.norm_fold, c),)
-        jobs.append(Job(name, name, role, folds))
+        k = taken.get(name, 0)
+        jobs.append(Job(name, name, role, folds, sources[k].ckpt if k else None))
     untie = tied and not uniform
     if untie:  # an uneven tiling cannot be compensated by one scalar: write a real lm_head
-        jobs.append(Job(embed, lm_head, "lm_head"))
+        k = taken.get(embed, 0)
+        jobs.append(Job(embed, lm_head, "lm_head", (), sources[k].ckpt if k else None))
     return jobs, untie
 
 
@@ -114,7 +122,8 @@ def _folded(ckpt: Checkpoint, job: Job) -> OutTensor:
     return OutTensor(job.out, info.dtype, info.shape, info.nbytes, compute=compute)
 
 
-def make_tensor(ckpt: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: Job) -> OutTensor:
+def make_tensor(main: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: Job) -> OutTensor:
+    ckpt = job.ckpt or main
     info = ckpt.tensors[job.src]
     if width is None and job.folds:
         return _folded(ckpt, job)
@@ -154,11 +163,14 @@ def unknown_roles(jobs: list[Job], width: WidthPlan | None, origin: str, spec: A
                         hint="add the module to the family's table in modelsurgeon/arch/specs/")  # fmt: skip
 
 
-def output_tensors(ckpt: Checkpoint, spec: ArchSpec, layout: Layout, layer_map: LayerMap, width: WidthPlan | None, origin: str,
-                   moe: ExpertGrowth | None = None) -> tuple[list[OutTensor], bool]:  # fmt: skip
-    """Non-layer tensors first, then each output layer; returns (tensors, untied)."""
-    g_jobs, untied = global_jobs(ckpt, spec, layout, width)
-    jobs = g_jobs + layer_jobs(spec, layout, layer_map)
+def output_tensors(sources: list[Source], spec: ArchSpec, layer_map: LayerMap, width: WidthPlan | None, origin: str,
+                   moe: ExpertGrowth | None = None,
+                   taken: dict[str, int] | None = None) -> tuple[list[OutTensor], bool]:  # fmt: skip
+    """Non-layer tensors first, then each output layer; returns (tensors, untied). `sources`
+    holds MODEL first, then a splice's other models, which `layer_map` and `taken` index."""
+    ckpt = sources[0].ckpt
+    g_jobs, untied = global_jobs(sources, spec, width, taken)
+    jobs = g_jobs + layer_jobs(spec, sources, layer_map)
     unknown_roles(jobs, width, origin, spec)
     if moe is not None:  # sparse layers' FFNs become (more) experts
         return moe_tensors(ckpt, moe, jobs, partial(make_tensor, ckpt, spec, width)), untied

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 from modelsurgeon.arch.spec import ArchSpec
 from modelsurgeon.errors import PlanError
-from modelsurgeon.ops.depth import DEPTH_OPS
+from modelsurgeon.ops.depth import DEPTH_OPS, layers
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, Local, classify, compose, identity_map, weakest
 from modelsurgeon.ops.moe import ExpertGrowth, apply_step, start
-from modelsurgeon.plan.schema import Experts, Plan, Upcycle, Widen
+from modelsurgeon.plan.schema import Experts, LayerMapStep, Plan, Upcycle, Widen
 
 if TYPE_CHECKING:  # width maps need torch; plans without widen steps never import it
     from modelsurgeon.ops.width import Dims, WidthPlan
@@ -60,11 +60,22 @@ class _Widths:
         return cls
 
 
+def _depth(step, n: int, models: dict[str, tuple[int, int]], sparse: bool) -> Local:
+    if not isinstance(step, LayerMapStep):
+        return DEPTH_OPS[step.op](step, n)
+    local = layers(step, n, models)
+    if sparse and any(e.model for e in local):
+        raise ValueError("map: layers from other models are not supported for mixture-of-experts models yet")
+    return local
+
+
 def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSpec | None = None, dims: Dims | None = None,
-                 sparse: tuple[bool, ...] | None = None, config: dict | None = None) -> Compiled:  # fmt: skip
+                 sparse: tuple[bool, ...] | None = None, config: dict | None = None,
+                 models: dict[str, tuple[int, int]] | None = None) -> Compiled:  # fmt: skip
     """Raises PlanError with each failing step's location and the valid range. A step that fails
     leaves the model's shape unknown, so later steps are checked only up to the first failure.
-    `sparse` (with `config`) marks an MoE source's layers that hold experts."""
+    `sparse` (with `config`) marks an MoE source's layers that hold experts; `models` maps each
+    other checkpoint the plan names to (model index, layer count)."""
     current = identity_map(n_layers)
     widths = _Widths(spec, dims)
     moe = start(spec, sparse, config or {})
@@ -74,6 +85,8 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
             if isinstance(step, (Upcycle, Experts)):
                 if spec is None or not spec.known:
                     raise ValueError(f"op: {step.op} needs the family's tensor roles, which this model's family lacks")
+                if any(e.model for e in current):
+                    raise ValueError(f"op: {step.op} after layers from other models is not supported yet")
                 moe, cls = apply_step(step, moe, spec, len(current))
                 results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
                 continue
@@ -83,7 +96,7 @@ def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSp
                 cls = widths.apply(step)
                 results.append(StepResult(op=step.op, layers_in=len(current), layers_out=len(current), equivalence=cls))
                 continue
-            local: Local = DEPTH_OPS[step.op](step, len(current))
+            local: Local = _depth(step, len(current), models or {}, moe is not None)
         except ValueError as exc:
             problems = [f"steps[{i}].{exc} (the step sees {len(current)} layers)"]
             if i + 1 < len(plan.steps):

@@ -7,7 +7,7 @@ import math
 
 from modelsurgeon.ops.layermap import LayerEntry as E
 from modelsurgeon.ops.layermap import Local
-from modelsurgeon.plan.schema import Drop, Interpolate, LayerMapStep, MapEntry, Range, Splice, Stack
+from modelsurgeon.plan.schema import Drop, Interpolate, LayerMapStep, MapEntry, ModelRange, Range, Splice, Stack
 from modelsurgeon.plan.selection import resolve_selection
 
 
@@ -72,26 +72,47 @@ def _index(i: int, n: int, where: str) -> int:
     return i % n
 
 
-def layers(step: LayerMapStep, n: int) -> Local:
-    pairs: list[tuple[int, float, bool]] = []  # (source, scale, zero-init)
+def _model(name: str | None, models: dict[str, tuple[int, int]], where: str) -> tuple[int, int | None]:
+    """(model index, its layer count) for an entry's `model`; (0, None) for the step's input."""
+    if name is None:
+        return 0, None
+    if name not in models:
+        raise ValueError(f"{where}.model: {name!r} was not opened (this is a bug; please report it)")
+    return models[name]
+
+
+def layers(step: LayerMapStep, n: int, models: dict[str, tuple[int, int]] | None = None) -> Local:
+    """`models` maps each other checkpoint the map names to (model index, layer count); one
+    that is MODEL itself has index 0, so its entries index the step's input like plain ones."""
+    models = models or {}
+    pairs: list[tuple[int, int, float, bool]] = []  # (model, source, scale, zero-init)
     for pos, entry in enumerate(step.map):
         where = f"map[{pos}]"
         if isinstance(entry, int):
-            pairs.append((_index(entry, n, where), 1.0, False))
+            pairs.append((0, _index(entry, n, where), 1.0, False))
         elif isinstance(entry, Range):
-            pairs += [(i, 1.0, False) for i in _select(entry, n)]
+            pairs += [(0, i, 1.0, False) for i in _select(entry, n)]
+        elif isinstance(entry, ModelRange):
+            k, m = _model(entry.model, models, where)
+            try:
+                chosen = resolve_selection(Range(**{"from": entry.start, "to": entry.stop}), n if k == 0 else m)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc} (model {entry.model!r})") from None
+            pairs += [(k, i, 1.0, False) for i in chosen]
         elif isinstance(entry, MapEntry):
             if entry.new == "zero" and entry.scale != 1.0:
                 raise ValueError(f"{where}: new: zero already sets the branch scale to 0; drop scale")
             zero = entry.new == "zero"
-            pairs.append((_index(entry.layer, n, where), 0.0 if zero else entry.scale, zero))
+            k, m = _model(entry.model, models, where)
+            at = where if entry.model is None else f"{where} (model {entry.model!r})"
+            pairs.append((k, _index(entry.layer, n if k == 0 else m, at), 0.0 if zero else entry.scale, zero))
     # An identity init is new; otherwise a layer is new when its source already appeared.
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     out: Local = []
-    for i, scale, zero in pairs:
-        out.append(E(i, scale, new=zero or i in seen))
+    for k, i, scale, zero in pairs:
+        out.append(E(i, scale, new=zero or (k, i) in seen, model=k))
         if not zero:
-            seen.add(i)
+            seen.add((k, i))
     return out
 
 

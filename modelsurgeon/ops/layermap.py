@@ -15,11 +15,14 @@ CLASS_ORDER: dict[Equivalence, int] = {"exact": 2, "approx": 1, "none": 0}
 class LayerEntry:
     """One output layer: a copy of `source` whose residual branches are scaled by `scale`
     (0 makes the layer an identity). `new` marks a layer the plan added (a copy or an identity
-    init) rather than an original; training stages that train only new layers read it."""
+    init) rather than an original; training stages that train only new layers read it.
+    `model` 0 is MODEL; k >= 1 is the k-th other checkpoint of a multi-model splice, whose layer
+    `source` this is (in a step's local map, such an entry bypasses the step's input)."""
 
     source: int
     scale: float = 1.0
     new: bool = False
+    model: int = 0
 
 
 LayerMap = tuple[LayerEntry, ...]
@@ -32,17 +35,23 @@ def identity_map(n_layers: int) -> LayerMap:
 
 def compose(prev: LayerMap, local: Local) -> LayerMap:
     """Apply a step's local map to the previous map. Branch scales multiply: a layer computing
-    x + s1*F(x), scaled again by s2, computes x + s1*s2*F(x)."""
-    return tuple(
-        LayerEntry(prev[e.source].source, prev[e.source].scale * e.scale, prev[e.source].new or e.new) for e in local
-    )
+    x + s1*F(x), scaled again by s2, computes x + s1*s2*F(x). An entry naming another model
+    is that model's layer, whatever the previous steps did."""
+    return tuple(e if e.model else _through(prev[e.source], e) for e in local)
+
+
+def _through(p: LayerEntry, e: LayerEntry) -> LayerEntry:
+    return LayerEntry(p.source, p.scale * e.scale, p.new or e.new, p.model)
 
 
 def classify(local: Local, n_in: int) -> Equivalence:
     """exact: the non-identity layers are the input layers, in order, unscaled (added layers
     are identities). approx: every input layer is kept, in order, with branch scales summing to 1
     per layer, which matches the input to first order in each branch (x + F/k + F/k ~ x + F).
-    none: anything else (reordered, dropped, or duplicated without compensation)."""
+    none: anything else (reordered, dropped, or duplicated without compensation, or layers
+    taken from another model)."""
+    if any(e.model for e in local):
+        return "none"
     live = [(e.source, e.scale) for e in local if e.scale != 0.0]
     if live == [(i, 1.0) for i in range(n_in)]:
         return "exact"

@@ -236,7 +236,8 @@ def _router(name: str, shape: tuple[int, int], dtype: str, init: RouterInit) -> 
     return OutTensor(name, dtype, shape, _nbytes(dtype, shape), compute=_whole(shape, value))
 
 
-def _copied_router(ckpt, job, m: int) -> OutTensor:
+def _copied_router(main, job, m: int) -> OutTensor:
+    ckpt = job.ckpt or main
     info = ckpt.tensors[job.src]
     shape = (info.shape[0] * m, *info.shape[1:])
 
@@ -254,7 +255,7 @@ def _perturbed(ckpt, base: OutTensor, job, up: Upcycle, expert_key: str) -> OutT
     def value():
         from modelsurgeon.ops.moe_init import add_noise, drop_upcycle
 
-        x = base.compute(0, base.shape[0]) if base.compute else ckpt.load(job.src)
+        x = base.compute(0, base.shape[0]) if base.compute else (job.ckpt or ckpt).load(job.src)
         if up.drop is not None:
             x = drop_upcycle(x, job.role, up.drop, expert_key, base.name)
         if up.noise is not None and up.noise.std > 0:

@@ -37,6 +37,9 @@ ROLE_AXES: dict[str, tuple[str | None, str | None, bool]] = {
     "down": ("hidden", "ffn", True),
     "attn_norm": ("hidden", None, False), "mlp_norm": ("hidden", None, False), "final_norm": ("hidden", None, False),
     "post_attn_norm": ("hidden", None, False), "post_mlp_norm": ("hidden", None, False),
+    # Vision-language wrappers: the vision tower is untouched; projector outputs are text hidden units.
+    "vision": (None, None, False), "proj_out": ("hidden", None, False), "proj_out_t": ("hidden", None, False),
+    "proj_mid": ("hidden", "hidden", True),
 }  # fmt: skip
 
 
@@ -140,7 +143,7 @@ def transform_for(role: str | None, is_bias: bool, plan: WidthPlan, spec: ArchSp
     out_axis, in_axis, split = ROLE_AXES[role]
     out_map = plan.axes[out_axis] if out_axis else None
     in_map = None if is_bias or in_axis is None else plan.axes[in_axis]
-    transposed = spec.transposed_linears and role in LINEAR_ROLES and not is_bias
+    transposed = (role == "proj_out_t" or spec.transposed_linears and role in LINEAR_ROLES) and not is_bias
     return out_map, in_map, split, transposed
 
 

@@ -21,7 +21,11 @@ HINTS = {
     "new": "copy (added layers are copies) or zero (identity copies: output projections zeroed)",
     "name": "lower-case letters, digits, '-' and '_', starting with a letter or digit",
     "trim": "an int number of layers, or a percent string such as '25%'",
-    "map": "a list of source indices, {from, to} ranges, or {layer: i, scale: s, new: zero}",
+    "map": "a list of source indices, {from, to} ranges, {layer: i, scale: s, new: zero}, or another model's "
+           "layers: {model: DIR, from: a, to: b} / {model: DIR, layer: i}",
+    "model": "the directory of another checkpoint of the same family and widths",
+    "embeddings_from": "the directory of the checkpoint whose input embeddings the output takes (default: MODEL)",
+    "head_from": "the directory of the checkpoint whose final norm and output head the output takes (default: MODEL)",
     "hidden": "'<n>x' (integer multiples are exact) or a target size (approximate)",
     "ffn": "'<n>x' or any target size >= the current one (exact)",
     "heads": "an integer multiple like '2x' (query and key/value heads both; head_dim kept)",
@@ -107,7 +111,8 @@ def _field_names() -> set[str]:
     names: set[str] = set()
     for model in (schema.Plan, schema.Interpolate, schema.Stack, schema.Splice, schema.LayerMapStep,
                   schema.Drop, schema.Widen, schema.NoiseSpec, schema.Upcycle, schema.Experts,
-                  schema.RouterInit, schema.DropSpec, schema.ExpertNoise, schema.MapEntry, schema.Range, schema.Every, schema.Middle):
+                  schema.RouterInit, schema.DropSpec, schema.ExpertNoise, schema.MapEntry, schema.ModelRange, schema.Range, schema.Every,
+                  schema.Middle):
         for fname, info in model.model_fields.items():
             names.add(info.alias or fname)
     return names

@@ -1,5 +1,8 @@
-"""Translate a mergekit passthrough config (one source model, slices of `layer_range`, optional
-`scale` on the output projections) into an equivalent `layers` step."""
+"""Translate a mergekit passthrough config (slices of `layer_range`, one source model per slice,
+optional `scale` on the output projections) into an equivalent `layers` step. With several
+models, the first slice's model is MODEL and the others are named per layer; mergekit takes the
+embeddings from the first slice's model and the final norm and head from the last slice's, so a
+last slice from another model becomes `head_from`."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def _slice_scale(params: dict | None, where: str, problems: list[str]) -> list[d
 def _slice_entries(i: int, sl: object, problems: list[str]) -> tuple[str | None, list]:
     where = f"slices[{i}]"
     sources = sl.get("sources") if isinstance(sl, dict) else None
-    if not isinstance(sources, list) or len(sources) != 1:
+    if not isinstance(sources, list) or len(sources) != 1 or not isinstance(sources[0], dict):
         problems.append(f"{where}: passthrough translation takes exactly one source per slice")
         return None, []
     src = sources[0]
@@ -55,13 +58,38 @@ def _slice_entries(i: int, sl: object, problems: list[str]) -> tuple[str | None,
     if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] < rng[1]):
         problems.append(f"{where}.sources[0].layer_range: expected [start, end) with start < end, got {rng!r}")
         return src.get("model"), []
+    model = src.get("model")
+    if not isinstance(model, str) or not model:
+        problems.append(f"{where}.sources[0].model: expected a model directory, got {model!r}")
     rules = _slice_scale(src.get("parameters") or sl.get("parameters"), where, problems)
     n = rng[1] - rng[0]
     entries = []
     for k, layer in enumerate(range(*rng)):
         s = _value_at(rules[0]["value"], k, n) if rules else 1.0
         entries.append(layer if s == 1.0 else {"layer": layer, "scale": s})
-    return src.get("model"), entries
+    return model, entries
+
+
+def _foreign(model: str, entries: list) -> list:
+    """Entries of another model's slice: unscaled runs as one range, scaled layers one by one."""
+    out: list = []
+    for e in entries:
+        if isinstance(e, dict):
+            out.append({"model": model, **e})
+        elif out and "to" in out[-1] and out[-1]["to"] == e:
+            out[-1]["to"] = e + 1
+        else:
+            out.append({"model": model, "from": e, "to": e + 1})
+    return out
+
+
+def _layer_map(parts: list[tuple[str | None, list]]) -> tuple[list, list[str]]:
+    """The map over all slices (the first slice's model is MODEL) and the models in order."""
+    first = parts[0][0] if parts else None
+    entries: list = []
+    for model, part in parts:
+        entries += part if model == first else _foreign(model, part)
+    return entries, list(dict.fromkeys(m for m, _ in parts))
 
 
 def output_dtype(data: dict, origin: str) -> str | None:
@@ -88,23 +116,24 @@ def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
     extra = set(data) - {"slices", "merge_method", *DTYPE_KEYS} - IGNORED_KEYS
     if extra:
         problems.append(f"keys {sorted(extra)} have no growth-plan equivalent")
-    models, entries = set(), []
-    for i, sl in enumerate(slices):
-        model, part = _slice_entries(i, sl, problems)
-        models.add(model)
-        entries += part
-    if len(models) > 1:
-        problems.append(f"all slices must take the same source model, got {sorted(map(str, models))}")
+    parts = [_slice_entries(i, sl, problems) for i, sl in enumerate(slices)]
     if problems:
-        raise PlanError(origin, problems, hint="only single-model passthrough configs translate; write a native plan otherwise")
-    ignored = sorted(set(data) & IGNORED_KEYS)
+        raise PlanError(origin, problems, hint="only passthrough configs with one source per slice translate; "
+                        "write a native plan otherwise")  # fmt: skip
+    entries, models = _layer_map(parts)
     plan = {"name": "mergekit-passthrough", "description": f"translated from {origin}",
             "steps": [{"op": "layers", "map": entries}]}  # fmt: skip
-    note = (f"translated mergekit passthrough config {origin} (source model {models.pop()!r}; the MODEL "
-            f"argument is used) -> layers step with {len(entries)} output layers: {entries}")
+    note = (f"translated mergekit passthrough config {origin} (source model {models[0]!r}; the MODEL "
+            f"argument is used) -> layers step with {sum(len(p) for _, p in parts)} output layers: {entries}")
+    if len(models) > 1:
+        note += f"; layers from the other models {models[1:]} are read from those directories"
+    if parts[-1][0] != models[0]:  # mergekit's final norm and head come from the last slice
+        plan["head_from"] = parts[-1][0]
+        note += f"; final norm and output head from {parts[-1][0]!r}, as mergekit takes them from the last slice"
     dtype = output_dtype(data, origin)
     if dtype:
         note += f"; written as {dtype} (the config's {next(k for k in DTYPE_KEYS if data.get(k))})"
+    ignored = sorted(set(data) & IGNORED_KEYS)
     if ignored:
         note += f" (ignored, the source tokenizer is kept: {ignored})"
     return plan, note

@@ -90,20 +90,35 @@ class Splice(_Strict):
 
 
 class MapEntry(_Strict):
-    """One output layer of an explicit map: a source layer, its branch scale and init."""
+    """One output layer of an explicit map: a source layer, its branch scale and init; with
+    `model`, a layer of that other checkpoint (multi-model splice) instead of the step's input."""
 
     layer: int
     scale: float = 1.0
     new: NewInit = "copy"
+    model: str | None = Field(default=None, min_length=1)
 
     _scale = field_validator("scale")(_check_scale)
+
+
+class ModelRange(_Strict):
+    """Layers from..to-1 of another checkpoint (`model`: its directory), copied as they are."""
+
+    model: str = Field(min_length=1)
+    start: int = Field(alias="from")
+    stop: int = Field(alias="to")
 
 
 class LayerMapStep(_Strict):
     """An explicit output layer list."""
 
     op: Literal["layers"]
-    map: list[Union[int, Range, MapEntry]] = Field(min_length=1)
+    map: list[Union[int, Range, ModelRange, MapEntry]] = Field(min_length=1)
+
+    @property
+    def models(self) -> list[str]:
+        """The other checkpoints the map names, in order of first mention."""
+        return list(dict.fromkeys(e.model for e in self.map if isinstance(e, (ModelRange, MapEntry)) and e.model))
 
 
 class Drop(_Strict):
@@ -240,8 +255,18 @@ OPS = ("interpolate", "stack", "splice", "layers", "drop", "widen", "upcycle", "
 
 
 class Plan(_Strict):
-    """A named, ordered list of growth steps; each step sees the previous step's result."""
+    """A named, ordered list of growth steps; each step sees the previous step's result.
+    Non-layer tensors come from MODEL, except the input embeddings (`embeddings_from`) and the
+    final norm and output head (`head_from`) when the plan names another checkpoint for them."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
+    embeddings_from: str | None = Field(default=None, min_length=1)
+    head_from: str | None = Field(default=None, min_length=1)
     steps: list[Step] = Field(min_length=1)
+
+    @property
+    def models(self) -> list[str]:
+        """Every other checkpoint the plan names (layers, embeddings, head), in order of first mention."""
+        named = [m for s in self.steps if isinstance(s, LayerMapStep) for m in s.models]
+        return list(dict.fromkeys(named + [m for m in (self.embeddings_from, self.head_from) if m]))

@@ -99,6 +99,12 @@ def _grow_manifest(grown: Checkpoint, policy: str) -> Manifest:
             f"so moments cannot follow them (policy {policy!r})",
             hint="use --carry-optimizer reset after width growth",
         )
+    if manifest.multi_model:
+        raise TrainError(
+            f"{grown.path} takes layers from {1 + len(manifest.models)} models, and the optimizer state of "
+            f"one parent holds moments for its own layers only (policy {policy!r})",
+            hint="use --carry-optimizer reset after a multi-model splice",
+        )
     return manifest
 
 

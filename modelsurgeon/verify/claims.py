@@ -88,6 +88,13 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
             )
         same = source.num_layers == grown.num_layers
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)
+    if manifest.multi_model:  # layers of other checkpoints: SOURCE cannot run GROWN's program
+        note = (f"GROWN is a splice of {1 + len(manifest.models)} models ({MANIFEST} models: "
+                f"{[m.path for m in manifest.models]}): the layer-map program check and the hidden-state "
+                "alignment need every layer's own model, so they are not checkable against one SOURCE")  # fmt: skip
+        if expect is None and manifest.equivalence not in CLASSES:
+            raise VerifyError(f"{MANIFEST} has no valid 'equivalence' ({manifest.equivalence!r})", hint="pass --expect CLASS")
+        return Claims(expect or manifest.equivalence, "--expect" if expect else MANIFEST, None, [note])
     found = lineage_path(manifest, headers_sha256(source.ckpt.files), grown.num_layers)
     if found is None:
         if expect is None:
