@@ -27,9 +27,15 @@ def shipped_plan(name: str) -> Path:
 def _row(name: str, prep: Prepared, report: VerifyReport, seconds: float) -> list[str]:
     lg = report.metrics["logits"]
     return [
-        name, f"{prep.layout.num_layers}->{len(prep.layer_map)}", human_count(prep.params_out), prep.equivalence,
-        f"{lg['max_abs']:.1e}", f"{lg['mean_kl']:.3f}", f"{lg['top1']:.2f}", f"{seconds:.1f}s",
-    ]  # fmt: skip
+        name,
+        f"{prep.layout.num_layers}->{len(prep.layer_map)}",
+        human_count(prep.params_out),
+        prep.equivalence,
+        f"{lg['max_abs']:.1e}",
+        f"{lg['mean_kl']:.3f}",
+        f"{lg['top1']:.2f}",
+        f"{seconds:.1f}s",
+    ]
 
 
 def _table(name: str, prep: Prepared) -> Table:

@@ -57,8 +57,16 @@ def build(workdir: Path, hidden: int, layers: int, vocab: int) -> tuple[Path, Pa
     if not (src / "config.json").is_file():
         print(f"building {src} ...", flush=True)
         heads = max(hidden // 128, 4)  # head_dim 128 like real llamas (64 for the small run)
-        build_tiny("llama", src, n_layers=layers, hidden=hidden, heads=heads, kv_heads=max(heads // 4, 1), vocab=vocab,
-                   max_shard_size="2GB")  # fmt: skip
+        build_tiny(
+            "llama",
+            src,
+            n_layers=layers,
+            hidden=hidden,
+            heads=heads,
+            kv_heads=max(heads // 4, 1),
+            vocab=vocab,
+            max_shard_size="2GB",
+        )
     if not (out / "surgeon.json").is_file():
         print(f"growing {out} ...", flush=True)
         grow(src, parse_plan("name: x2\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"), out, force=True)
@@ -88,7 +96,9 @@ def table(rows: list[tuple[str, dict]], src: Path, out: Path, tokens: int) -> st
         src_s = f"{t['source_load']:.1f}+{t['source_run']:.1f}" if t else "-"
         out_s = f"{t['grown_load']:.1f}+{t['grown_run']:.1f}" if t else "-"
         dl = f"{r['logits']['max_abs']:.1e}" if r["logits"] else "-"
-        lines.append(f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | {r['passed'] if r['passed'] is not None else '-'} | {dl} |")
+        lines.append(
+            f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | {r['passed'] if r['passed'] is not None else '-'} | {dl} |"
+        )
     return "\n".join(lines)
 
 

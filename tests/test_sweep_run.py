@@ -73,8 +73,12 @@ def micro(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_one_row_per_run_and_the_statistics_come_from_them(micro):
     _, out, summary = micro
     table = rows(out)
-    assert [(r["arm"], r["seed"]) for r in table] == [("operator=split", "0"), ("operator=split", "1"),
-                                                     ("scratch-4", "0"), ("scratch-4", "1")]  # fmt: skip
+    assert [(r["arm"], r["seed"]) for r in table] == [
+        ("operator=split", "0"),
+        ("operator=split", "1"),
+        ("scratch-4", "0"),
+        ("scratch-4", "1"),
+    ]
     assert summary["finished"] == summary["expected"] == 4 and not summary["missing"]
     for arm in ("operator=split", "scratch-4"):
         losses = [float(r["final_eval_loss"]) for r in table if r["arm"] == arm]
@@ -150,8 +154,13 @@ def test_killed_sweep_finishes_with_resume_as_if_never_killed(micro, tmp_path):
     sweep, reference, _ = micro
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "modelsurgeon", "sweep", str(sweep), "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelsurgeon", "sweep", str(sweep), "-o", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     # kill once the grid is done and a reported run is mid-way: its first stage finished, the run not
     while time.time() < deadline and not list(out.glob("runs/*/seed-*/stages/01-train/stage.json")):

@@ -54,8 +54,9 @@ def layer_jobs(spec: ArchSpec, sources: list[Source], layer_map: LayerMap) -> li
     return jobs
 
 
-def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
-                taken: dict[str, int] | None = None) -> tuple[list[Job], bool]:  # fmt: skip
+def global_jobs(
+    sources: list[Source], spec: ArchSpec, width: WidthPlan | None, taken: dict[str, int] | None = None
+) -> tuple[list[Job], bool]:
     """Non-layer tensors (each from the source `taken` names, MODEL by default), with the
     tied-embedding rule under width growth; returns (jobs, untied)."""
     ckpt, layout, taken = sources[0].ckpt, sources[0].layout, taken or {}
@@ -159,13 +160,22 @@ def unknown_roles(jobs: list[Job], width: WidthPlan | None, origin: str, spec: A
         return
     unknown = sorted({j.src for j in jobs if j.role is None})
     if unknown:
-        raise PlanError(origin, [f"widen: the {spec.model_type} table has no role for tensor(s) {unknown[:6]}, so they cannot be widened"],
-                        hint="add the module to the family's table in modelsurgeon/arch/specs/")  # fmt: skip
+        raise PlanError(
+            origin,
+            [f"widen: the {spec.model_type} table has no role for tensor(s) {unknown[:6]}, so they cannot be widened"],
+            hint="add the module to the family's table in modelsurgeon/arch/specs/",
+        )
 
 
-def output_tensors(sources: list[Source], spec: ArchSpec, layer_map: LayerMap, width: WidthPlan | None, origin: str,
-                   moe: ExpertGrowth | None = None,
-                   taken: dict[str, int] | None = None) -> tuple[list[OutTensor], bool]:  # fmt: skip
+def output_tensors(
+    sources: list[Source],
+    spec: ArchSpec,
+    layer_map: LayerMap,
+    width: WidthPlan | None,
+    origin: str,
+    moe: ExpertGrowth | None = None,
+    taken: dict[str, int] | None = None,
+) -> tuple[list[OutTensor], bool]:
     """Non-layer tensors first, then each output layer; returns (tensors, untied). `sources`
     holds MODEL first, then a splice's other models, which `layer_map` and `taken` index."""
     ckpt = sources[0].ckpt

@@ -28,7 +28,6 @@ from modelsurgeon.io.layout import (
     Shard,
     ShardLayout,
     plan_layout,
-    shard_groups,
     shard_names,
 )
 from modelsurgeon.io.st_format import TensorInfo

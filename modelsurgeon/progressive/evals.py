@@ -59,11 +59,23 @@ def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
     rows = []
     with torch.no_grad():
         for start in range(0, len(problems), 100):
-            batch = problems[start:start + 100]
-            for p, reply in zip(batch, greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)):
+            batch = problems[start : start + 100]
+            for p, reply in zip(
+                batch, greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)
+            ):
                 test = "interpolation" if train_max_k is None or p.k <= train_max_k else "extrapolation"
-                rows.append({"bench": "arith", "set": test, "id": p.prompt, "answer": p.answer, "reply": reply,
-                             "length": p.k, "module": None, "correct": int(reply == p.answer)})  # fmt: skip
+                rows.append(
+                    {
+                        "bench": "arith",
+                        "set": test,
+                        "id": p.prompt,
+                        "answer": p.answer,
+                        "reply": reply,
+                        "length": p.k,
+                        "module": None,
+                        "correct": int(reply == p.answer),
+                    }
+                )
     return rows
 
 
@@ -73,8 +85,18 @@ def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
     rows = []
     for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():
         right = dm_math.exact_match(model, tokenizer, problems, batch_size=50)  # greedy, cut at newline or EOS
-        rows += [{"bench": "dm_math", "set": test, "id": p.question, "answer": p.answer, "length": dm_math.chain_length(p),
-                  "module": p.module, "correct": int(ok)} for p, ok in zip(problems, right)]  # fmt: skip
+        rows += [
+            {
+                "bench": "dm_math",
+                "set": test,
+                "id": p.question,
+                "answer": p.answer,
+                "length": dm_math.chain_length(p),
+                "module": p.module,
+                "correct": int(ok),
+            }
+            for p, ok in zip(problems, right)
+        ]
     return rows
 
 

@@ -48,8 +48,11 @@ def init_config(init: InitModel, tokenizer):
 
     if init.family not in CONFIG_MAPPING:
         raise ValueError(f"family {init.family!r} is not a transformers model_type")
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     try:
         config = CONFIG_MAPPING[init.family](**{"vocab_size": len(tokenizer), **ids, **init.config_fields})
     except (TypeError, ValueError) as exc:

@@ -171,11 +171,15 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
 
 def parse_recipe(text: str, origin: str = "<recipe>") -> LoadedRecipe:
     """Validate recipe YAML text against the schema (no files or models are read yet)."""
-    data, root = read_yaml(text, origin, RecipeError, "name, data and stages", f"{doc_path('progressive.md')} and `surgeon plan list`")
+    data, root = read_yaml(
+        text, origin, RecipeError, "name, data and stages", f"{doc_path('progressive.md')} and `surgeon plan list`"
+    )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(origin, _problems(exc, root), hint=f"see {doc_path('progressive.md')}; examples: `surgeon plan list`") from None
+        raise RecipeError(
+            origin, _problems(exc, root), hint=f"see {doc_path('progressive.md')}; examples: `surgeon plan list`"
+        ) from None
     return LoadedRecipe(recipe, text, origin, root)
 
 

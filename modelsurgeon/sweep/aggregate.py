@@ -30,8 +30,13 @@ def default_target(results: list[RunResult]) -> float | None:
 def run_values(r: RunResult, target: float | None) -> dict[str, float | None]:
     """The per-run numbers the statistics are taken over (accuracies as acc:<bench>:<set>)."""
     ftt = flops_to_target([x for x, _ in r.curve], [y for _, y in r.curve], target) if target is not None else None
-    out = {"final_eval_loss": r.final_eval_loss, "flops_to_target": ftt, "tokens": r.tokens, "flops": r.flops,
-           "wall_s": r.wall_s}  # fmt: skip
+    out = {
+        "final_eval_loss": r.final_eval_loss,
+        "flops_to_target": ftt,
+        "tokens": r.tokens,
+        "flops": r.flops,
+        "wall_s": r.wall_s,
+    }
     out.update({f"acc:{k}": v for k, v in r.accuracy.items()})
     return out
 
@@ -71,8 +76,14 @@ def arm_stats(runs: list[RunResult], target: float | None, samples: int) -> dict
         pooled[key] = bootstrap_accuracy(_matrix(runs, key, seeds, ids), samples).as_dict()
         lengths[key] = _by_length(runs, key)
     reached = sum(v["flops_to_target"] is not None for v in values)
-    return {"seeds": sorted(r.seed for r in runs), "t": stats, "pooled_accuracy": pooled, "accuracy_by_length": lengths,
-            "reached_target": reached, "per_seed": {r.seed: v for r, v in zip(runs, values)}}  # fmt: skip
+    return {
+        "seeds": sorted(r.seed for r in runs),
+        "t": stats,
+        "pooled_accuracy": pooled,
+        "accuracy_by_length": lengths,
+        "reached_target": reached,
+        "per_seed": {r.seed: v for r, v in zip(runs, values)},
+    }
 
 
 def compare(arm: list[RunResult], base: list[RunResult], target: float | None, samples: int) -> dict:
@@ -91,8 +102,11 @@ def compare(arm: list[RunResult], base: list[RunResult], target: float | None, s
         ids = _common_ids(both, key) if both else []
         if not ids:
             continue
-        d = bootstrap_difference(_matrix([r for r in arm if r.seed in seeds], key, seeds, ids),
-                                 _matrix([r for r in base if r.seed in seeds], key, seeds, ids), samples)  # fmt: skip
+        d = bootstrap_difference(
+            _matrix([r for r in arm if r.seed in seeds], key, seeds, ids),
+            _matrix([r for r in base if r.seed in seeds], key, seeds, ids),
+            samples,
+        )
         out["bootstrap"][key] = {**d.as_dict(), "verdict": verdict_words(d)}
     return out
 
@@ -106,10 +120,17 @@ def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
     for arm in manifest.arms:
         for base in arm.pairs if arm.kind == "grown" else []:
             if by_arm[arm.name] and by_arm.get(base):
-                comparisons[f"{arm.name} vs {base}"] = {"arm": arm.name, "baseline": base,
-                                                        **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples)}  # fmt: skip
-    return {"target_loss": target, "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
-            "arms_stats": arms, "comparisons": comparisons}  # fmt: skip
+                comparisons[f"{arm.name} vs {base}"] = {
+                    "arm": arm.name,
+                    "baseline": base,
+                    **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples),
+                }
+    return {
+        "target_loss": target,
+        "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
+        "arms_stats": arms,
+        "comparisons": comparisons,
+    }
 
 
 def finite(x) -> bool:

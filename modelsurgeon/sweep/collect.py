@@ -73,9 +73,19 @@ def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
     run, stages = summary["runs"]["progressive"], summary["stages"]
     correct, lengths = _problems(run_dir, stages)
     return RunResult(
-        arm=arm, seed=seed, dir=rel, flops=run["flops"], tokens=run["tokens"], wall_s=run["wall_s"],
-        layers=run["layers"], params=run["params"], final_train_loss=run["final_train_loss"],
+        arm=arm,
+        seed=seed,
+        dir=rel,
+        flops=run["flops"],
+        tokens=run["tokens"],
+        wall_s=run["wall_s"],
+        layers=run["layers"],
+        params=run["params"],
+        final_train_loss=run["final_train_loss"],
         final_eval_loss=run["final_eval_loss"],
         accuracy={k: sum(v.values()) / len(v) for k, v in correct.items() if v},
-        n={k: len(v) for k, v in correct.items()}, curve=_curve(run_dir, stages), correct=correct, lengths=lengths,
-    )  # fmt: skip
+        n={k: len(v) for k, v in correct.items()},
+        curve=_curve(run_dir, stages),
+        correct=correct,
+        lengths=lengths,
+    )

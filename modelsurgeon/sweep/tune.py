@@ -45,7 +45,9 @@ def tuned_recipe(arm, mults: list[float], problems: list[str]) -> dict | None:
         for holder, key in found:
             centre = _centre(holder, key, data) if isinstance(holder, dict) else None
             if centre is None or centre <= 0:
-                problems.append(f"arm {arm.name}: tune: {path} has no positive value to centre the grid on; set it in the recipe")
+                problems.append(
+                    f"arm {arm.name}: tune: {path} has no positive value to centre the grid on; set it in the recipe"
+                )
                 ok = False
                 continue
             holder[key] = float(f"{centre * m:.6g}")

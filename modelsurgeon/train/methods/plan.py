@@ -92,8 +92,10 @@ def plan_method(options: TrainOptions, model_dir: Path, spec: ArchSpec, layout: 
     if method.layers == "new":
         layers = new_layers(model_dir)
         if max(layers) >= n:
-            raise TrainError(f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
-                             hint="surgeon.json belongs to another checkpoint; regrow the model")  # fmt: skip
+            raise TrainError(
+                f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
+                hint="surgeon.json belongs to another checkpoint; regrow the model",
+            )
     elif method.layers == "chosen" and options.layers is not None:
         try:
             layers = resolve_selection(options.layers, n)
