@@ -204,7 +204,8 @@ def plan_check(
     model = resolve(model)
     prep = prepare(model, loaded)
     out.print(
-        f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}"
+        f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, "
+        f"{prep.equivalence}"
     )
 
 
@@ -251,7 +252,8 @@ def convert(
     max_shard_size: Annotated[
         str,
         typer.Option(
-            help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory."
+            help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in "
+            "memory, so for --to bin this also bounds memory."
         ),
     ] = "5GB",
     dry_run: Annotated[bool, flag("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
@@ -365,7 +367,8 @@ def merge_lora(
         "merge-lora",
     )
     out.print(
-        f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}"
+        f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of "
+        f"{s['tensors']}"
     )
     out.print(f"[green]wrote[/] {output}", highlight=False)
 

@@ -219,7 +219,8 @@ def main() -> int:
         json.dumps({"model": str(model), "median": results, "rounds": rounds, "problems": problems}, indent=2)
     )
     print(
-        f"\ncheck: {'PASS' if not problems else 'FAIL'} ({len(problems)} problem(s)) in {time.perf_counter() - t0:.0f} s total"
+        f"\ncheck: {'PASS' if not problems else 'FAIL'} ({len(problems)} problem(s)) in "
+        f"{time.perf_counter() - t0:.0f} s total"
     )
     for p in problems[:10]:
         print("  " + p)

@@ -384,7 +384,8 @@ def prepare(args: argparse.Namespace) -> tuple[dict, Path, float | None]:
     else:
         peak = resource_peak_mb()
         print(
-            f"  generated {model} ({size / GB:.2f} GB) in {gen_s:.1f} s; benchmark process peak RSS so far {peak:.0f} MB"
+            f"  generated {model} ({size / GB:.2f} GB) in {gen_s:.1f} s; benchmark process peak RSS so far "
+            f"{peak:.0f} MB"
         )
     return spec, model, gen_s
 

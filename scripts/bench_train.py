@@ -56,7 +56,8 @@ if model is not None:
     # every weight, as training does, so the resident set is what training would hold.
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3, 4]]))
-    held = sum(s.nbytes() for s in {p.untyped_storage().data_ptr(): p.untyped_storage() for p in model.parameters()}.values())
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage() for p in model.parameters()}
+    held = sum(s.nbytes() for s in storages.values())
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking (benchmark) process.
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak_rss": hwm * 1024, "param_bytes_held": held}))
@@ -228,14 +229,17 @@ def summary_lines(s: dict) -> list[str]:
     a, b = s["train_stage"], s["hand_loop"]
     lines = [
         f"model: {s['model']}; seq {s['seq_len']}, batch {s['batch_size']}, LoRA r {s['lora_r']}, "
-        f"{s['timed_steps']} timed steps after {s['warmup_steps']} warm-up; torch threads {s['threads']}; {s['repeats']} round(s)",
-        f"train-stage: {a['tokens_per_s']:,.0f} tokens/s (rounds {a['rounds_tokens_per_s']}; wall {a['wall_s']:.1f} s incl. data, eval, output)",
+        f"{s['timed_steps']} timed steps after {s['warmup_steps']} warm-up; torch threads {s['threads']}; "
+        f"{s['repeats']} round(s)",
+        f"train-stage: {a['tokens_per_s']:,.0f} tokens/s (rounds {a['rounds_tokens_per_s']}; wall "
+        f"{a['wall_s']:.1f} s incl. data, eval, output)",
         f"hand loop:   {b['tokens_per_s']:,.0f} tokens/s (rounds {b['rounds_tokens_per_s']}; wall {b['wall_s']:.1f} s)",
         f"ratio train-stage / hand loop: {s['ratio']:.3f} (target >= 0.95)",
     ]
     for mode, r in s.get("rss", {}).items():
         lines.append(
-            f"peak RSS {mode:>22}: {r['peak_rss'] / MB:8.0f} MiB (distinct parameter storage {r['param_bytes_held'] / MB:.0f} MiB)"
+            f"peak RSS {mode:>22}: {r['peak_rss'] / MB:8.0f} MiB (distinct parameter storage "
+            f"{r['param_bytes_held'] / MB:.0f} MiB)"
         )
     return lines
 

@@ -35,7 +35,9 @@ args = json.loads(sys.argv[1])
 report = None
 if args["mode"] != "imports":
     from modelsurgeon.verify import verify_checkpoint
-    report = verify_checkpoint(args["source"], args["grown"], max_new_tokens=args["tokens"], layerwise=args["mode"] == "layerwise")
+    report = verify_checkpoint(
+        args["source"], args["grown"], max_new_tokens=args["tokens"], layerwise=args["mode"] == "layerwise"
+    )
 print(json.dumps({
     "wall_s": time.perf_counter() - t0,
     "peak_rss": peak_rss(),
@@ -87,7 +89,8 @@ def size(path: Path) -> float:
 
 def table(rows: list[tuple[str, dict]], src: Path, out: Path, tokens: int) -> str:
     lines = [
-        f"source {src.name}: {size(src):.2f} GB float32; grown 2x: {size(out):.2f} GB; 3 built-in prompts, {tokens} greedy tokens",
+        f"source {src.name}: {size(src):.2f} GB float32; grown 2x: {size(out):.2f} GB; 3 built-in prompts, "
+        f"{tokens} greedy tokens",
         "| mode | wall (s) | peak RSS (GB) | source load+run (s) | grown load+run (s) | passed | max abs dlogit |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -97,7 +100,8 @@ def table(rows: list[tuple[str, dict]], src: Path, out: Path, tokens: int) -> st
         out_s = f"{t['grown_load']:.1f}+{t['grown_run']:.1f}" if t else "-"
         dl = f"{r['logits']['max_abs']:.1e}" if r["logits"] else "-"
         lines.append(
-            f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | {r['passed'] if r['passed'] is not None else '-'} | {dl} |"
+            f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | "
+            f"{r['passed'] if r['passed'] is not None else '-'} | {dl} |"
         )
     return "\n".join(lines)
 

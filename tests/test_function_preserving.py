@@ -33,7 +33,8 @@ CASES = {
                          [0, 0, 1, 1, 2, 2, 3, 3], [1, 0, 1, 0, 1, 0, 1, 0]),
     "scale-zero-map": ("  - op: layers\n    map: [0, {layer: 0, scale: 0}, 1, 2, {layer: 2, scale: 0.0}, 3]\n",
                        [0, 0, 1, 2, 2, 3], [1, 0, 1, 1, 0, 1]),
-    "mixed-scales": ("  - op: layers\n    map: [0, {layer: 0, scale: 0.5}, {layer: 1, scale: 0.25}, 2, {layer: 1, scale: 1.5}, 3]\n",
+    "mixed-scales": ("  - op: layers\n    map: [0, {layer: 0, scale: 0.5}, {layer: 1, scale: 0.25}, 2, "
+                     "{layer: 1, scale: 1.5}, 3]\n",
                      [0, 0, 1, 2, 1, 3], [1, 0.5, 0.25, 1, 1.5, 1]),
     "interpolate-split": ("  - op: interpolate\n    factor: 2\n    layers: [1, 2]\n    branch_scale: split\n",
                           [0, 1, 1, 2, 2, 3], [1, 0.5, 0.5, 0.5, 0.5, 1]),

@@ -99,7 +99,8 @@ def test_explicit_map_new_flags_and_classes():
 
 def test_scales_multiply_across_steps_and_weakest_step_wins():
     c = compiled(
-        "  - op: interpolate\n    factor: 2\n    branch_scale: split\n  - op: interpolate\n    factor: 2\n    branch_scale: split\n",
+        "  - op: interpolate\n    factor: 2\n    branch_scale: split\n  - op: interpolate\n    factor: 2\n"
+        "    branch_scale: split\n",
         2,
     )
     assert [e.scale for e in c.layer_map] == [0.25] * 8

@@ -88,16 +88,19 @@ slices:
     [
         ("merge_method: linear\nslices: [{sources: [{model: m, layer_range: [0, 2]}]}]\n", "only 'passthrough'"),
         (
-            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, layer_range: [0, 2]}]}]\n",
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, "
+            "layer_range: [0, 2]}]}]\n",
             "exactly one source",
         ),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 2]}]}]\n", "start < end"),
         (
-            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 0}]}}]}]\n",
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: "
+            "[{filter: o_proj, value: 0}]}}]}]\n",
             "both o_proj and down_proj",
         ),
         (
-            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: 0.5}}]}]\n",
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: "
+            "0.5}}]}]\n",
             "without a filter",
         ),
     ],
@@ -107,7 +110,10 @@ def test_untranslatable_configs(text, msg):
         parse_plan(text)
 
 
-SPLICE = "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n  - sources: [{model: m, layer_range: [1, 4]}]\n"
+SPLICE = (
+    "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n"
+    "  - sources: [{model: m, layer_range: [1, 4]}]\n"
+)
 
 
 @pytest.mark.parametrize(

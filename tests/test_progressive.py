@@ -137,7 +137,10 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-GOOD = "  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n  - train: {method: lora, steps: 2}"
+GOOD = (
+    "  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n"
+    "  - train: {method: lora, steps: 2}"
+)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from typer.testing import CliRunner
@@ -443,8 +444,8 @@ def test_layer_selections_as_in_plans(text, resolved):
 
 
 def test_options_are_a_frozen_validated_model():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="unknown"):
         TrainOptions(data=[DATA], steps=1, unknown=1)
     opts = make_options(data=[DATA], steps=1)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         opts.steps = 2

@@ -183,10 +183,8 @@ def test_approx_growth_equals_its_program(tiny, tmp_path, family):
     report = verify_checkpoint(tiny(family), out, **FAST)
     assert report.equivalence == "approx" and report.passed, [c for c in report.checks if not c.passed]
     assert report.metrics["program"]["max_abs"] < 1e-4 < report.metrics["logits"]["max_abs"]
-    perturb(
-        out,
-        f"{layer_prefix(family)}5.{'mlp.c_fc.weight' if family == 'gpt2' else 'mlp.dense_h_to_4h.weight' if family == 'gpt_neox' else 'mlp.up_proj.weight'}",
-    )
+    up = {"gpt2": "mlp.c_fc.weight", "gpt_neox": "mlp.dense_h_to_4h.weight"}.get(family, "mlp.up_proj.weight")
+    perturb(out, f"{layer_prefix(family)}5.{up}")
     message = failure(verify_checkpoint(tiny(family), out, **FAST))
     assert "GROWN = layer map run on SOURCE" in message
     assert (

@@ -52,7 +52,8 @@ def _show(report) -> None:
     v = report.vllm
     print(
         f"\n[vllm {v['version']}] {report.grown}: load {v['load_s']:.1f}s, {v['tokens_per_s']:.1f} tokens/s, "
-        f"greedy agreement vs grown {v['agreement_vs_grown']:.3f}, vs source {v.get('agreement_vs_source', float('nan')):.3f}, "
+        f"greedy agreement vs grown {v['agreement_vs_grown']:.3f}, vs source "
+        f"{v.get('agreement_vs_source', float('nan')):.3f}, "
         f"max |dlogprob| {v['max_logprob_delta_vs_grown']:.2e}"
     )
 

@@ -18,7 +18,10 @@ from modelsurgeon.plan import parse_plan
 from modelsurgeon.tiny_vlm import VLM_FAMILIES, build_tiny_vlm, image_inputs
 
 DEEP = "name: deep\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"
-WIDE = "name: wide\nsteps:\n  - op: widen\n    hidden: 2x\n    ffn: 2x\n    heads: 2x\n  - op: stack\n    factor: 2\n    new: zero\n"
+WIDE = (
+    "name: wide\nsteps:\n  - op: widen\n    hidden: 2x\n    ffn: 2x\n    heads: 2x\n  - op: stack\n"
+    "    factor: 2\n    new: zero\n"
+)
 TEXT = {"input_ids": torch.tensor([[5, 17, 33, 2, 100, 7, 9]])}
 VISION_PREFIX = {
     "qwen2_vl": "visual.blocks.",

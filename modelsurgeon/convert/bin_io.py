@@ -30,7 +30,10 @@ from modelsurgeon.io.writer import OutTensor, row_blocks
 
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-SAFE_HINT = "re-save the model with save_pretrained() (safetensors) where you trust its code, or ask its publisher for safetensors"
+SAFE_HINT = (
+    "re-save the model with save_pretrained() (safetensors) where you trust its code, or ask its publisher "
+    "for safetensors"
+)
 
 
 def bin_files(path: Path) -> tuple[list[Path], Path | None]:

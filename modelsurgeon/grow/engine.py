@@ -143,7 +143,8 @@ def _scaling_problems(spec: ArchSpec, layouts: list[Layout], layer_map: LayerMap
             )
         if unknown:
             problems.append(
-                f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: {unknown}"
+                f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: "
+                f"{unknown}"
             )
     return problems
 

@@ -138,7 +138,8 @@ def _tie_problems(spec: ArchSpec, sources: list[Source], taken: dict[str, int]) 
     head_from = {taken[n] for n in taken if spec.globals.get(n.rsplit(".", 1)[0]) == "final_norm"}
     if embed_from != head_from:
         return [
-            "MODEL ties its output head to the input embeddings, so embeddings_from and head_from must name the same model"
+            "MODEL ties its output head to the input embeddings, so embeddings_from and head_from must name the "
+            "same model"
         ]
     return []
 

@@ -96,7 +96,8 @@ def width_table(prep: Prepared) -> Table:
     after = _by_role(prep, ((t.name, t.shape, t.numel) for t in prep.tensors))
     s, d = prep.width.src, prep.width.dst
     t = Table(
-        title=f"width: hidden {s.hidden}->{d.hidden}, ffn {s.ffn}->{d.ffn}, heads {s.heads}/{s.kv_heads}->{d.heads}/{d.kv_heads} (q/kv)"
+        title=f"width: hidden {s.hidden}->{d.hidden}, ffn {s.ffn}->{d.ffn}, heads "
+        f"{s.heads}/{s.kv_heads}->{d.heads}/{d.kv_heads} (q/kv)"
     )
     for col in ("tensor class", "shape before", "shape after", "params before", "params after"):
         t.add_column(col, justify="right")

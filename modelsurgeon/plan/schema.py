@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,8 +33,8 @@ class Middle(_Strict):
     middle: int = Field(ge=1)
 
 
-Selection = Union[Literal["all"], list[int], Range, Every, Middle]
-BranchScale = Union[Literal["split", "sqrt"], float]
+Selection = Literal["all"] | list[int] | Range | Every | Middle
+BranchScale = Literal["split", "sqrt"] | float
 NewInit = Literal["copy", "zero"]
 
 
@@ -146,7 +146,10 @@ SIZE = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
 
 def widen_target(value: int | str, current: int) -> int:
-    """A widen size (hidden, ffn) as a dimension: '2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is itself."""
+    """A widen size (hidden, ffn) as a dimension.
+
+    '2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is itself.
+    """
     if isinstance(value, int):
         return value
     return round(float(SIZE.match(value).group(1)) * current)

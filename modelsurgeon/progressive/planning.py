@@ -132,13 +132,15 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             problems.append(f"{where}: layers: {exc}")
     if options.train_method.adapter and r.init is not None and not any(s.kind == "train" for s in plan.stages):
         problems.append(
-            f"{where}: the start model is randomly initialised, so its first train stage must be method full (not {options.method})"
+            f"{where}: the start model is randomly initialised, so its first train stage must be method full (not "
+            f"{options.method})"
         )
     if options.ramp_new is not None and (prev is None or prev.kind != "grow"):
         problems.append(f"{where}: ramp_new fades in the layers a growth added; put the stage right after a grow stage")
     if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
         problems.append(
-            f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that follows a train stage"
+            f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that "
+            f"follows a train stage"
         )
     seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:

@@ -49,7 +49,8 @@ LR_POLICIES: dict[str, dict] = {
 }
 RECIPE_HINTS = {
     "stages": "each stage is `train: {...}` (train-stage options) or `grow: {...}` (a plan or plan: FILE)",
-    "trigger": "a list of {steps: N} | {tokens: N} | {plateau: {window, min_rel_improvement, patience}} | {du_token_rule: {}}",
+    "trigger": "a list of {steps: N} | {tokens: N} | {plateau: {window, min_rel_improvement, patience}} "
+    "| {du_token_rule: {}}",
     "match": "flops (same training FLOPs as the whole progressive run) or tokens",
     "lr_policy": "rewarm | keep_peak | wsd",
 }

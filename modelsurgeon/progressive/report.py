@@ -64,7 +64,10 @@ def _compare(name: str, a: dict | None, b: dict | None, what: str) -> str:
     elif abs(diff) <= 2 * se:
         side = f"the difference ({diff:+.3f}) is within two standard errors ({2 * se:.3f}): not resolved by this eval"
     else:
-        side = f"{'progressive' if diff > 0 else name} is higher by {abs(diff):.3f} (more than two standard errors, {2 * se:.3f})"
+        side = (
+            f"{'progressive' if diff > 0 else name} is higher by {abs(diff):.3f} (more than two standard "
+            f"errors, {2 * se:.3f})"
+        )
     return f"exact-match accuracy on {what}: progressive {a[0]:.3f} vs {name} {b[0]:.3f} (n = {a[1]} / {b[1]}); {side}."
 
 
@@ -75,13 +78,15 @@ def verdict(runs: dict[str, dict], k_max: int | None) -> list[str]:
         if name == "progressive":
             continue
         parts = [
-            f"**{name}** ({b['layers']} layers, {b['flops']:.3g} FLOPs = {b['flops'] / max(p['flops'], 1):.3f}x the progressive run's {p['flops']:.3g}):"
+            f"**{name}** ({b['layers']} layers, {b['flops']:.3g} FLOPs = {b['flops'] / max(p['flops'], 1):.3f}x "
+            f"the progressive run's {p['flops']:.3g}):"
         ]
         if p["final_eval_loss"] is not None and b["final_eval_loss"] is not None:
             d = p["final_eval_loss"] - b["final_eval_loss"]
             who = "equal" if d == 0 else ("lower for progressive" if d < 0 else f"lower for {name}")
             parts.append(
-                f"final eval loss progressive {p['final_eval_loss']:.4f} vs {name} {b['final_eval_loss']:.4f} ({who}, by {abs(d):.4f})."
+                f"final eval loss progressive {p['final_eval_loss']:.4f} vs {name} {b['final_eval_loss']:.4f} "
+                f"({who}, by {abs(d):.4f})."
             )
         parts.append(
             _compare(name, p["accuracy_trained_k"], b["accuracy_trained_k"], f"trained chain lengths (k <= {k_max})")

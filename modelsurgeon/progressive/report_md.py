@@ -29,7 +29,8 @@ def _stage_rows(stages: list[dict], k_max: int | None) -> list[str]:
         )
         out.append(
             f"| {s['stage']} | {kind} | {s['layers']} | {s['params']:,} | {s['trainable']:,} | {s['steps']:,} | "
-            f"{s['tokens']:,} | {s['flops']:.3e} | {s['cum_flops']:.3e} | {s['wall_s']:.1f} | {s.get('stop_reason', '-')} | "
+            f"{s['tokens']:,} | {s['flops']:.3e} | {s['cum_flops']:.3e} | {s['wall_s']:.1f} | "
+            f"{s.get('stop_reason', '-')} | "
             f"{_f(s.get('initial_eval_loss'))} | {_f(s.get('final_train_loss'))} | {_f(s.get('final_eval_loss'))} | "
             f"{_acc(s, lambda k: k_max is None or k <= k_max)} | {_acc(s, lambda k: k_max is not None and k > k_max)} |"
         )
@@ -38,7 +39,8 @@ def _stage_rows(stages: list[dict], k_max: int | None) -> list[str]:
 
 def _run_rows(runs: dict[str, dict]) -> list[str]:
     out = [
-        "| run | layers | params | tokens | training FLOPs | wall (s) | final train loss | final eval loss | acc. trained k | acc. longer k |",
+        "| run | layers | params | tokens | training FLOPs | wall (s) | final train loss | final eval loss | acc. "
+        "trained k | acc. longer k |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():

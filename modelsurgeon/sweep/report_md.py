@@ -55,7 +55,10 @@ def _stat_rows(summary: dict) -> list[str]:
     for name, a in arms.items():
         cells = [_ci(a["t"][k], _fmt_for(k)) if k in a["t"] else "-" for k in keys]
         out.append(f"| {name} | {len(a['seeds'])} | " + " | ".join(cells) + " |")
-    intro = "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval (seeds and problems resampled):"
+    intro = (
+        "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval (seeds and "
+        "problems resampled):"
+    )
     pooled = ["", intro, "", "| arm | test set | accuracy [95% CI] | problems x seeds |", "|---|---|---|---|"]
     for name, a in arms.items():
         pooled += [f"| {name} | {k} | {_ci(s, '.3f')} | {s['n']} |" for k, s in a["pooled_accuracy"].items()]
@@ -102,7 +105,10 @@ def _tuning_rows(summary: dict) -> list[str]:
             )
         ends = [p["dir"] for p in (t["points"][0], t["points"][-1])]
         if t["chosen"] and len(t["paths"]) == 1 and t["chosen"]["dir"] in ends:
-            edge = "the choice is at the edge of the grid: the best value may lie beyond it; widen tuning.factor or tuning.points"
+            edge = (
+                "the choice is at the edge of the grid: the best value may lie beyond it; widen tuning.factor "
+                "or tuning.points"
+            )
             out.append(f"| {arm} | ({edge}) | | | |")
     seed = next(iter(summary["tuning"].values()))["seed"]
     out.append(

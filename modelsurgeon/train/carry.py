@@ -129,7 +129,8 @@ def _check_parent(opt_dir: Path, grown: Checkpoint, origins: dict[str, Origin], 
             continue
         if origin.source not in parent.tensors or not same_bytes(parent.load(origin.source), grown.load(name)):
             raise TrainError(
-                f"the optimizer state in {opt_dir} belongs to {parent_dir}, but {grown.path} was grown from {source_path} "
+                f"the optimizer state in {opt_dir} belongs to {parent_dir}, but {grown.path} was grown from "
+                f"{source_path} "
                 f"(its '{name}' is not a copy of the parent's '{origin.source}')",
                 hint="pass the optimizer/ directory of the checkpoint that `surgeon grow` read",
             )
@@ -185,7 +186,8 @@ def _load_moments(
                 m, v = (fh.get_tensor(k).float() for k in keys)
                 if tuple(m.shape) != shape or tuple(v.shape) != shape:
                     raise CheckpointError(
-                        f"{opt_dir}: moments of '{origin.source}' are {list(m.shape)}, '{name}' in {ckpt.path} is {list(shape)}",
+                        f"{opt_dir}: moments of '{origin.source}' are {list(m.shape)}, '{name}' in {ckpt.path} is "
+                        f"{list(shape)}",
                         hint="the optimizer state belongs to another model; use --carry-optimizer reset",
                     )
                 out[name] = {
@@ -217,7 +219,8 @@ def carry_state(
     state = _read_state(opt_dir)
     if state["naming"] == "peft":
         raise TrainError(
-            f"{opt_dir} holds LoRA adapter moments; the adapter was merged, and a new adapter has nothing they belong to",
+            f"{opt_dir} holds LoRA adapter moments; the adapter was merged, and a new adapter has nothing they "
+            f"belong to",
             hint="use --carry-optimizer reset after a LoRA stage",
         )
     ckpt = open_checkpoint(grown)
@@ -260,7 +263,8 @@ def install_state(
                 continue
             if tuple(entry["exp_avg"].shape) != tuple(p.shape):
                 raise TrainError(
-                    f"carried moments for '{by_id[id(p)]}' are {list(entry['exp_avg'].shape)}, the parameter is {list(p.shape)}",
+                    f"carried moments for '{by_id[id(p)]}' are {list(entry['exp_avg'].shape)}, the parameter is "
+                    f"{list(p.shape)}",
                     hint="carry_state was given names of another model",
                 )
             state = {

@@ -179,7 +179,8 @@ def _pair(
 ) -> LoraPair | None:
     if "A" not in part or "B" not in part:
         problems.append(
-            f"module '{module}': the adapter has lora_{'B' if 'A' in part else 'A'} but not lora_{'A' if 'A' in part else 'B'}"
+            f"module '{module}': the adapter has lora_{'B' if 'A' in part else 'A'} but not "
+            f"lora_{'A' if 'A' in part else 'B'}"
         )
         return None
     a, b = adapter.tensors[part["A"]].shape, adapter.tensors[part["B"]].shape
@@ -194,7 +195,8 @@ def _pair(
     have = base.tensors[weight].shape
     if have != want:
         problems.append(
-            f"module '{module}': B @ A{'.T' if transposed else ''} is {list(want)}, but BASE's '{weight}' is {list(have)}"
+            f"module '{module}': B @ A{'.T' if transposed else ''} is {list(want)}, but BASE's '{weight}' is "
+            f"{list(have)}"
         )
         return None
     bias = part.get("bias")
@@ -228,7 +230,8 @@ def read_adapter(adapter: str | Path, base: Checkpoint) -> Adapter:
             problems.append(f"adapter tensor '{key}' is not a LoRA tensor and BASE has no tensor '{name}' to replace")
         elif base.tensors[name].shape != tensors[key].shape:
             problems.append(
-                f"adapter tensor '{key}' is {list(tensors[key].shape)}, BASE's '{name}' is {list(base.tensors[name].shape)}"
+                f"adapter tensor '{key}' is {list(tensors[key].shape)}, BASE's '{name}' is "
+                f"{list(base.tensors[name].shape)}"
             )
         else:
             result.replaced[name] = key
@@ -316,7 +319,8 @@ def _refuse_double_merge(base: Checkpoint, stage: MergeLoraStage) -> None:
     lineage = manifest.lineage if manifest is not None else []
     if any(isinstance(s, MergeLoraStage) and s.adapter_sha256 == stage.adapter_sha256 for s in lineage):
         raise CheckpointError(
-            f"{base.path} already has this adapter merged (its {MANIFEST} lineage lists it); merging again would apply it twice",
+            f"{base.path} already has this adapter merged (its {MANIFEST} lineage lists it); merging again would "
+            f"apply it twice",
             hint="merge the adapter into the checkpoint it was trained on, not into a merged output",
         )
 

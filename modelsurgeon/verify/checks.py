@@ -69,7 +69,10 @@ def first_divergent(drift: list[LayerDrift], tol: float) -> LayerDrift | None:
 
 def describe_divergence(d: LayerDrift, layer_map: list[tuple[int, float]] | None) -> str:
     src = "the source's embeddings" if d.source_layer < 0 else f"source layer {d.source_layer}'s"
-    return f"{_layer_name(d.grown_layer, layer_map)} is the first whose output differs from {src} (relative error {d.rel_error:.2e})"
+    return (
+        f"{_layer_name(d.grown_layer, layer_map)} is the first whose output differs from {src} (relative error "
+        f"{d.rel_error:.2e})"
+    )
 
 
 def largest_jump(drift: list[LayerDrift], layer_map: list[tuple[int, float]] | None) -> str:
@@ -186,5 +189,8 @@ def program_check(b: Bounds, s: LogitStats, drift: list[LayerDrift], layer_map, 
     ok = s.max_abs <= tol and bad is None
     detail = ""
     if bad is not None:
-        detail = f"{_layer_name(bad.grown_layer, layer_map)} is the first whose output differs from the program (relative error {bad.rel_error:.2e})"
+        detail = (
+            f"{_layer_name(bad.grown_layer, layer_map)} is the first whose output differs from the program "
+            f"(relative error {bad.rel_error:.2e})"
+        )
     return Check("GROWN = layer map run on SOURCE", ok, f"{s.max_abs:.2e}", f"<= {tol:.1e}", gating, detail)

@@ -86,7 +86,8 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
         if expect is None:
             raise MissingManifestError(
                 f"{grown.ckpt.path} has no {MANIFEST}, so its equivalence class is unknown",
-                hint="pass --expect exact|approx|none (exact: same outputs as SOURCE; approx: close; none: report only)",
+                hint="pass --expect exact|approx|none (exact: same outputs as SOURCE; approx: close; none: report "
+                "only)",
             )
         same = source.num_layers == grown.num_layers
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)

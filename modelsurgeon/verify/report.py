@@ -108,7 +108,8 @@ def _summary_rows(report: VerifyReport) -> list[tuple[str, str]]:
             ("top-1 agreement", f"{lg['top1']:.4f} over {lg['positions']} positions"),
             (
                 "greedy agreement",
-                f"{g['agreement']:.3f} ({g['identical']}/{g['prompts']} identical, first divergence {g['first_divergence']})",
+                f"{g['agreement']:.3f} ({g['identical']}/{g['prompts']} identical, first divergence "
+                f"{g['first_divergence']})",
             ),
             ("perplexity", f"{p['source']:.4g} -> {p['grown']:.4g}"),
         ]
