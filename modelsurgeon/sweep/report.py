@@ -18,7 +18,7 @@ from modelsurgeon.sweep.patch import PatchError, targets
 from modelsurgeon.sweep.report_md import render
 from modelsurgeon.sweep.tune import choose
 
-PLOTS = ("loss_vs_flops.png", "accuracy_by_length.png", "flops_to_target.png")
+PLOTS = ("loss_vs_flops.png", "accuracy_by_length.png", "flops_to_target.png", "answer_loss_by_length.png")
 BASE_COLUMNS = ("arm", "kind", "seed", "dir", "layers", "params", "flops", "tokens", "wall_s", "final_train_loss",
                 "final_eval_loss", "flops_to_target")  # fmt: skip
 
@@ -49,16 +49,18 @@ def tuning_table(out_dir: Path, manifest: SweepManifest) -> dict[str, dict]:
     return table
 
 
-def _rows(manifest: SweepManifest, results, target) -> list[dict]:
+def _rows(manifest: SweepManifest, results, target, wall) -> list[dict]:
     kinds = {a.name: a.kind for a in manifest.arms}
     keys = sorted({k for r in results for k in r.accuracy})
     rows = []
     for r in results:
-        v = run_values(r, target)
+        v = run_values(r, target, wall)
         row = {"arm": r.arm, "kind": kinds[r.arm], "seed": r.seed, "dir": r.dir, "layers": r.layers, "params": r.params,
                "flops": r.flops, "tokens": r.tokens, "wall_s": r.wall_s, "final_train_loss": r.final_train_loss,
-               "final_eval_loss": r.final_eval_loss, "flops_to_target": v["flops_to_target"]}  # fmt: skip
+               "final_eval_loss": r.final_eval_loss, "flops_to_target": v["flops_to_target"],
+               "wall_to_target": v.get("wall_to_target"), "loss_at_equal_wall": v.get("loss_at_equal_wall")}  # fmt: skip
         row.update({f"acc:{k}": r.accuracy.get(k) for k in keys})
+        row.update({f"nll:{k}": r.answer_loss.get(k) for k in keys})
         row.update({f"n:{k}": r.n.get(k) for k in keys})
         rows.append(row)
     return rows
@@ -81,7 +83,7 @@ def write_sweep_report(out_dir: Path) -> dict:
     runs = [j for j in manifest.jobs if j.phase == "run"]
     results = [r for j in runs if (r := read_run(out_dir / j.dir, j.arm, j.seed, j.dir)) is not None]
     stats = aggregate(manifest, results)
-    rows = _rows(manifest, results, stats["target_loss"])
+    rows = _rows(manifest, results, stats["target_loss"], stats["equal_wall_s"])
     summary = {
         "sweep": manifest.name, "description": manifest.description, "sweep_file": manifest.sweep_file,
         "recipe_file": manifest.recipe_file, "seeds": manifest.seeds, "finished": len(results), "expected": len(runs),
@@ -93,6 +95,7 @@ def write_sweep_report(out_dir: Path) -> dict:
     plots.loss_vs_flops(manifest, results, stats["target_loss"], out_dir / PLOTS[0])
     plots.accuracy_by_length(stats["arms_stats"], out_dir / PLOTS[1])
     plots.flops_to_target(stats["arms_stats"], out_dir / PLOTS[2])
+    plots.answer_loss_by_length(stats["arms_stats"], out_dir / PLOTS[3])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(render(summary, str(out_dir)))
     return summary

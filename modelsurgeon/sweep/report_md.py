@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 
 LABELS = {"final_eval_loss": "final eval loss", "flops_to_target": "FLOPs to target", "tokens": "tokens",
-          "flops": "training FLOPs", "wall_s": "wall time (s)"}  # fmt: skip
+          "flops": "training FLOPs", "wall_s": "wall time (s)", "wall_to_target": "wall time to target (s)",
+          "loss_at_equal_wall": "eval loss at equal wall time"}  # fmt: skip
 
 
 def _num(x, fmt: str) -> str:
@@ -15,7 +16,11 @@ def _num(x, fmt: str) -> str:
 
 
 def _fmt_for(key: str) -> str:
-    return ".3f" if key.startswith("acc:") else ".4f" if key == "final_eval_loss" else ".1f" if key == "wall_s" else ".3e"
+    if key.startswith("acc:"):
+        return ".3f"
+    if key in ("final_eval_loss", "loss_at_equal_wall") or key.startswith("nll:"):
+        return ".4f"
+    return ".1f" if key in ("wall_s", "wall_to_target") else ".3e"
 
 
 def _ci(s: dict, fmt: str) -> str:
@@ -25,6 +30,8 @@ def _ci(s: dict, fmt: str) -> str:
 
 
 def _label(key: str) -> str:
+    if key.startswith("nll:"):
+        return f"answer loss {key[4:]}"
     return f"exact match {key[4:]}" if key.startswith("acc:") else LABELS.get(key, key)
 
 
@@ -43,7 +50,7 @@ def _arm_rows(summary: dict) -> list[str]:
 def _stat_rows(summary: dict) -> list[str]:
     arms = summary["arms_stats"]
     keys = list(dict.fromkeys(k for a in arms.values() for k in a["t"]))
-    keys = [k for k in keys if k.startswith("acc:")] + [k for k in LABELS if k in keys]
+    keys = [k for k in keys if k.startswith(("acc:", "nll:"))] + [k for k in LABELS if k in keys]
     out = ["| arm | seeds | " + " | ".join(_label(k) for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, a in arms.items():
         cells = [_ci(a["t"][k], _fmt_for(k)) if k in a["t"] else "-" for k in keys]
@@ -56,7 +63,13 @@ def _stat_rows(summary: dict) -> list[str]:
     counts = ", ".join(f"{n} {a['reached_target']}/{len(a['seeds'])}" for n, a in arms.items())
     reached = (f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
                f"({source}), linear between evaluations. Runs reaching it: {counts}.")  # fmt: skip
-    return [*out, *pooled, "", reached]
+    wall = summary.get("equal_wall_s")
+    matched = ("" if wall is None else
+               f"Wall-clock matched: the eval loss of every run at {wall:.1f} s of its own training time (the earliest "
+               "of the runs' last evaluations; stage load, training and save, and the surgery, but not the test-set "
+               "scoring between stages), linear between evaluations; wall time to target is the same clock. Wall "
+               "times are one machine's, with the sweep's workers sharing it: compare arms of one sweep only.")  # fmt: skip
+    return [*out, *pooled, "", reached, "", matched]
 
 
 def _diff_rows(summary: dict) -> list[str]:
@@ -104,7 +117,9 @@ NOTES = """## How to read this report
   cannot tell the two apart; "higher"/"lower": the interval excludes 0.
 - Final eval loss is the validation loss: train-stage's held-out share of the run's own training
   draw (the last stage's). Exact match is on the test sets (never trained on): interpolation
-  (chain lengths or modules as in training) and extrapolation (longer chains).
+  (chain lengths or modules as in training) and extrapolation (longer chains). Answer loss is
+  the mean teacher-forced loss (nats per token) of each test answer and its end, given the
+  question: lower is better, and it still ranks models whose exact match is at the floor.
 - Baselines are trained from scratch with their steps matched to the grown arm's planned FLOPs
   (or tokens). Wall time is measured on the machine as it was (shared and busy, possibly);
   compare arms by FLOPs, and read wall time beside it.
@@ -123,5 +138,6 @@ def render(summary: dict, out_dir: str) -> str:
              "## Tuning", "", *_tuning_rows(summary), "",
              "## Plots", "", "![loss vs FLOPs](loss_vs_flops.png)", "",
              "![accuracy by chain length](accuracy_by_length.png)", "", "![FLOPs to target](flops_to_target.png)", "",
+             "![answer loss by chain length](answer_loss_by_length.png)", "",
              NOTES]  # fmt: skip
     return "\n".join(lines)
