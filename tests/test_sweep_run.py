@@ -43,7 +43,7 @@ axes: {{operator: {{split: {{}}}}}}
 baselines: tuned
 tuning: {{points: 2}}
 """
-VOLATILE = ("wall_s", "dir")  # wall time varies; dirs differ between sweep directories
+VOLATILE = ("wall_s", "dir", "wall_to_target", "loss_at_equal_wall")  # wall time varies; dirs differ
 
 
 def write_micro(base: Path) -> Path:
@@ -88,6 +88,18 @@ def test_one_row_per_run_and_the_statistics_come_from_them(micro):
         first = next(r for r in table if r["arm"] == arm and r["seed"] == "0")
         assert float(first["final_eval_loss"]) == run["final_eval_loss"] and int(first["flops"]) == run["flops"]
     assert {"acc:arith:interpolation", "acc:arith:extrapolation", "flops_to_target"} <= set(table[0])
+    for arm in ("operator=split", "scratch-4"):  # answer loss: per run the mean of its problems' losses
+        first = next(r for r in table if r["arm"] == arm and r["seed"] == "0")
+        problems = [
+            json.loads(x)
+            for x in (out / f"runs/{arm}/seed-0").rglob("eval_problems.jsonl").__next__().read_text().splitlines()
+        ]
+        extra = [p["answer_nll"] for p in problems if p["set"] == "extrapolation"]
+        assert float(first["nll:arith:extrapolation"]) == pytest.approx(sum(extra) / len(extra))
+        assert "arith:extrapolation" in summary["arms_stats"][arm]["answer_loss_by_length"]
+    assert "answer loss arith:extrapolation" in (out / "report.md").read_text()
+    wall = summary["equal_wall_s"]  # every run has a loss at the common wall time, within its own curve
+    assert wall > 0 and all(r["loss_at_equal_wall"] not in ("", None) for r in table)
 
 
 def test_different_seeds_differ(micro):

@@ -100,3 +100,38 @@ def test_flops_to_target_interpolates_the_first_crossing():
     assert flops_to_target(flops, loss, 4.5) == 0.0  # reached at the first evaluation
     assert flops_to_target(flops, loss, 2.0) == 20.0
     assert flops_to_target(flops, loss, 0.5) is None
+
+
+def test_loss_at_interpolates_and_refuses_outside_the_curve():
+    from modelsurgeon.sweep.aggregate import loss_at
+
+    curve = [(0.0, 4.0), (10.0, 2.0), (30.0, 1.0)]
+    assert loss_at(curve, 5.0) == 3.0 and loss_at(curve, 20.0) == 1.5 and loss_at(curve, 30.0) == 1.0
+    assert loss_at(curve, 31.0) is None and loss_at(curve, -1.0) is None and loss_at(curve, None) is None
+
+
+def test_equal_wall_is_the_earliest_end_of_any_run():
+    from modelsurgeon.sweep.aggregate import equal_wall
+    from modelsurgeon.sweep.collect import RunResult
+
+    def run(end):
+        return RunResult(
+            arm="a",
+            seed=0,
+            dir="d",
+            flops=1,
+            tokens=1,
+            wall_s=end,
+            layers=1,
+            params=1,
+            final_train_loss=None,
+            final_eval_loss=None,
+            accuracy={},
+            n={},
+            curve=[(0, 1.0)],
+            wall_curve=[(0.0, 2.0), (end, 1.0)],
+            correct={},
+            lengths={},
+        )
+
+    assert equal_wall([run(50.0), run(20.0), run(70.0)]) == 20.0

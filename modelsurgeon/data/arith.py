@@ -171,6 +171,40 @@ def greedy_replies(model, tokenizer, prompts: list[str], max_new_tokens: int = 8
     return replies
 
 
+def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 50) -> list[float]:
+    """Teacher-forced mean negative log-likelihood (nats per token) of each answer and its closing
+    EOS after EOS + prompt, the context of packed training data. A graded score where exact match
+    sits at the floor: it moves long before the first whole answer is right."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = getattr(model, "device", None)
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            heads = [
+                [eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts[start : start + batch_size]
+            ]
+            tails = [
+                [*tokenizer(a, add_special_tokens=False)["input_ids"], eos] for a in answers[start : start + batch_size]
+            ]
+            rows = [h + t for h, t in zip(heads, tails)]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # right padding: causal, ignored
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            labels = torch.full_like(ids, -100)
+            for i, (h, t) in enumerate(zip(heads, tails)):
+                labels[i, len(h) : len(h) + len(t)] = ids[i, len(h) : len(h) + len(t)]
+            if device is not None:
+                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+            out.extend((nll.sum(1) / (target != -100).sum(1)).tolist())
+    return out
+
+
 def exact_match_by_k(
     model, tokenizer, problems: list[ArithProblem], max_new_tokens: int = 8, batch_size: int = 32
 ) -> dict[int, float]:

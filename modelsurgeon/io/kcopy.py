@@ -47,6 +47,8 @@ class Copier:
         self.cloned = 0  # bytes shared rather than written
         self.stop = stop or threading.Event()
         self._lock = threading.Lock()
+        self._probe = threading.Lock()  # the first clone of a write is tried by one thread alone
+        self._clone_known = False
 
     def segment(self, seg: Segment, dst: int) -> None:
         """Copy one segment; clone its whole blocks when the offsets are congruent."""
@@ -63,6 +65,15 @@ class Copier:
                 self.copy(src, dst, a, seg.nbytes, seg.dst_offset)
 
     def _clone(self, src: int, dst: int, offset: int, n: int, dst_offset: int) -> bool:
+        if self._clone_known:
+            return self.can_clone and self._try_clone(src, dst, offset, n, dst_offset)
+        # Shard writers run in parallel: without this, each would pay for the same refusal.
+        with self._probe:
+            ok = self.can_clone and self._try_clone(src, dst, offset, n, dst_offset)
+            self._clone_known = True
+            return ok
+
+    def _try_clone(self, src: int, dst: int, offset: int, n: int, dst_offset: int) -> bool:
         try:
             fcntl.ioctl(dst, FICLONERANGE, struct.pack("qQQQ", src, offset, n, dst_offset))
         except OSError as exc:

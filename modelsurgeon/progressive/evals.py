@@ -3,7 +3,9 @@ bootstrap them: `synthetic:arith` (chain lengths up to the training maximum = in
 longer = extrapolation) and DeepMind's mathematics dataset (`eval: {dm_math: {...}}`: its
 interpolation test sets and its extrapolation sets, per module). Greedy decoding, exact match on
 the answer, decoding stopped at the answer's end (EOS, which ends every training document, or a
-newline). Test problems are fixed by the eval seed, whatever the run's seed."""
+newline); and each answer's teacher-forced loss (`answer_nll`), a graded score that still ranks
+models whose exact match is at the floor. Test problems are fixed by the eval seed, whatever the
+run's seed."""
 
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ class DmMathEval(BaseModel):
 def _summary(rows: list[dict]) -> dict:
     """Accuracy and count of rows, by chain length and (when present) by module."""
     out = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": len(rows)}
+    nll = [r["answer_nll"] for r in rows if r.get("answer_nll") is not None]
+    if nll:
+        out["answer_loss"] = sum(nll) / len(nll)
     for field, name in (("length", "by_length"), ("module", "by_module")):
         groups = defaultdict(list)
         for r in rows:
@@ -53,16 +58,16 @@ def _load(model_dir: Path):
 def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
     import torch
 
-    from modelsurgeon.data.arith import eval_set, greedy_replies
+    from modelsurgeon.data.arith import answer_nll, eval_set, greedy_replies
 
     problems = eval_set(list(range(spec.min_k, spec.max_k + 1)), spec.per_k, spec.seed)
     rows = []
     with torch.no_grad():
         for start in range(0, len(problems), 100):
             batch = problems[start : start + 100]
-            for p, reply in zip(
-                batch, greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)
-            ):
+            replies = greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)
+            nll = answer_nll(model, tokenizer, [p.prompt for p in batch], [p.answer for p in batch])
+            for p, reply, loss in zip(batch, replies, nll):
                 test = "interpolation" if train_max_k is None or p.k <= train_max_k else "extrapolation"
                 rows.append(
                     {
@@ -74,6 +79,7 @@ def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
                         "length": p.k,
                         "module": None,
                         "correct": int(reply == p.answer),
+                        "answer_nll": loss,
                     }
                 )
     return rows
@@ -81,10 +87,12 @@ def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
 
 def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
     from modelsurgeon.data import dm_math
+    from modelsurgeon.data.arith import answer_nll
 
     rows = []
     for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():
         right = dm_math.exact_match(model, tokenizer, problems, batch_size=50)  # greedy, cut at newline or EOS
+        nll = answer_nll(model, tokenizer, [p.prompt for p in problems], [p.answer for p in problems])
         rows += [
             {
                 "bench": "dm_math",
@@ -94,8 +102,9 @@ def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
                 "length": dm_math.chain_length(p),
                 "module": p.module,
                 "correct": int(ok),
+                "answer_nll": loss,
             }
-            for p, ok in zip(problems, right)
+            for p, ok, loss in zip(problems, right, nll)
         ]
     return rows
 

@@ -18,7 +18,7 @@ from modelsurgeon.sweep.stats import (
     verdict_words,
 )
 
-SCALARS = ("final_eval_loss", "flops_to_target", "tokens", "flops", "wall_s")
+SCALARS = ("final_eval_loss", "flops_to_target", "tokens", "flops", "wall_s", "wall_to_target", "loss_at_equal_wall")
 
 
 def default_target(results: list[RunResult]) -> float | None:
@@ -27,17 +27,41 @@ def default_target(results: list[RunResult]) -> float | None:
     return max(best) if best else None
 
 
-def run_values(r: RunResult, target: float | None) -> dict[str, float | None]:
-    """The per-run numbers the statistics are taken over (accuracies as acc:<bench>:<set>)."""
-    ftt = flops_to_target([x for x, _ in r.curve], [y for _, y in r.curve], target) if target is not None else None
+def equal_wall(results: list[RunResult]) -> float | None:
+    """The wall time every run reached: the earliest of the runs' last evaluations."""
+    ends = [r.wall_curve[-1][0] for r in results if r.wall_curve]
+    return min(ends) if ends else None
+
+
+def loss_at(curve: list[tuple[float, float]], x: float | None) -> float | None:
+    """The curve's loss at x (linear between the evaluations around it); None outside the curve."""
+    if x is None or not curve or x < curve[0][0] or x > curve[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[-1][1]
+
+
+def run_values(r: RunResult, target: float | None, wall: float | None = None) -> dict[str, float | None]:
+    """The per-run numbers the statistics are taken over (accuracies as acc:<bench>:<set>, mean
+    answer losses as nll:<bench>:<set>); `wall`: the sweep's equal wall time (see equal_wall)."""
+
+    def to_target(curve):
+        return flops_to_target([x for x, _ in curve], [y for _, y in curve], target) if target is not None else None
+
     out = {
         "final_eval_loss": r.final_eval_loss,
-        "flops_to_target": ftt,
+        "flops_to_target": to_target(r.curve),
         "tokens": r.tokens,
         "flops": r.flops,
         "wall_s": r.wall_s,
     }
+    if r.wall_curve:
+        out["wall_to_target"] = to_target(r.wall_curve)
+        out["loss_at_equal_wall"] = loss_at(r.wall_curve, wall)
     out.update({f"acc:{k}": v for k, v in r.accuracy.items()})
+    out.update({f"nll:{k}": v for k, v in r.answer_loss.items()})
     return out
 
 
@@ -51,46 +75,54 @@ def _common_ids(runs: list[RunResult], key: str) -> list[str]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def _by_length(runs: list[RunResult], key: str) -> dict[str, dict]:
-    """Per chain length: t interval over seeds of each seed's accuracy at that length."""
+def _by_length(runs: list[RunResult], key: str, field: str = "correct") -> dict[str, dict]:
+    """Per chain length: t interval over seeds of each seed's mean of `field` (per-problem
+    correct -> accuracy, or nll -> answer loss) at that length."""
     lengths = sorted({v for r in runs for v in r.lengths.get(key, {}).values()})
     out = {}
     for length in lengths:
         per_seed = []
         for r in runs:
-            ids = [i for i, v in r.lengths.get(key, {}).items() if v == length]
+            values = getattr(r, field).get(key, {})
+            ids = [i for i, v in r.lengths.get(key, {}).items() if v == length and i in values]
             if ids:
-                per_seed.append(sum(r.correct[key][i] for i in ids) / len(ids))
-        out[str(length)] = {**t_interval(per_seed).as_dict(), "per_seed": per_seed}
+                per_seed.append(sum(values[i] for i in ids) / len(ids))
+        if per_seed:
+            out[str(length)] = {**t_interval(per_seed).as_dict(), "per_seed": per_seed}
     return out
 
 
-def arm_stats(runs: list[RunResult], target: float | None, samples: int) -> dict:
-    values = [run_values(r, target) for r in runs]
+def arm_stats(runs: list[RunResult], target: float | None, samples: int, wall: float | None = None) -> dict:
+    values = [run_values(r, target, wall) for r in runs]
     keys = list(dict.fromkeys(k for v in values for k in v))
     stats = {k: t_interval([v.get(k) for v in values]).as_dict() for k in keys}
-    pooled, lengths = {}, {}
+    pooled, lengths, nll_lengths = {}, {}, {}
     for key in dict.fromkeys(k for r in runs for k in r.correct):
         ids = _common_ids(runs, key)
         seeds = sorted(r.seed for r in runs)
         pooled[key] = bootstrap_accuracy(_matrix(runs, key, seeds, ids), samples).as_dict()
         lengths[key] = _by_length(runs, key)
+        if any(key in r.nll for r in runs):
+            nll_lengths[key] = _by_length(runs, key, "nll")
     reached = sum(v["flops_to_target"] is not None for v in values)
     return {
         "seeds": sorted(r.seed for r in runs),
         "t": stats,
         "pooled_accuracy": pooled,
         "accuracy_by_length": lengths,
+        "answer_loss_by_length": nll_lengths,
         "reached_target": reached,
         "per_seed": {r.seed: v for r, v in zip(runs, values)},
     }
 
 
-def compare(arm: list[RunResult], base: list[RunResult], target: float | None, samples: int) -> dict:
+def compare(
+    arm: list[RunResult], base: list[RunResult], target: float | None, samples: int, wall: float | None = None
+) -> dict:
     """Arm minus baseline: paired by seed (t) for every number, and paired by seed and problem
     (two-way bootstrap) for pooled accuracies; 'not resolved' whenever the interval holds 0."""
-    a = {r.seed: run_values(r, target) for r in arm}
-    b = {r.seed: run_values(r, target) for r in base}
+    a = {r.seed: run_values(r, target, wall) for r in arm}
+    b = {r.seed: run_values(r, target, wall) for r in base}
     keys = list(dict.fromkeys(k for v in a.values() for k in v if any(k in w for w in b.values())))
     out = {"seeds": sorted(a.keys() & b.keys()), "t": {}, "bootstrap": {}}
     for k in keys:
@@ -115,7 +147,8 @@ def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
     """summary.json's statistics: per arm over seeds, and each grown arm against its baselines."""
     target = manifest.target_loss if manifest.target_loss is not None else default_target(results)
     by_arm = {a.name: [r for r in results if r.arm == a.name] for a in manifest.arms}
-    arms = {name: arm_stats(runs, target, manifest.bootstrap_samples) for name, runs in by_arm.items() if runs}
+    wall = equal_wall(results)
+    arms = {name: arm_stats(runs, target, manifest.bootstrap_samples, wall) for name, runs in by_arm.items() if runs}
     comparisons = {}
     for arm in manifest.arms:
         for base in arm.pairs if arm.kind == "grown" else []:
@@ -123,11 +156,12 @@ def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
                 comparisons[f"{arm.name} vs {base}"] = {
                     "arm": arm.name,
                     "baseline": base,
-                    **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples),
+                    **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples, wall),
                 }
     return {
         "target_loss": target,
         "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
+        "equal_wall_s": wall,
         "arms_stats": arms,
         "comparisons": comparisons,
     }

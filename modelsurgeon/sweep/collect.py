@@ -33,36 +33,51 @@ class RunResult(BaseModel):
     accuracy: dict[str, float]  # "bench:set" -> exact match
     n: dict[str, int]
     curve: list[tuple[float, float]]  # (cumulative FLOPs, eval loss) at every evaluation
+    wall_curve: list[tuple[float, float]] = []  # (cumulative wall seconds, eval loss), same points
     correct: dict[str, dict[str, int]]  # "bench:set" -> problem id -> 0/1
     lengths: dict[str, dict[str, int]]  # "bench:set" -> problem id -> chain length
+    nll: dict[str, dict[str, float]] = {}  # "bench:set" -> problem id -> answer loss (runs before it: none)
+
+    @property
+    def answer_loss(self) -> dict[str, float]:
+        """ "bench:set" -> mean teacher-forced answer loss over its problems."""
+        return {k: sum(v.values()) / len(v) for k, v in self.nll.items() if v}
 
 
 def is_done(run_dir: Path) -> bool:
     return (run_dir / DONE).is_file()
 
 
-def _curve(run_dir: Path, stages: list[dict]) -> list[tuple[float, float]]:
-    points = []
+def _curves(run_dir: Path, stages: list[dict]) -> tuple[list, list]:
+    """The eval-loss curve on the FLOP axis and on the wall-clock axis. Wall time counts every
+    earlier stage's own time (training with its load and save, and the surgery of each growth)
+    plus the time into the current stage, but not the test-set scoring between stages, which is
+    measurement, not training, and which a grown run does once per stage."""
+    points, wall, offset = [], [], 0.0
     for s in stages:
-        if s["kind"] != "train":
-            continue
-        start = s["cum_flops"] - s["flops"]
-        for row in read_jsonl(run_dir / s["model"] / "metrics.jsonl"):
-            if "eval_loss" in row:
-                points.append((float(start + row["tokens"] * s["flops_per_token"]), float(row["eval_loss"])))
-    return points
+        if s["kind"] == "train":
+            start = s["cum_flops"] - s["flops"]
+            for row in read_jsonl(run_dir / s["model"] / "metrics.jsonl"):
+                if "eval_loss" in row:
+                    points.append((float(start + row["tokens"] * s["flops_per_token"]), float(row["eval_loss"])))
+                    wall.append((offset + float(row.get("elapsed_s", 0.0)), float(row["eval_loss"])))
+        offset += float(s.get("wall_s", 0.0))
+    return points, wall
 
 
-def _problems(run_dir: Path, stages: list[dict]) -> tuple[dict, dict]:
+def _problems(run_dir: Path, stages: list[dict]) -> tuple[dict, dict, dict]:
     trains = [s for s in stages if s["kind"] == "train"]
     correct: dict[str, dict[str, int]] = {}
     lengths: dict[str, dict[str, int]] = {}
+    nll: dict[str, dict[str, float]] = {}
     if trains:
         for row in read_jsonl((run_dir / trains[-1]["model"]).parent / PROBLEMS_FILE):
             key = f"{row['bench']}:{row['set']}"
             correct.setdefault(key, {})[row["id"]] = int(row["correct"])
             lengths.setdefault(key, {})[row["id"]] = int(row["length"]) if row.get("length") is not None else -1
-    return correct, lengths
+            if row.get("answer_nll") is not None:
+                nll.setdefault(key, {})[row["id"]] = float(row["answer_nll"])
+    return correct, lengths, nll
 
 
 def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
@@ -71,7 +86,8 @@ def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
         return None
     summary = json.loads((run_dir / DONE).read_text())
     run, stages = summary["runs"]["progressive"], summary["stages"]
-    correct, lengths = _problems(run_dir, stages)
+    correct, lengths, nll = _problems(run_dir, stages)
+    curve, wall_curve = _curves(run_dir, stages)
     return RunResult(
         arm=arm,
         seed=seed,
@@ -85,7 +101,9 @@ def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
         final_eval_loss=run["final_eval_loss"],
         accuracy={k: sum(v.values()) / len(v) for k, v in correct.items() if v},
         n={k: len(v) for k, v in correct.items()},
-        curve=_curve(run_dir, stages),
+        curve=curve,
+        wall_curve=wall_curve,
         correct=correct,
         lengths=lengths,
+        nll=nll,
     )

@@ -44,21 +44,30 @@ def _errorbar(ax, x: float, stat: dict, colour, label: str | None) -> None:
 
 
 def accuracy_by_length(arms: dict[str, dict], path: Path) -> None:
+    _by_length(arms, "accuracy_by_length", "exact match", path)
+
+
+def answer_loss_by_length(arms: dict[str, dict], path: Path) -> None:
+    _by_length(arms, "answer_loss_by_length", "answer loss (nats/token)", path)
+
+
+def _by_length(arms: dict[str, dict], field: str, ylabel: str, path: Path) -> None:
     plt = _plt()
-    keys = list(dict.fromkeys(k for a in arms.values() for k in a["accuracy_by_length"]))
+    keys = list(dict.fromkeys(k for a in arms.values() for k in a.get(field, {})))
     colour = _colours(list(arms))
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(6 * max(len(keys), 1), 4), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys):
         for j, (name, a) in enumerate(arms.items()):
-            by_len = a["accuracy_by_length"].get(key, {})
+            by_len = a.get(field, {}).get(key, {})
             for i, (length, s) in enumerate(sorted(by_len.items(), key=lambda kv: int(kv[0]))):
                 x = int(length) + 0.08 * (j - len(arms) / 2)  # arms side by side at each length
                 ax.plot([x] * len(s["per_seed"]), s["per_seed"], ".", ms=4, alpha=0.5, color=colour[name])
                 _errorbar(ax, x, s, colour[name], name if i == 0 else None)
-        ax.set_ylim(-0.02, 1.02)
+        if field == "accuracy_by_length":
+            ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("chain length")
-        ax.set_ylabel("exact match")
-        ax.set_title(f"{key}: accuracy by chain length (dots: seeds; bars: 95% t interval)", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{key}: {ylabel} by chain length (dots: seeds; bars: 95% t interval)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -18,7 +18,7 @@ from modelsurgeon.sweep.patch import PatchError, targets
 from modelsurgeon.sweep.report_md import render
 from modelsurgeon.sweep.tune import choose
 
-PLOTS = ("loss_vs_flops.png", "accuracy_by_length.png", "flops_to_target.png")
+PLOTS = ("loss_vs_flops.png", "accuracy_by_length.png", "flops_to_target.png", "answer_loss_by_length.png")
 BASE_COLUMNS = (
     "arm",
     "kind",
@@ -71,12 +71,12 @@ def tuning_table(out_dir: Path, manifest: SweepManifest) -> dict[str, dict]:
     return table
 
 
-def _rows(manifest: SweepManifest, results, target) -> list[dict]:
+def _rows(manifest: SweepManifest, results, target, wall) -> list[dict]:
     kinds = {a.name: a.kind for a in manifest.arms}
     keys = sorted({k for r in results for k in r.accuracy})
     rows = []
     for r in results:
-        v = run_values(r, target)
+        v = run_values(r, target, wall)
         row = {
             "arm": r.arm,
             "kind": kinds[r.arm],
@@ -90,8 +90,11 @@ def _rows(manifest: SweepManifest, results, target) -> list[dict]:
             "final_train_loss": r.final_train_loss,
             "final_eval_loss": r.final_eval_loss,
             "flops_to_target": v["flops_to_target"],
+            "wall_to_target": v.get("wall_to_target"),
+            "loss_at_equal_wall": v.get("loss_at_equal_wall"),
         }
         row.update({f"acc:{k}": r.accuracy.get(k) for k in keys})
+        row.update({f"nll:{k}": r.answer_loss.get(k) for k in keys})
         row.update({f"n:{k}": r.n.get(k) for k in keys})
         rows.append(row)
     return rows
@@ -114,7 +117,7 @@ def write_sweep_report(out_dir: Path) -> dict:
     runs = [j for j in manifest.jobs if j.phase == "run"]
     results = [r for j in runs if (r := read_run(out_dir / j.dir, j.arm, j.seed, j.dir)) is not None]
     stats = aggregate(manifest, results)
-    rows = _rows(manifest, results, stats["target_loss"])
+    rows = _rows(manifest, results, stats["target_loss"], stats["equal_wall_s"])
     summary = {
         "sweep": manifest.name,
         "description": manifest.description,
@@ -134,6 +137,7 @@ def write_sweep_report(out_dir: Path) -> dict:
     plots.loss_vs_flops(manifest, results, stats["target_loss"], out_dir / PLOTS[0])
     plots.accuracy_by_length(stats["arms_stats"], out_dir / PLOTS[1])
     plots.flops_to_target(stats["arms_stats"], out_dir / PLOTS[2])
+    plots.answer_loss_by_length(stats["arms_stats"], out_dir / PLOTS[3])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(render(summary, str(out_dir)))
     return summary

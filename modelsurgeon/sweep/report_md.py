@@ -12,6 +12,8 @@ LABELS = {
     "tokens": "tokens",
     "flops": "training FLOPs",
     "wall_s": "wall time (s)",
+    "wall_to_target": "wall time to target (s)",
+    "loss_at_equal_wall": "eval loss at equal wall time",
 }
 
 
@@ -20,9 +22,11 @@ def _num(x, fmt: str) -> str:
 
 
 def _fmt_for(key: str) -> str:
-    return (
-        ".3f" if key.startswith("acc:") else ".4f" if key == "final_eval_loss" else ".1f" if key == "wall_s" else ".3e"
-    )
+    if key.startswith("acc:"):
+        return ".3f"
+    if key in ("final_eval_loss", "loss_at_equal_wall") or key.startswith("nll:"):
+        return ".4f"
+    return ".1f" if key in ("wall_s", "wall_to_target") else ".3e"
 
 
 def _ci(s: dict, fmt: str) -> str:
@@ -32,6 +36,8 @@ def _ci(s: dict, fmt: str) -> str:
 
 
 def _label(key: str) -> str:
+    if key.startswith("nll:"):
+        return f"answer loss {key[4:]}"
     return f"exact match {key[4:]}" if key.startswith("acc:") else LABELS.get(key, key)
 
 
@@ -50,14 +56,14 @@ def _arm_rows(summary: dict) -> list[str]:
 def _stat_rows(summary: dict) -> list[str]:
     arms = summary["arms_stats"]
     keys = list(dict.fromkeys(k for a in arms.values() for k in a["t"]))
-    keys = [k for k in keys if k.startswith("acc:")] + [k for k in LABELS if k in keys]
+    keys = [k for k in keys if k.startswith(("acc:", "nll:"))] + [k for k in LABELS if k in keys]
     out = ["| arm | seeds | " + " | ".join(_label(k) for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, a in arms.items():
         cells = [_ci(a["t"][k], _fmt_for(k)) if k in a["t"] else "-" for k in keys]
         out.append(f"| {name} | {len(a['seeds'])} | " + " | ".join(cells) + " |")
     intro = (
-        "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval (seeds and "
-        "problems resampled):"
+        "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval "
+        "(seeds and problems resampled):"
     )
     pooled = ["", intro, "", "| arm | test set | accuracy [95% CI] | problems x seeds |", "|---|---|---|---|"]
     for name, a in arms.items():
@@ -72,7 +78,16 @@ def _stat_rows(summary: dict) -> list[str]:
         f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
         f"({source}), linear between evaluations. Runs reaching it: {counts}."
     )
-    return [*out, *pooled, "", reached]
+    wall = summary.get("equal_wall_s")
+    matched = (
+        ""
+        if wall is None
+        else f"Wall-clock matched: the eval loss of every run at {wall:.1f} s of its own training time (the earliest "
+        "of the runs' last evaluations; stage load, training and save, and the surgery, but not the test-set "
+        "scoring between stages), linear between evaluations; wall time to target is the same clock. Wall "
+        "times are one machine's, with the sweep's workers sharing it: compare arms of one sweep only."
+    )
+    return [*out, *pooled, "", reached, "", matched]
 
 
 def _diff_rows(summary: dict) -> list[str]:
@@ -106,8 +121,8 @@ def _tuning_rows(summary: dict) -> list[str]:
         ends = [p["dir"] for p in (t["points"][0], t["points"][-1])]
         if t["chosen"] and len(t["paths"]) == 1 and t["chosen"]["dir"] in ends:
             edge = (
-                "the choice is at the edge of the grid: the best value may lie beyond it; widen tuning.factor "
-                "or tuning.points"
+                "the choice is at the edge of the grid: the best value may lie beyond it; "
+                "widen tuning.factor or tuning.points"
             )
             out.append(f"| {arm} | ({edge}) | | | |")
     seed = next(iter(summary["tuning"].values()))["seed"]
@@ -131,7 +146,9 @@ NOTES = """## How to read this report
   cannot tell the two apart; "higher"/"lower": the interval excludes 0.
 - Final eval loss is the validation loss: train-stage's held-out share of the run's own training
   draw (the last stage's). Exact match is on the test sets (never trained on): interpolation
-  (chain lengths or modules as in training) and extrapolation (longer chains).
+  (chain lengths or modules as in training) and extrapolation (longer chains). Answer loss is
+  the mean teacher-forced loss (nats per token) of each test answer and its end, given the
+  question: lower is better, and it still ranks models whose exact match is at the floor.
 - Baselines are trained from scratch with their steps matched to the grown arm's planned FLOPs
   (or tokens). Wall time is measured on the machine as it was (shared and busy, possibly);
   compare arms by FLOPs, and read wall time beside it.
@@ -176,6 +193,8 @@ def render(summary: dict, out_dir: str) -> str:
         "![accuracy by chain length](accuracy_by_length.png)",
         "",
         "![FLOPs to target](flops_to_target.png)",
+        "",
+        "![answer loss by chain length](answer_loss_by_length.png)",
         "",
         NOTES,
     ]
