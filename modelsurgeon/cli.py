@@ -13,10 +13,23 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 from modelsurgeon.cli_options import flag, with_model_options
-from modelsurgeon.errors import SurgeonError
+from modelsurgeon.errors import SurgeonError, TrainInterrupted
+from modelsurgeon.grow.engine import grow as grow_fn
+from modelsurgeon.grow.engine import prepare
+from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 from modelsurgeon.io.atomic import Interrupted, exit_on_signals
+from modelsurgeon.io.atomic import clean as clean_fn
+from modelsurgeon.io.hub import resolve_model
+from modelsurgeon.plan import load_plan
+from modelsurgeon.plan.shipped import shipped_table
+from modelsurgeon.progress import Progress
+from modelsurgeon.progressive import run_recipe
+from modelsurgeon.sweep import emit, report_dir, run_sweep
+from modelsurgeon.train.merge import merge_lora as merge_fn
 from modelsurgeon.train.options import TrainOptions, load_options
+from modelsurgeon.verify.report import render
 
 # Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
 app = typer.Typer(
@@ -53,7 +66,6 @@ def parse_byte_size(text: str) -> int:
 
 def resolve(model: Path) -> Path:
     """MODEL as a local directory, or a hub id (org/name[@revision]) from the hub cache or a download."""
-    from modelsurgeon.io.hub import resolve_model
 
     return resolve_model(model, notify=lambda m: err.print(m, highlight=False, markup=False))
 
@@ -81,6 +93,7 @@ def handled(fn):
 
 def _print_version(value: bool) -> None:
     if value:
+        # lazy: modelsurgeon.verify.runner imports torch/transformers
         from modelsurgeon import __version__
 
         print(f"surgeon (modelsurgeon) {__version__}")
@@ -129,9 +142,6 @@ def grow(
 ) -> None:
     """Apply a growth plan to a checkpoint."""
     model = resolve(model)
-    from modelsurgeon.grow.engine import grow as grow_fn
-    from modelsurgeon.grow.engine import prepare
-    from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 
     shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
@@ -146,6 +156,7 @@ def grow(
         out.print(width_table(prep))
     out.print(summary_table(prep))
     if dry_run and drift:
+        # lazy: modelsurgeon.verify.drift imports torch/transformers
         from modelsurgeon.verify.drift import measure_drift
 
         _, report = measure_drift(model, prep.loaded)
@@ -154,6 +165,7 @@ def grow(
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
     if verify and not dry_run:  # the output stays: it was written correctly, it just fails its promise
+        # lazy: modelsurgeon.verify.api imports torch/transformers
         from modelsurgeon.verify.api import verify_and_show
 
         verify_and_show(model, output, out)
@@ -173,7 +185,6 @@ def inspect(
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
     model = resolve(model)
-    from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
     info = summarize_checkpoint(model)
     if as_json:
@@ -191,7 +202,6 @@ def plan_check(
     ] = None,
 ) -> None:
     """Validate a plan (schema; with --model, layer ranges, family and shapes too)."""
-    from modelsurgeon.plan import load_plan
 
     loaded = load_plan(plan)
     if loaded.translation:
@@ -199,7 +209,6 @@ def plan_check(
     if model is None:
         out.print(f"[green]ok[/] {plan}: {len(loaded.plan.steps)} step(s), schema valid")
         return
-    from modelsurgeon.grow.engine import prepare
 
     model = resolve(model)
     prep = prepare(model, loaded)
@@ -212,7 +221,6 @@ def plan_check(
 @plan_app.command("list")
 def plan_list() -> None:
     """List the shipped plans, recipes and sweeps: pass a name where a file is taken (`--plan double`)."""
-    from modelsurgeon.plan.shipped import shipped_table
 
     out.print(shipped_table(), highlight=False)
 
@@ -224,6 +232,7 @@ def demo(
     model: Annotated[Path | None, typer.Option(help="Grow this checkpoint instead of a tiny one built here.")] = None,
 ) -> None:
     """Build a tiny model locally, grow it with two shipped plans, check the results."""
+    # lazy: modelsurgeon.demo imports torch/transformers
     from modelsurgeon.demo import run_demo
 
     run_demo(workdir, out, model)
@@ -261,8 +270,13 @@ def convert(
 ) -> None:
     """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
     model = resolve(model)
+    # lazy: modelsurgeon.convert imports torch/transformers
     from modelsurgeon.convert import convert as convert_fn
+
+    # lazy: modelsurgeon.convert imports torch/transformers
     from modelsurgeon.convert import prepare_conversion
+
+    # lazy: modelsurgeon.convert.report imports torch/transformers
     from modelsurgeon.convert.report import describe
 
     shard = parse_byte_size(max_shard_size)
@@ -280,7 +294,6 @@ def convert(
 
 def _with_progress(run, label: str = "writing"):
     """Call run(advance) under byte progress on stderr: a bar on a terminal, steady plain lines in logs."""
-    from modelsurgeon.progress import Progress
 
     with Progress(label, console=err) as progress:
         return run(progress)
@@ -320,9 +333,8 @@ def verify(
 ) -> None:
     """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
     source, grown = resolve(source), resolve(grown)
-    from modelsurgeon.progress import Progress
+    # lazy: modelsurgeon.verify.runner imports torch/transformers
     from modelsurgeon.verify import verify_checkpoint
-    from modelsurgeon.verify.report import render
 
     with Progress("verify", unit="", console=err, heartbeat=True):  # a log line every interval while models run
         report = verify_checkpoint(
@@ -359,7 +371,6 @@ def merge_lora(
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
     base, adapter = resolve(base), resolve(adapter)
-    from modelsurgeon.train.merge import merge_lora as merge_fn
 
     shard = parse_byte_size(max_shard_size)
     s = _with_progress(
@@ -398,7 +409,7 @@ def train_stage(
     model = resolve(model)
     import shlex
 
-    from modelsurgeon.errors import TrainInterrupted
+    # lazy: modelsurgeon.train.shared imports torch/transformers
     from modelsurgeon.train import train_stage as train_fn
 
     options = load_options(config, fields)
@@ -439,7 +450,6 @@ def progressive(
     force: Annotated[bool, flag("--force", help="Delete OUTPUT and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
-    from modelsurgeon.progressive import run_recipe
 
     summary = run_recipe(recipe, output, resume=resume, force=force, console=err)
     for line in summary["verdict"]:
@@ -476,7 +486,6 @@ def sweep(
     ] = False,
 ) -> None:
     """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
-    from modelsurgeon.sweep import emit, report_dir, run_sweep
 
     if spec == "report":
         if run_dir is None:
@@ -509,7 +518,6 @@ def clean(
     dry_run: Annotated[bool, flag("--dry-run", help="List what would be removed; remove nothing.")] = False,
 ) -> None:
     """Remove temporary output directories left by killed writers (SIGKILL, power loss); never a live one's."""
-    from modelsurgeon.io.atomic import clean as clean_fn
 
     for line in clean_fn(directory, dry_run=dry_run).lines(dry_run):
         out.print(line, highlight=False, markup=False, soft_wrap=True)

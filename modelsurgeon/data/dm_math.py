@@ -134,6 +134,7 @@ def exact_match(model, tokenizer, problems: list[Problem], batch_size: int = 32)
     """
     import torch
 
+    # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.dm_math)
     from modelsurgeon.data.arith import greedy_replies
 
     longest = max((len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in problems), default=0)

@@ -38,11 +38,13 @@ class SourceStream:
 
     def __iter__(self) -> Iterator[str]:
         if self.spec.kind == "synthetic":
+            # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.sources)
             from modelsurgeon.data.arith import generate
 
             self._note("synthetic:arith prompt + answer")
             yield from (p.text for p in generate(**arith_options(self.spec)))
         elif self.spec.kind == "dm-math":
+            # lazy: import cycle (modelsurgeon.data.dm_math imports modelsurgeon.data.sources)
             from modelsurgeon.data import dm_math
 
             self._note("dm-math question + newline + answer")

@@ -148,6 +148,7 @@ def arith_options(spec: DataSpec) -> dict[str, int]:
                 f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer",
                 hint="e.g. 'synthetic:arith:n=500,max_k=6'",
             ) from None
+    # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.spec)
     from modelsurgeon.data.arith import check_arith_options
 
     check_arith_options(spec.source, **options)

@@ -89,6 +89,7 @@ class Prepared:
     @property
     def experts(self) -> dict | None:
         """Experts, top-k and total/active parameters of an MoE output (None for dense)."""
+        # lazy: import cycle (modelsurgeon.ops.moe imports modelsurgeon.grow.engine)
         from modelsurgeon.ops.moe import summary
 
         return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
@@ -243,6 +244,7 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     down = next((n for s, n in layout.layers[0].items() if spec.role_of(s) == "down" and s.endswith(".weight")), None)
     if down is None:
         return None
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import model_dims
 
     shape = ckpt.tensors[down].shape

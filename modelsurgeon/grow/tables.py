@@ -51,6 +51,7 @@ def summary_table(prep: Prepared) -> Table:
     if prep.shards is not None:
         t.add_row("shards", shard_summary(prep.shards))
     if prep.width is not None:
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import tp_degrees
 
         d = prep.width.dst

@@ -64,6 +64,7 @@ def global_jobs(
     tied = lm_head is not None and lm_head not in ckpt.tensors
     a, c = (1.0, 1.0)
     if width is not None:
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import tied_compensation
 
         a, c = tied_compensation(width, spec)
@@ -86,6 +87,7 @@ def global_jobs(
 
 
 def _transform(job: Job, spec: ArchSpec, width: WidthPlan) -> Transform | None:
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import Transform, transform_for
 
     out_map, in_map, split, transposed = transform_for(job.role, job.out.endswith(".bias"), width, spec)
@@ -114,7 +116,10 @@ def _load(ckpt: Checkpoint, name: str, a: int | None, b: int | None) -> torch.Te
 
 def _folded(ckpt: Checkpoint, job: Job) -> OutTensor:
     """A depth-growth tensor: the source with its branch scale folded in, same shape and dtype."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
+
+    # lazy: modelsurgeon.ops.fold imports torch/transformers
     from modelsurgeon.ops.fold import folded_rows
 
     info = ckpt.tensors[job.src]
@@ -131,7 +136,10 @@ def make_tensor(main: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: 
     t = _transform(job, spec, width) if width is not None else None
     if t is None:
         return OutTensor(job.out, info.dtype, info.shape, info.nbytes, source=info)
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
+
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import compute_rows
 
     _check_source_shape(job, t, info.shape)

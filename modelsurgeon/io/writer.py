@@ -99,6 +99,7 @@ def all_finite(value: torch.Tensor) -> bool:
 
 def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Refuse a computed block whose dtype/shape differ from the plan, or that is not finite."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import TORCH_TO_ST
 
     got = TORCH_TO_ST.get(value.dtype)

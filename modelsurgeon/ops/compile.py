@@ -52,6 +52,7 @@ class _Widths:
             raise ValueError("op: widen needs the family's tensor roles, which this model's family lacks in the table")
         if step.noise is not None and self.plan is not None and self.plan.noise is not None:
             raise ValueError("noise: set noise on one widen step only")
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import compose_plan, widen_step
 
         new, maps, cls = widen_step(step, self.dims, self.spec)

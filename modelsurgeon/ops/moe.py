@@ -211,6 +211,7 @@ def _copied_experts(ckpt, growth: ExpertGrowth, j: int, jobs: list, make: Make) 
 
 
 def _torch_dtype(dtype: str):
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
 
     return ST_TO_TORCH[dtype]
@@ -229,6 +230,7 @@ def _whole(shape: tuple[int, ...], make_value: Callable) -> Callable:
 
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    # lazy: import cycle (modelsurgeon.io.st_format imports modelsurgeon.ops.moe)
     from modelsurgeon.io.st_format import DTYPE_SIZES
 
     n = DTYPE_SIZES[dtype]
@@ -239,6 +241,7 @@ def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
 
 def _router(name: str, shape: tuple[int, int], dtype: str, init: RouterInit) -> OutTensor:
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import router_weight
 
         return router_weight(init, shape, _torch_dtype(dtype), name)
@@ -252,6 +255,7 @@ def _copied_router(main, job, m: int) -> OutTensor:
     shape = (info.shape[0] * m, *info.shape[1:])
 
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import repeat_rows
 
         return repeat_rows(ckpt.load(job.src), m)
@@ -263,6 +267,7 @@ def _perturbed(ckpt, base: OutTensor, job, up: Upcycle, expert_key: str) -> OutT
     """The expert tensor with Drop-Upcycling and/or noise applied, made whole once."""
 
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import add_noise, drop_upcycle
 
         x = base.compute(0, base.shape[0]) if base.compute else (job.ckpt or ckpt).load(job.src)

@@ -106,6 +106,7 @@ def read_yaml(text: str, origin: str, error: type[PlanError], shape: str, exampl
 
 
 def _field_names() -> set[str]:
+    # lazy: import cycle (modelsurgeon.plan.schema imports modelsurgeon.plan.load)
     from modelsurgeon.plan import schema
 
     names: set[str] = set()
@@ -179,6 +180,7 @@ def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     )
     translation = dtype = None
     if "merge_method" in data or "slices" in data:
+        # lazy: import cycle (modelsurgeon.plan.mergekit imports modelsurgeon.plan.load)
         from modelsurgeon.plan.mergekit import output_dtype, translate_mergekit
 
         dtype = output_dtype(data, origin)

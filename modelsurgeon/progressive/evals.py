@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelsurgeon.data import dm_math
+from modelsurgeon.data.arith import answer_nll, eval_set, greedy_replies
 from modelsurgeon.progressive.word_problems import word_problem_rows
 
 PROBLEMS_FILE = "eval_problems.jsonl"
@@ -58,8 +60,6 @@ def _load(model_dir: Path):
 def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
     import torch
 
-    from modelsurgeon.data.arith import answer_nll, eval_set, greedy_replies
-
     problems = eval_set(list(range(spec.min_k, spec.max_k + 1)), spec.per_k, spec.seed)
     rows = []
     with torch.no_grad():
@@ -86,8 +86,6 @@ def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
 
 
 def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
-    from modelsurgeon.data import dm_math
-    from modelsurgeon.data.arith import answer_nll
 
     rows = []
     for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():

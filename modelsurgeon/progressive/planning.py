@@ -11,11 +11,18 @@ from pathlib import Path
 
 import yaml
 
+from modelsurgeon.arch.registry import load_specs
 from modelsurgeon.errors import RecipeError, SurgeonError
+from modelsurgeon.grow.engine import prepare
 from modelsurgeon.io.hub import resolve_model
+from modelsurgeon.ops.compile import compile_plan
+from modelsurgeon.plan.load import load_plan, parse_plan
+from modelsurgeon.plan.schema import Widen
+from modelsurgeon.plan.selection import resolve_selection
 from modelsurgeon.progressive.flops import ArchCounts, StageFlops, stage_flops
 from modelsurgeon.progressive.init import InitModel, counts_of_checkpoint, counts_of_config, init_config, load_tokenizer
 from modelsurgeon.progressive.recipe import Baseline, LoadedRecipe, Stage
+from modelsurgeon.train.options import make_options
 
 
 @dataclass
@@ -87,7 +94,6 @@ def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None
 
 
 def _options(fields: dict, where: str, problems: list[str]):
-    from modelsurgeon.train.options import make_options
 
     try:
         return make_options(**fields)
@@ -124,8 +130,6 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             return None
         trained = prev.new_layers
     elif options.layers is not None:
-        from modelsurgeon.plan.selection import resolve_selection
-
         try:
             trained = len(resolve_selection(options.layers, counts.n_layers))
         except ValueError as exc:
@@ -168,11 +172,6 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
-    from modelsurgeon.arch.registry import load_specs
-    from modelsurgeon.grow.engine import prepare
-    from modelsurgeon.ops.compile import compile_plan
-    from modelsurgeon.plan.load import load_plan, parse_plan
-    from modelsurgeon.plan.schema import Widen
 
     loaded, r = plan.loaded, plan.loaded.recipe
     where = loaded.where("stages", i, "grow")

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from modelsurgeon.data.spec import arith_options, parse_data_spec
 from modelsurgeon.progressive import plots
 from modelsurgeon.progressive.monitor import read_jsonl
 from modelsurgeon.progressive.planning import RecipePlan
@@ -17,7 +18,6 @@ PLOTS = ("loss_vs_flops.png", "accuracy_by_k.png", "params_over_time.png", "grad
 
 def train_max_k(data: list[str]) -> int | None:
     """The longest chain in the training data (synthetic:arith specs), or None."""
-    from modelsurgeon.data.spec import arith_options, parse_data_spec
 
     ks = [arith_options(s)["max_k"] for s in map(parse_data_spec, data) if s.source.startswith("synthetic:arith")]
     return max(ks) if ks else None

@@ -11,12 +11,18 @@ import shutil
 import time
 from pathlib import Path
 
-from modelsurgeon.errors import CheckpointError, OutputError
+from modelsurgeon.arch.registry import resolve_spec
+from modelsurgeon.errors import CheckpointError, OutputError, RecipeError
+from modelsurgeon.grow.engine import grow, prepare
+from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.manifest import MANIFEST, TrainStage, read_manifest
+from modelsurgeon.progressive.evals import evaluate
 from modelsurgeon.progressive.flops import stage_flops
+from modelsurgeon.progressive.init import build_init
 from modelsurgeon.progressive.monitor import grad_norm_callback
 from modelsurgeon.progressive.planning import PlannedStage, RecipePlan, lora_targets, match_steps, plan_recipe
-from modelsurgeon.progressive.recipe import load_recipe
+from modelsurgeon.progressive.recipe import load_recipe, parse_recipe
+from modelsurgeon.progressive.report import train_max_k, write_report
 from modelsurgeon.progressive.triggers import StopDecider, make_callback
 
 STAGE_RECORD = "stage.json"
@@ -30,8 +36,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _same_recipe(saved: Path, loaded) -> bool:
     """Whether RUN_DIR's recipe.yaml says what RECIPE says (comments and layout may differ)."""
-    from modelsurgeon.errors import RecipeError
-    from modelsurgeon.progressive.recipe import parse_recipe
 
     try:
         return saved.is_file() and parse_recipe(saved.read_text(), str(saved)).recipe == loaded.recipe
@@ -66,7 +70,6 @@ def _say(console, text: str) -> None:
 
 
 def _start_model(plan: RecipePlan, run_dir: Path, console) -> Path:
-    from modelsurgeon.progressive.init import build_init
 
     r = plan.loaded.recipe
     if r.start is not None:
@@ -81,16 +84,12 @@ def _start_model(plan: RecipePlan, run_dir: Path, console) -> Path:
 
 def _eval(model_dir: Path, plan: RecipePlan) -> dict:
     """accuracy_by_k and tests of the stage record; every problem's result beside stage.json."""
-    from modelsurgeon.progressive.evals import evaluate
-    from modelsurgeon.progressive.report import train_max_k
 
     r = plan.loaded.recipe
     return evaluate(model_dir, r.eval, train_max_k(r.data), model_dir.parent)
 
 
 def _layer_prefix(model: Path) -> str:
-    from modelsurgeon.arch.registry import resolve_spec
-    from modelsurgeon.io.reader import open_checkpoint
 
     ckpt = open_checkpoint(model)
     return resolve_spec(ckpt.config, ckpt.names).layer_prefix
@@ -122,8 +121,13 @@ def train_one(
 ) -> dict:
     """One train stage in `sdir` (resumable); returns its record, also written to stage.json.
     `flops_kw`: stage_flops' lora_targets / trained_layers; `extra`: fields added to the record."""
+    # lazy: modelsurgeon.train.shared imports torch/transformers
     from modelsurgeon.train import train_stage, work_dir
+
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
+
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import read_metrics
 
     out = sdir / "model"
@@ -169,14 +173,11 @@ def train_one(
 
 
 def _grow_one(st: PlannedStage, model: Path, sdir: Path) -> dict:
-    from modelsurgeon.grow.engine import grow
 
     out = sdir / "model"
     sdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if out.exists():  # written atomically, so complete: only the record was missing
-        from modelsurgeon.grow.engine import prepare
-
         prep = prepare(model, st.plan)
     else:
         prep = grow(model, st.plan, out)
@@ -226,7 +227,6 @@ def _run_stage(st: PlannedStage, model: Path, sdir: Path, plan: RecipePlan, cons
 
 
 def _run_baselines(plan: RecipePlan, run_dir: Path, flops: int, tokens: int, console) -> dict[str, dict]:
-    from modelsurgeon.progressive.init import build_init
 
     out: dict[str, dict] = {}
     for b in plan.baselines:
@@ -270,7 +270,6 @@ def run_recipe(
 
     Raises RecipeError (before anything is written), OutputError (RUN_DIR), and whatever a
     stage raises (TrainError, DataError, PlanError, TrainInterrupted: rerun with resume=True)."""
-    from modelsurgeon.progressive.report import write_report
 
     loaded = load_recipe(recipe)
     plan = plan_recipe(loaded)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelsurgeon.errors import DataError
+
 BENCH = "word_problems"
 TEST_SET = "heldout"
 PROMPT = "Question: {question}\nAnswer:"
@@ -44,7 +46,6 @@ class WordProblemEval(BaseModel):
 
 def read_problems(spec: WordProblemEval) -> list[dict]:
     """The problems, in file order (the first `limit`); a clear error names a bad line."""
-    from modelsurgeon.errors import DataError
 
     path = Path(spec.path)
     if not path.is_file():

@@ -16,9 +16,11 @@ from pathlib import Path
 import yaml
 
 from modelsurgeon.errors import OutputError, SweepError, TrainInterrupted
+from modelsurgeon.progressive import run_recipe
 from modelsurgeon.sweep.collect import is_done
 from modelsurgeon.sweep.expand import Job, SweepManifest, expand
 from modelsurgeon.sweep.patch import seeded
+from modelsurgeon.sweep.report import tuning_table, write_sweep_report
 from modelsurgeon.sweep.schema import load_sweep
 from modelsurgeon.sweep.tune import tuned_recipe
 from modelsurgeon.threads import pin_threads, pinned_threads, threads_per_worker
@@ -110,7 +112,6 @@ def command(out_dir: Path, job: Job, threads: int | None) -> str:
 
 def run_job(recipe: str, run_dir: str) -> float:
     """One run (in a worker or in this process): `surgeon progressive RECIPE -o RUN_DIR --resume`."""
-    from modelsurgeon.progressive import run_recipe
 
     start = time.perf_counter()
     run_recipe(recipe, run_dir, resume=True)
@@ -159,7 +160,6 @@ def execute(out_dir: Path, jobs: list[Job], workers: int, threads: int, console=
 
 def tuning_choices(out_dir: Path, manifest: SweepManifest) -> dict[str, list[float]]:
     """Chosen multipliers of every tuned arm whose grid has finished (report.tuning_table's choice)."""
-    from modelsurgeon.sweep.report import tuning_table
 
     return {arm: t["chosen"]["multipliers"] for arm, t in tuning_table(out_dir, manifest).items() if t["chosen"]}
 
@@ -196,7 +196,6 @@ def run_sweep(
 ) -> dict:
     """Expand and check SWEEP, run every run in OUT_DIR (grids first), write the report; return
     summary.json's data. Raises SweepError (before anything runs, or listing failed runs)."""
-    from modelsurgeon.sweep.report import write_sweep_report
 
     out_dir = Path(out_dir)
     manifest = prepare(Path(sweep_path), out_dir, resume, force)

@@ -18,9 +18,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from modelsurgeon.errors import RecipeError, SurgeonError, SweepError
+from modelsurgeon.data.spec import parse_data_spec
+from modelsurgeon.errors import DataError, RecipeError, SurgeonError, SweepError
 from modelsurgeon.plan.load import read_yaml
 from modelsurgeon.plan.shipped import resolve_shipped
+from modelsurgeon.progressive.planning import plan_recipe
+from modelsurgeon.progressive.recipe import parse_recipe
 from modelsurgeon.sweep.patch import SEED_STRIDE, absolute_paths, apply_patch, seed_values, seeded
 from modelsurgeon.sweep.schema import LoadedSweep, Tuning
 from modelsurgeon.sweep.tune import grid_label, tuned_recipe
@@ -74,8 +77,6 @@ class SweepManifest(BaseModel):
 
 def _check(data: dict, label: str, problems: list[str]):
     """Validate one expanded recipe (schema, then the stage plan); its problems prefixed by `label`."""
-    from modelsurgeon.progressive.planning import plan_recipe
-    from modelsurgeon.progressive.recipe import parse_recipe
 
     try:
         return plan_recipe(parse_recipe(yaml.safe_dump(data, sort_keys=False), label))
@@ -87,8 +88,6 @@ def _check(data: dict, label: str, problems: list[str]):
 
 
 def _check_data_specs(data: dict, label: str, problems: list[str]) -> None:
-    from modelsurgeon.data.spec import parse_data_spec
-    from modelsurgeon.errors import DataError
 
     specs = list(data.get("data") or [])
     for stage in data.get("stages") or []:

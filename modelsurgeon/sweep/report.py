@@ -110,6 +110,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_sweep_report(out_dir: Path) -> dict:
     """Aggregate every finished run of DIR; write results.csv, summary.json, report.md, plots."""
+    # lazy: import cycle (modelsurgeon.sweep.execute imports modelsurgeon.sweep.report)
     from modelsurgeon.sweep.execute import read_manifest
 
     out_dir = Path(out_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from modelsurgeon.train.carry import install_state
 from modelsurgeon.train.options import TrainOptions
 
 
@@ -78,8 +79,6 @@ class StageTrainer(Trainer):
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if self.carried:
-            from modelsurgeon.train.carry import install_state
-
             install_state(optimizer, (self.model if model is None else model).named_parameters(), self.carried)
         return optimizer
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from modelsurgeon.io.atomic import STOP_SIGNALS
+from modelsurgeon.progress import Progress
+
 # Trainer log keys -> metrics.jsonl keys.
 TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
 
@@ -71,7 +74,6 @@ class InterruptCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        from modelsurgeon.io.atomic import STOP_SIGNALS
 
         previous: dict = {}
 
@@ -115,7 +117,6 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from modelsurgeon.progress import Progress
 
         self.progress = Progress(
             self.label, total=state.max_steps, completed=state.global_step, unit="step", console=self.console

@@ -263,6 +263,7 @@ def _computed(
 ) -> OutTensor:
     """BASE's tensor, or the adapter's full copy of it, plus the LoRA delta if any; float32
     arithmetic, cast back to BASE's dtype."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
 
     info = base.tensors[name]

@@ -61,6 +61,7 @@ def adam_moments(model: torch.nn.Module, optimizer) -> Moments:
 def _fsdp_moments(trainer) -> Moments:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import unwrapped_optimizer
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)

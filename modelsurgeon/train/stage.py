@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.data import build_blocks, parse_data_spec
 from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
@@ -24,7 +25,7 @@ from modelsurgeon.threads import pin_for_launcher
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
-from modelsurgeon.train.sharded import check_engine, gather, is_sharded
+from modelsurgeon.train.sharded import adam_moments, check_engine, gather, is_sharded
 
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
@@ -137,6 +138,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | None:
     """Create or reuse the work directory; return the checkpoint to resume from (or None)."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
 
     if resume:
@@ -166,7 +168,6 @@ def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | No
 def _check_inputs(model: Path, options: TrainOptions) -> None:
     """What can be checked without the training stack: every --data spec (local paths exist,
     options parse) and that MODEL has tokenizer files."""
-    from modelsurgeon.data import parse_data_spec
 
     for spec in options.data:
         parse_data_spec(spec)
@@ -179,8 +180,6 @@ def _check_inputs(model: Path, options: TrainOptions) -> None:
 
 def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: int, max_tokens: int):
     from transformers import AutoTokenizer
-
-    from modelsurgeon.data import build_blocks, parse_data_spec
 
     specs = [parse_data_spec(s) for s in options.data]
     try:
@@ -216,6 +215,7 @@ def _load_model(model: Path, options: TrainOptions, setup: _Setup):
     dtype = getattr(torch, method.base_dtype(options.bf16))
     shared = None
     if options.share_duplicates:
+        # lazy: modelsurgeon.train.shared imports torch/transformers
         from modelsurgeon.train.shared import load_shared
 
         base, info = load_shared(model, dtype)
@@ -231,6 +231,7 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
     """AdamW moments from the parent stage, mapped through MODEL's layer map (T2's carry_state)."""
     if options.carry_optimizer in (None, "reset"):
         return None
+    # lazy: modelsurgeon.train.carry imports torch/transformers
     from modelsurgeon.train.carry import carry_state
 
     parent = options.optimizer_from
@@ -284,9 +285,11 @@ def _write(
 ) -> None:
     """Write OUT from the unsharded `net`; `moments` (gathered under FSDP) replace reading the
     optimizer's own state, which is sharded there; None with a sharded run: no optimizer/."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import unwrapped_optimizer
+
+    # lazy: modelsurgeon.train.output imports torch/transformers
     from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
-    from modelsurgeon.train.sharded import adam_moments, is_sharded
 
     method = options.train_method
     base = method.trained_model(net)
@@ -317,6 +320,7 @@ def _write(
 
 def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> Path | None:
     """One process creates or checks the work directory; all learn the checkpoint to resume from."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
 
     with probe.main_process_first(local=False):
@@ -337,7 +341,10 @@ def _train(
     overrides: dict,
 ):
     """Run the Trainer (a stop signal: checkpoint and TrainInterrupted); return it and the seconds it ran."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import make_trainer, training_arguments
+
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import InterruptCallback
 
     interrupt = InterruptCallback()
@@ -381,7 +388,10 @@ def train_stage(
     setup = _setup(model, options)
     _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
     pin_for_launcher()  # N processes of a launcher share the cores instead of each taking all of them
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint, training_arguments
+
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
 
     seq_len = options.sequence_length(_max_positions(setup.ckpt.config))

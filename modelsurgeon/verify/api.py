@@ -27,9 +27,11 @@ from modelsurgeon.verify.checks import (
 from modelsurgeon.verify.claims import Claims, Structure, compare_dtype, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.experts import expert_problems
+from modelsurgeon.verify.program import can_run, run_program
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
+from modelsurgeon.verify.vllm_engine import find_vllm_python, run_vllm
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -132,7 +134,6 @@ def _program_check(report: VerifyReport, s_run: ModelRun, g_run: ModelRun, layer
 
 
 def _vllm_checks(report: VerifyReport, runs: dict[str, ModelRun], out: Structure, ids, python: str) -> None:
-    from modelsurgeon.verify.vllm_engine import run_vllm
 
     b = BOUNDS[report.dtype]
     max_len = min(_positions(out), max(len(i) for i in ids) + report.max_new_tokens)
@@ -185,7 +186,6 @@ def _program(src: Structure, layer_map, ids, dev: torch.device):
     outputs, or the reason it cannot run."""
 
     def run(model):
-        from modelsurgeon.verify.program import can_run, run_program
 
         return can_run(src, model) or run_program(model, src, layer_map, ids, dev)
 
@@ -241,8 +241,6 @@ def verify_checkpoint(
     _validate(engine, dtype, max_new_tokens)
     start = time.perf_counter()
     if engine != "torch":  # before minutes of transformers work, not after
-        from modelsurgeon.verify.vllm_engine import find_vllm_python
-
         vllm_python = find_vllm_python(vllm_python)
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)

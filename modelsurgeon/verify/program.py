@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelsurgeon.verify.claims import Structure
+from modelsurgeon.verify.runner import layer_outputs
 
 LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -104,7 +105,6 @@ def run_program(
     device: torch.device,
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """Logits [T, vocab] and hidden states (embeddings, then every program layer's output) per prompt."""
-    from modelsurgeon.verify.runner import layer_outputs
 
     logits, hidden = [], []
     with as_program(model, structure, layer_map):
