@@ -30,7 +30,7 @@ def test_scores_each_problem_per_set_module_and_length(monkeypatch, tmp_path):
     monkeypatch.setattr(
         dm_math, "exact_match", lambda m, t, problems, batch_size: [right[p.question] for p in problems]
     )
-    monkeypatch.setattr(arith, "answer_nll", lambda m, t, prompts, answers: [float(len(a)) for a in answers])
+    monkeypatch.setattr(evals, "answer_nll", lambda m, t, prompts, answers: [float(len(a)) for a in answers])
     spec = EvalSpec.model_validate({"arith": None, "dm_math": {"modules": ["arithmetic__add_sub_multiple"]}})
     out = evals.evaluate(tmp_path, spec, None, tmp_path)
     tests = out["tests"]["dm_math"]
