@@ -17,7 +17,11 @@ def summarize_checkpoint(path: str | Path) -> dict:
     spec = resolve_spec(ckpt.config, ckpt.names)
     layout = layout_of(spec, ckpt.config, ckpt.names, str(path))
     n = layout.num_layers
-    lists = {k: v for k, v in ckpt.config.items() if isinstance(v, list) and (k in spec.layer_lists or len(v) == n) and k != "architectures"}
+    lists = {
+        k: v
+        for k, v in ckpt.config.items()
+        if isinstance(v, list) and (k in spec.layer_lists or len(v) == n) and k != "architectures"
+    }
     names = set(ckpt.names)
     lm_head = next((g for g, role in spec.globals.items() if role == "lm_head"), None)
     return {
@@ -46,12 +50,15 @@ def checkpoint_table(info: dict) -> Table:
     t.add_column()
     fam = info["model_type"] + ("" if info["in_table"] else " (not in the table: copy/reorder ops only)")
     rows = [
-        ("family", fam), ("layers", str(info["num_layers"])), ("residual", str(info["residual"])),
-        ("parameters", f"{info['params']:,}"), ("size", human_bytes(info["bytes"])),
+        ("family", fam),
+        ("layers", str(info["num_layers"])),
+        ("residual", str(info["residual"])),
+        ("parameters", f"{info['params']:,}"),
+        ("size", human_bytes(info["bytes"])),
         ("dtypes", ", ".join(f"{k}: {v}" for k, v in info["dtypes"].items())),
         ("shards", f"{len(info['shards'])} ({info['tensors']} tensors)"),
         ("tied embeddings", f"{info['tie_word_embeddings']} (lm_head stored: {info['lm_head_stored']})"),
-    ]  # fmt: skip
+    ]
     for k, v in info["per_layer_config_lists"].items():
         rows.append((k, ", ".join(map(str, v))))
     for k, v in rows:

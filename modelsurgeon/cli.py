@@ -7,25 +7,54 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 from modelsurgeon.cli_options import flag, with_model_options
-from modelsurgeon.errors import SurgeonError
+from modelsurgeon.errors import SurgeonError, TrainInterrupted
+from modelsurgeon.grow.engine import grow as grow_fn
+from modelsurgeon.grow.engine import prepare
+from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 from modelsurgeon.io.atomic import Interrupted, exit_on_signals
+from modelsurgeon.io.atomic import clean as clean_fn
+from modelsurgeon.io.hub import resolve_model
+from modelsurgeon.plan import load_plan
+from modelsurgeon.plan.shipped import shipped_table
+from modelsurgeon.progress import Progress
+from modelsurgeon.progressive import run_recipe
+from modelsurgeon.sweep import emit, report_dir, run_sweep
+from modelsurgeon.train.merge import merge_lora as merge_fn
 from modelsurgeon.train.options import TrainOptions, load_options
+from modelsurgeon.verify.report import render
 
 # Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, context_settings={"max_content_width": 160}, help="Grow trained language models from their checkpoints.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 160},
+    help="Grow trained language models from their checkpoints.",
+)
 plan_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check growth plans; list the shipped ones.")
 app.add_typer(plan_app, name="plan")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
 
 
 def parse_byte_size(text: str) -> int:
@@ -37,7 +66,6 @@ def parse_byte_size(text: str) -> int:
 
 def resolve(model: Path) -> Path:
     """MODEL as a local directory, or a hub id (org/name[@revision]) from the hub cache or a download."""
-    from modelsurgeon.io.hub import resolve_model
 
     return resolve_model(model, notify=lambda m: err.print(m, highlight=False, markup=False))
 
@@ -65,6 +93,7 @@ def handled(fn):
 
 def _print_version(value: bool) -> None:
     if value:
+        # lazy: modelsurgeon.verify.runner imports torch/transformers
         from modelsurgeon import __version__
 
         print(f"surgeon (modelsurgeon) {__version__}")
@@ -73,7 +102,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Grow trained language models from their checkpoints."""
 
@@ -81,20 +112,36 @@ def _root(
 @app.command()
 @handled
 def grow(
-    model: Annotated[Path, typer.Argument(help="Source checkpoint directory (config.json + safetensors) or hub id org/name[@revision].")],
-    plan: Annotated[Path, typer.Option("--plan", "-p", help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (created atomically).")] = None,
+    model: Annotated[
+        Path,
+        typer.Argument(help="Source checkpoint directory (config.json + safetensors) or hub id org/name[@revision]."),
+    ],
+    plan: Annotated[
+        Path,
+        typer.Option(
+            "--plan",
+            "-p",
+            help="Growth plan YAML, a shipped plan's name (`surgeon plan list`), or a mergekit passthrough config.",
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (created atomically).")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the layer map and sizes; write nothing.")] = False,
     force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
-    drift: Annotated[bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and report verify's logit drift.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails.")] = False,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="With --dry-run: grow into a temp dir and report verify's logit drift.")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="After writing, run `surgeon verify` (transformers) on OUTPUT; exit non-zero if it fails."
+        ),
+    ] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
     model = resolve(model)
-    from modelsurgeon.grow.engine import grow as grow_fn
-    from modelsurgeon.grow.engine import prepare
-    from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 
     shard = parse_byte_size(max_shard_size)
     if not dry_run and output is None:
@@ -109,6 +156,7 @@ def grow(
         out.print(width_table(prep))
     out.print(summary_table(prep))
     if dry_run and drift:
+        # lazy: modelsurgeon.verify.drift imports torch/transformers
         from modelsurgeon.verify.drift import measure_drift
 
         _, report = measure_drift(model, prep.loaded)
@@ -117,13 +165,16 @@ def grow(
     if not dry_run:
         out.print(f"[green]wrote[/] {output} ({len(prep.tensors)} tensors)")
     if verify and not dry_run:  # the output stays: it was written correctly, it just fails its promise
+        # lazy: modelsurgeon.verify.api imports torch/transformers
         from modelsurgeon.verify.api import verify_and_show
 
         verify_and_show(model, output, out)
 
 
 def _grow_with_progress(grow_fn, model, plan, output, force, shard):
-    return _with_progress(lambda progress: grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=progress), "grow")
+    return _with_progress(
+        lambda progress: grow_fn(model, plan, output, force=force, max_shard_size=shard, progress=progress), "grow"
+    )
 
 
 @app.command()
@@ -134,7 +185,6 @@ def inspect(
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
     model = resolve(model)
-    from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
     info = summarize_checkpoint(model)
     if as_json:
@@ -147,10 +197,11 @@ def inspect(
 @handled
 def plan_check(
     plan: Annotated[Path, typer.Argument(help="Growth plan YAML or a shipped plan's name.")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check the plan against this checkpoint's headers.")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Also check the plan against this checkpoint's headers.")
+    ] = None,
 ) -> None:
     """Validate a plan (schema; with --model, layer ranges, family and shapes too)."""
-    from modelsurgeon.plan import load_plan
 
     loaded = load_plan(plan)
     if loaded.translation:
@@ -158,17 +209,18 @@ def plan_check(
     if model is None:
         out.print(f"[green]ok[/] {plan}: {len(loaded.plan.steps)} step(s), schema valid")
         return
-    from modelsurgeon.grow.engine import prepare
 
     model = resolve(model)
     prep = prepare(model, loaded)
-    out.print(f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.equivalence}")
+    out.print(
+        f"[green]ok[/] {plan} fits {model}: {prep.layout.num_layers} -> {len(prep.layer_map)} layers, "
+        f"{prep.equivalence}"
+    )
 
 
 @plan_app.command("list")
 def plan_list() -> None:
     """List the shipped plans, recipes and sweeps: pass a name where a file is taken (`--plan double`)."""
-    from modelsurgeon.plan.shipped import shipped_table
 
     out.print(shipped_table(), highlight=False)
 
@@ -176,10 +228,11 @@ def plan_list() -> None:
 @app.command()
 @handled
 def demo(
-    workdir: Annotated[Optional[Path], typer.Option(help="Where to write the demo models (default: a temp dir).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Grow this checkpoint instead of a tiny one built here.")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where to write the demo models (default: a temp dir).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Grow this checkpoint instead of a tiny one built here.")] = None,
 ) -> None:
     """Build a tiny model locally, grow it with two shipped plans, check the results."""
+    # lazy: modelsurgeon.demo imports torch/transformers
     from modelsurgeon.demo import run_demo
 
     run_demo(workdir, out, model)
@@ -189,17 +242,41 @@ def demo(
 @handled
 def convert(
     model: Annotated[Path, typer.Argument(help="Source checkpoint directory (safetensors, or pytorch_model*.bin).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory, or one NAME.gguf file (created atomically).")] = None,
-    to: Annotated[Optional[str], typer.Option(help="Output format: safetensors, bin or gguf (default: gguf for -o NAME.gguf, else safetensors).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Cast floating tensors to float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: keep).")] = None,
-    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in memory, so for --to bin this also bounds memory.")] = "5GB",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output directory, or one NAME.gguf file (created atomically)."),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="Output format: safetensors, bin or gguf (default: gguf for -o NAME.gguf, else safetensors)."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Cast floating tensors to float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: keep)."
+        ),
+    ] = None,
+    max_shard_size: Annotated[
+        str,
+        typer.Option(
+            help="Largest output shard, e.g. 5GB (GGUF: always one file). torch.save builds a whole .bin shard in "
+            "memory, so for --to bin this also bounds memory."
+        ),
+    ] = "5GB",
     dry_run: Annotated[bool, flag("--dry-run", help="Print tensors, dtypes, shards and sizes; write nothing.")] = False,
     force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Convert a checkpoint's format (.bin, safetensors, GGUF), dtype or sharding, one tensor at a time."""
     model = resolve(model)
+    # lazy: modelsurgeon.convert imports torch/transformers
     from modelsurgeon.convert import convert as convert_fn
+
+    # lazy: modelsurgeon.convert imports torch/transformers
     from modelsurgeon.convert import prepare_conversion
+
+    # lazy: modelsurgeon.convert.report imports torch/transformers
     from modelsurgeon.convert.report import describe
 
     shard = parse_byte_size(max_shard_size)
@@ -208,14 +285,15 @@ def convert(
     if dry_run:
         conv = prepare_conversion(model, to, dtype, shard, output)
     else:
-        conv = _with_progress(lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance), "convert")
+        conv = _with_progress(
+            lambda advance: convert_fn(model, output, to, dtype, shard, force, progress=advance), "convert"
+        )
     out.print(describe(conv), highlight=False, markup=False, soft_wrap=True)
     out.print("dry run: nothing written" if dry_run else f"[green]wrote[/] {output}", highlight=False)
 
 
 def _with_progress(run, label: str = "writing"):
     """Call run(advance) under byte progress on stderr: a bar on a terminal, steady plain lines in logs."""
-    from modelsurgeon.progress import Progress
 
     with Progress(label, console=err) as progress:
         return run(progress)
@@ -225,26 +303,52 @@ def _with_progress(run, label: str = "writing"):
 @handled
 def verify(
     source: Annotated[Path, typer.Argument(help="Source checkpoint directory.")],
-    grown: Annotated[Path, typer.Argument(help="Grown checkpoint directory (its surgeon.json gives the class and layer map).")],
-    engine: Annotated[str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")] = "torch",
-    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")] = None,
+    grown: Annotated[
+        Path, typer.Argument(help="Grown checkpoint directory (its surgeon.json gives the class and layer map).")
+    ],
+    engine: Annotated[
+        str, typer.Option(help="torch (transformers), vllm (GROWN in vLLM vs transformers' greedy tokens), or both.")
+    ] = "torch",
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompts file: one per line, or JSONL with a 'text' field.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per prompt.")] = 16,
-    dtype: Annotated[Optional[str], typer.Option(help="float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: GROWN's weight dtype).")] = None,
-    expect: Annotated[Optional[str], typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="float32 (fp32), bfloat16 (bf16) or float16 (fp16) (default: GROWN's weight dtype)."),
+    ] = None,
+    expect: Annotated[
+        str | None, typer.Option(help="exact, approx or none; overrides surgeon.json (needed without one).")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here ('-': print only JSON).")
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any transformers load warning too.")] = False,
-    layerwise: Annotated[bool, typer.Option("--layerwise", help="Load one decoder layer at a time (models larger than RAM).")] = False,
-    vllm_python: Annotated[Optional[Path], typer.Option(help="Python with vLLM (default: $SURGEON_VLLM_PYTHON, .vllm-venv).")] = None,
+    layerwise: Annotated[
+        bool, typer.Option("--layerwise", help="Load one decoder layer at a time (models larger than RAM).")
+    ] = False,
+    vllm_python: Annotated[
+        Path | None, typer.Option(help="Python with vLLM (default: $SURGEON_VLLM_PYTHON, .vllm-venv).")
+    ] = None,
 ) -> None:
     """Check that GROWN behaves as its equivalence class promises; exit 0 only if it does."""
     source, grown = resolve(source), resolve(grown)
-    from modelsurgeon.progress import Progress
+    # lazy: modelsurgeon.verify.runner imports torch/transformers
     from modelsurgeon.verify import verify_checkpoint
-    from modelsurgeon.verify.report import render
 
     with Progress("verify", unit="", console=err, heartbeat=True):  # a log line every interval while models run
-        report = verify_checkpoint(source, grown, engine=engine, prompts=prompts, max_new_tokens=max_new_tokens, dtype=dtype,
-                                   expect=expect, strict=strict, layerwise=layerwise, vllm_python=vllm_python)  # fmt: skip
+        report = verify_checkpoint(
+            source,
+            grown,
+            engine=engine,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            expect=expect,
+            strict=strict,
+            layerwise=layerwise,
+            vllm_python=vllm_python,
+        )
     if json_path is not None and str(json_path) != "-":
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if str(json_path) == "-":
@@ -258,18 +362,25 @@ def verify(
 @handled
 def merge_lora(
     base: Annotated[Path, typer.Argument(help="Checkpoint the adapter was trained on.")],
-    adapter: Annotated[Path, typer.Argument(help="peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")],
+    adapter: Annotated[
+        Path, typer.Argument(help="peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
     force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
     base, adapter = resolve(base), resolve(adapter)
-    from modelsurgeon.train.merge import merge_lora as merge_fn
 
     shard = parse_byte_size(max_shard_size)
-    s = _with_progress(lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance), "merge-lora")
-    out.print(f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of {s['tensors']}")
+    s = _with_progress(
+        lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance),
+        "merge-lora",
+    )
+    out.print(
+        f"merged {s['merged']} LoRA module(s), replaced {s['replaced']} tensor(s), copied {s['copied']} of "
+        f"{s['tensors']}"
+    )
     out.print(f"[green]wrote[/] {output}", highlight=False)
 
 
@@ -280,11 +391,17 @@ def train_stage(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory to train (with its tokenizer).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
     config: Annotated[
-        Optional[Path],
-        typer.Option("--config", "-c", help="YAML file of training options (names as below, e.g. lora_r: 8); flags override it."),
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="YAML file of training options (names as below, e.g. lora_r: 8); flags override it."
+        ),
     ] = None,
-    resume: Annotated[bool, flag("--resume", help="Continue an interrupted run of this command from its last checkpoint.")] = False,
-    force: Annotated[bool, flag("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")] = False,
+    resume: Annotated[
+        bool, flag("--resume", help="Continue an interrupted run of this command from its last checkpoint.")
+    ] = False,
+    force: Annotated[
+        bool, flag("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")
+    ] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
     **fields,
 ) -> None:
@@ -292,12 +409,20 @@ def train_stage(
     model = resolve(model)
     import shlex
 
-    from modelsurgeon.errors import TrainInterrupted
+    # lazy: modelsurgeon.train.shared imports torch/transformers
     from modelsurgeon.train import train_stage as train_fn
 
     options = load_options(config, fields)
     try:
-        result = train_fn(model, output, options, force=force, resume=resume, console=err, max_shard_size=parse_byte_size(max_shard_size))
+        result = train_fn(
+            model,
+            output,
+            options,
+            force=force,
+            resume=resume,
+            console=err,
+            max_shard_size=parse_byte_size(max_shard_size),
+        )
     except TrainInterrupted as exc:
         exc.hint = "continue with: " + shlex.join(["surgeon", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise
@@ -309,13 +434,22 @@ def train_stage(
 @app.command()
 @handled
 def progressive(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (start model, data, eval, train/grow stages, baselines) or a shipped recipe's name.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")],
-    resume: Annotated[bool, flag("--resume", help="Continue the run in OUTPUT: finished stages are skipped, an interrupted one resumes.")] = False,
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="Recipe YAML (start model, data, eval, train/grow stages, baselines) or a shipped recipe's name."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")
+    ],
+    resume: Annotated[
+        bool,
+        flag("--resume", help="Continue the run in OUTPUT: finished stages are skipped, an interrupted one resumes."),
+    ] = False,
     force: Annotated[bool, flag("--force", help="Delete OUTPUT and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
-    from modelsurgeon.progressive import run_recipe
 
     summary = run_recipe(recipe, output, resume=resume, force=force, console=err)
     for line in summary["verdict"]:
@@ -326,23 +460,41 @@ def progressive(
 @app.command()
 @handled
 def sweep(
-    spec: Annotated[str, typer.Argument(help="Sweep YAML (base recipe, seeds, axes), or `report` to aggregate RUN_DIR.")],
-    run_dir: Annotated[Optional[Path], typer.Argument(help="With `report`: the sweep directory.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Sweep directory: runs/, tuning/, results.csv, summary.json, report.md.")] = None,
+    spec: Annotated[
+        str, typer.Argument(help="Sweep YAML (base recipe, seeds, axes), or `report` to aggregate RUN_DIR.")
+    ],
+    run_dir: Annotated[Path | None, typer.Argument(help="With `report`: the sweep directory.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Sweep directory: runs/, tuning/, results.csv, summary.json, report.md."),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at a time, each in its own process.")] = 1,
-    threads_per_run: Annotated[Optional[int], typer.Option("--threads-per-run", min=1, help="Torch threads per run (default: CPU cores / workers).")] = None,
-    resume: Annotated[bool, flag("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")] = False,
+    threads_per_run: Annotated[
+        int | None,
+        typer.Option("--threads-per-run", min=1, help="Torch threads per run (default: CPU cores / workers)."),
+    ] = None,
+    resume: Annotated[
+        bool, flag("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")
+    ] = False,
     force: Annotated[bool, flag("--force", help="Delete DIR and start over.")] = False,
-    emit_commands: Annotated[bool, flag("--emit-commands", help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.")] = False,
+    emit_commands: Annotated[
+        bool,
+        flag(
+            "--emit-commands",
+            help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
-    from modelsurgeon.sweep import emit, report_dir, run_sweep
 
     if spec == "report":
         if run_dir is None:
             raise typer.BadParameter("`surgeon sweep report DIR` needs the sweep directory")
         summary = report_dir(run_dir)
-        out.print(f"[green]wrote[/] {run_dir / 'report.md'} ({summary['finished']} of {summary['expected']} runs finished)", highlight=False)
+        out.print(
+            f"[green]wrote[/] {run_dir / 'report.md'} ({summary['finished']} of {summary['expected']} runs finished)",
+            highlight=False,
+        )
         return
     if output is None:
         raise typer.BadParameter("give the sweep directory with -o DIR")
@@ -351,18 +503,21 @@ def sweep(
         typer.echo("\n".join(commands))  # plain: no markup or wrapping, one command per line
         err.print(note, highlight=False)
         return
-    summary = run_sweep(Path(spec), output, workers=workers, threads=threads_per_run, resume=resume, force=force, console=err)
+    summary = run_sweep(
+        Path(spec), output, workers=workers, threads=threads_per_run, resume=resume, force=force, console=err
+    )
     out.print(f"[green]wrote[/] {output / 'report.md'} ({summary['finished']} runs)", highlight=False)
 
 
 @app.command()
 @handled
 def clean(
-    directory: Annotated[Path, typer.Argument(help="Directory to scan (recursively), e.g. an output's parent or a run directory.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Directory to scan (recursively), e.g. an output's parent or a run directory.")
+    ],
     dry_run: Annotated[bool, flag("--dry-run", help="List what would be removed; remove nothing.")] = False,
 ) -> None:
     """Remove temporary output directories left by killed writers (SIGKILL, power loss); never a live one's."""
-    from modelsurgeon.io.atomic import clean as clean_fn
 
     for line in clean_fn(directory, dry_run=dry_run).lines(dry_run):
         out.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -10,7 +10,7 @@ import inspect
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Union
 
 import typer
 from pydantic import BaseModel
@@ -68,7 +68,7 @@ def option_parameter(name: str, field: FieldInfo, panel: str) -> inspect.Paramet
         option = typer.Option(f"--{dashed}/--no-{dashed}", help=text, metavar="", rich_help_panel=panel)
     else:
         option = typer.Option(f"--{dashed}", help=text, show_default=shown, rich_help_panel=panel)
-    annotation = Annotated[Optional[kind], option]
+    annotation = Annotated[kind | None, option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from modelsurgeon.grow.engine import Prepared, grow
 from modelsurgeon.plan import load_plan
+from modelsurgeon.tiny import build_tiny
 from modelsurgeon.units import human_count
 from modelsurgeon.verify.api import verify_and_show
 from modelsurgeon.verify.report import VerifyReport
@@ -27,9 +28,15 @@ def shipped_plan(name: str) -> Path:
 def _row(name: str, prep: Prepared, report: VerifyReport, seconds: float) -> list[str]:
     lg = report.metrics["logits"]
     return [
-        name, f"{prep.layout.num_layers}->{len(prep.layer_map)}", human_count(prep.params_out), prep.equivalence,
-        f"{lg['max_abs']:.1e}", f"{lg['mean_kl']:.3f}", f"{lg['top1']:.2f}", f"{seconds:.1f}s",
-    ]  # fmt: skip
+        name,
+        f"{prep.layout.num_layers}->{len(prep.layer_map)}",
+        human_count(prep.params_out),
+        prep.equivalence,
+        f"{lg['max_abs']:.1e}",
+        f"{lg['mean_kl']:.3f}",
+        f"{lg['top1']:.2f}",
+        f"{seconds:.1f}s",
+    ]
 
 
 def _table(name: str, prep: Prepared) -> Table:
@@ -44,7 +51,6 @@ def _table(name: str, prep: Prepared) -> Table:
 def run_demo(workdir: Path | None, console: Console, model: Path | None = None) -> list[dict]:
     """Grow `model` (default: a tiny Llama built here) with the demo plans and verify each
     output; raise verify's VerifyError when one fails what its class promises."""
-    from modelsurgeon.tiny import build_tiny
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="surgeon-demo-"))
     if model is None:

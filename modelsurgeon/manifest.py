@@ -16,7 +16,7 @@ import shutil
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -165,7 +165,7 @@ class ConvertStage(_Record):
 
 
 # A new command that writes checkpoints (e.g. upcycle) adds its stage model to this union.
-Stage = Annotated[Union[GrowStage, TrainStage, MergeLoraStage, ConvertStage], Field(discriminator="kind")]
+Stage = Annotated[GrowStage | TrainStage | MergeLoraStage | ConvertStage, Field(discriminator="kind")]
 
 
 class Manifest(_Record):
@@ -304,7 +304,9 @@ def _stage_links(manifest: Manifest) -> list[tuple[SourceRecord | None, list[Lay
     return links
 
 
-def lineage_path(manifest: Manifest, parent_headers_sha256: str, num_layers: int) -> tuple[LayerMap, list[Stage]] | None:
+def lineage_path(
+    manifest: Manifest, parent_headers_sha256: str, num_layers: int
+) -> tuple[LayerMap, list[Stage]] | None:
     """The layer map from a checkpoint (its manifest; `num_layers` layers) to the ancestor whose
     safetensors headers have this fingerprint, and the stages on the way (oldest first): the
     growths' maps composed along the lineage, newest first (stages other than growths keep the

@@ -56,9 +56,18 @@ class Progress:
     tok/s) are shown after the counts. `heartbeat=True` also prints the line from a background
     thread while the caller is busy in one long call (verify), so a log never goes silent."""
 
-    def __init__(self, label: str, *, total: int | None = None, completed: int = 0, unit: str = "bytes",
-                 console=None, interval: float | None = None, heartbeat: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        *,
+        total: int | None = None,
+        completed: int = 0,
+        unit: str = "bytes",
+        console=None,
+        interval: float | None = None,
+        heartbeat: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if console is None:
             from rich.console import Console
 
@@ -91,12 +100,27 @@ class Progress:
             self._print()  # the final line: a log shows how it ended
 
     def _make_bar(self):
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress as Bar, TimeElapsedColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)  # fmt: skip
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as Bar
 
         count = (DownloadColumn(), TransferSpeedColumn()) if self.unit == "bytes" else (MofNCompleteColumn(),)
-        return Bar("[progress.description]{task.description}", BarColumn(), *count, TimeElapsedColumn(),
-                   TimeRemainingColumn(), "{task.fields[info]}", console=self.console, transient=True)  # fmt: skip
+        return Bar(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            *count,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            "{task.fields[info]}",
+            console=self.console,
+            transient=True,
+        )
 
     def set_total(self, total: int | None) -> None:
         self.total = total

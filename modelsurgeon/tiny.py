@@ -26,7 +26,16 @@ if TYPE_CHECKING:  # transformers is slow to import; keep `import modelsurgeon.t
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 FAMILIES: tuple[str, ...] = (
-    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "olmo2", "gpt_neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "olmo2",
+    "gpt_neox",
 )
 
 # Mixture-of-experts families (tests of upcycling and expert growth; kept out of FAMILIES so the
@@ -80,7 +89,12 @@ def _layer_types(family: str, n_layers: int) -> list[str] | None:
 
 
 def tiny_config(
-    family: str, n_layers: int = 4, hidden: int = 32, heads: int = 4, kv_heads: int = 2, vocab: int = 256,
+    family: str,
+    n_layers: int = 4,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 256,
     **overrides,
 ) -> PretrainedConfig:
     """A small config of `family`; `overrides` are config fields and win over everything here.
@@ -97,11 +111,14 @@ def tiny_config(
         return AutoConfig.for_model(family, **{**kw, **overrides})
 
     kw = dict(
-        hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads,
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
         # 3x keeps the MLP width distinct from every other dimension, so a transposed or
         # mis-sliced tensor fails on shape rather than passing silently.
         intermediate_size=(4 if family == "gpt_neox" else 3) * hidden,
-        max_position_embeddings=MAX_POSITIONS, **tokens,
+        max_position_embeddings=MAX_POSITIONS,
+        **tokens,
     )
     if _has_field(family, "num_key_value_heads"):
         if heads % kv_heads:
@@ -197,15 +214,21 @@ def tiny_tokenizer(vocab: int = 256) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     # No initial_alphabet: the full 256-byte alphabet would not fit in a 256-token vocab.
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=list(SPECIAL_TOKENS),
-        limit_alphabet=max(vocab - len(SPECIAL_TOKENS), 0), show_progress=False,
+        vocab_size=vocab,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=max(vocab - len(SPECIAL_TOKENS), 0),
+        show_progress=False,
     )
     tok.train_from_iterator(_SAMPLE_TEXT.splitlines(), trainer=trainer)
     if tok.get_vocab_size() > vocab:
         raise ValueError(f"tiny tokenizer has {tok.get_vocab_size()} tokens, more than vocab={vocab}")
     pad, bos, eos, unk = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk,
+        tokenizer_object=tok,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
         model_max_length=MAX_POSITIONS,
     )
 
@@ -225,9 +248,15 @@ def _no_progress_bars():
 
 
 def build_tiny(
-    family: str, out_dir: str | Path, n_layers: int = 4, hidden: int = 32, seed: int = 0,
-    dtype: torch.dtype = torch.float32, max_shard_size: str | int | None = None,
-    with_tokenizer: bool = True, **config_overrides,
+    family: str,
+    out_dir: str | Path,
+    n_layers: int = 4,
+    hidden: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | int | None = None,
+    with_tokenizer: bool = True,
+    **config_overrides,
 ) -> Path:
     """Write a random tiny `family` checkpoint to `out_dir` and return its path.
 

@@ -17,8 +17,17 @@ IMAGE_SIDE = 28  # 2 x 2 patches
 
 
 def _text(n_layers: int, hidden: int) -> dict:
-    return dict(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=n_layers, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 def tiny_vlm_config(family: str, n_layers: int = 2, hidden: int = 32):
@@ -31,18 +40,41 @@ def tiny_vlm_config(family: str, n_layers: int = 2, hidden: int = 32):
         vision = dict(depth=1, embed_dim=16, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=PATCH)
         return Qwen2VLConfig(text_config={**text, "rope_parameters": mrope}, vision_config=vision, **qwen)
     if family == "qwen2_5_vl":
-        vision = dict(depth=1, hidden_size=16, out_hidden_size=hidden, intermediate_size=32, num_heads=2,
-                      patch_size=PATCH, fullatt_block_indexes=[0])  # fmt: skip
+        vision = dict(
+            depth=1,
+            hidden_size=16,
+            out_hidden_size=hidden,
+            intermediate_size=32,
+            num_heads=2,
+            patch_size=PATCH,
+            fullatt_block_indexes=[0],
+        )
         return Qwen2_5_VLConfig(text_config={**text, "rope_parameters": mrope}, vision_config=vision, **qwen)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=IMAGE_SIDE, patch_size=PATCH)  # fmt: skip
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIDE,
+        patch_size=PATCH,
+    )
     if family == "gemma3":
         text.update(head_dim=hidden // 4, query_pre_attn_scalar=hidden // 4, sliding_window=4)
-        return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=IMAGE,
-                            boi_token_index=START, eoi_token_index=END)  # fmt: skip
+        return Gemma3Config(
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            image_token_index=IMAGE,
+            boi_token_index=START,
+            eoi_token_index=END,
+        )
     if family == "llava":
-        return LlavaConfig(text_config={**text, "model_type": "llama"}, vision_config={**vision, "model_type": "clip_vision_model"},
-                           image_token_index=IMAGE, image_seq_length=4)  # fmt: skip
+        return LlavaConfig(
+            text_config={**text, "model_type": "llama"},
+            vision_config={**vision, "model_type": "clip_vision_model"},
+            image_token_index=IMAGE,
+            image_seq_length=4,
+        )
     raise ValueError(f"unknown vision-language family {family!r}; expected one of {', '.join(VLM_FAMILIES)}")
 
 
@@ -58,8 +90,11 @@ def build_tiny_vlm(family: str, out_dir: str | Path, n_layers: int = 2, hidden: 
     _randomise(model.model.language_model, "gemma3_text" if family == "gemma3" else "llama", seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for p in model.model.multi_modal_projector.parameters() if family in ("gemma3", "llava") else \
-                model.model.visual.merger.parameters():
+        for p in (
+            model.model.multi_modal_projector.parameters()
+            if family in ("gemma3", "llava")
+            else model.model.visual.merger.parameters()
+        ):
             p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.ndim == 1 and family != "gemma3" else 0.0))
     with _no_progress_bars():
         model.save_pretrained(out)
@@ -74,7 +109,11 @@ def image_inputs(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
         pixels = torch.randn(4, 3 * 2 * PATCH * PATCH, generator=g)
         ids = [5, 17, START, IMAGE, END, 33, 7]
         ids = torch.tensor([ids])
-        return {"input_ids": ids, "pixel_values": pixels, "image_grid_thw": torch.tensor([[1, 2, 2]]),
-                "mm_token_type_ids": (ids == IMAGE).long()}  # fmt: skip
+        return {
+            "input_ids": ids,
+            "pixel_values": pixels,
+            "image_grid_thw": torch.tensor([[1, 2, 2]]),
+            "mm_token_type_ids": (ids == IMAGE).long(),
+        }
     ids = [5, 17, START, *[IMAGE] * 4, END, 33, 7] if family == "gemma3" else [5, 17, *[IMAGE] * 4, 33, 7]
     return {"input_ids": torch.tensor([ids]), "pixel_values": torch.randn(1, 3, IMAGE_SIDE, IMAGE_SIDE, generator=g)}

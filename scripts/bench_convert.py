@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from benchlib import RSS_HELPER, background_busy, dir_bytes, ensure_synthetic, synth_spec  # scripts/ is on sys.path
+from safetensors import safe_open
 
 GB, MB = 1e9, 1e6
 REPO = Path(__file__).resolve().parent.parent
+
+
 def gguf_source(run: Path, model: Path) -> Path:
     """The synthetic model plus a tokenizer (GGUF carries one), its weights linked, not copied."""
     from modelsurgeon.tiny import tiny_tokenizer
@@ -57,7 +58,12 @@ def run_job(name: str, cmd: list[str], reads: list[Path], out: Path, logs: Path)
     result, log = logs / f"{name}.json", logs / f"{name}.log"
     print(f"  {name}: {' '.join(cmd)}", flush=True)
     subprocess.run([sys.executable, "-c", RSS_HELPER, str(result), str(log), *cmd], check=True)
-    job = {"name": name, **json.loads(result.read_text()), "in_bytes": sum(f.stat().st_size for f in reads), "busy": busy}
+    job = {
+        "name": name,
+        **json.loads(result.read_text()),
+        "in_bytes": sum(f.stat().st_size for f in reads),
+        "busy": busy,
+    }
     job["out_bytes"] = dir_bytes(out) if out.exists() else 0
     if job["rc"]:
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -66,7 +72,12 @@ def run_job(name: str, cmd: list[str], reads: list[Path], out: Path, logs: Path)
 
 def surgeon(*args: str) -> list[str]:
     exe = Path(sys.executable).parent / "surgeon"
-    return [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "modelsurgeon"]), "convert", *args]
+    return [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "modelsurgeon"]),
+        "convert",
+        *args,
+    ]
 
 
 def jobs(model: Path, run: Path, logs: Path) -> dict[str, dict]:
@@ -75,22 +86,47 @@ def jobs(model: Path, run: Path, logs: Path) -> dict[str, dict]:
         shutil.rmtree(p, ignore_errors=True)
     out = {"cp bf16": run_job("cp_bf16", ["cp", "-r", str(model), str(o["cp"])], weight_files(model), o["cp"], logs)}
     shutil.rmtree(o["cp"])
-    out["bf16 -> float32"] = run_job("to_f32", surgeon(str(model), "-o", str(o["f32"]), "--dtype", "float32"), weight_files(model), o["f32"], logs)
-    out["cp float32"] = run_job("cp_f32", ["cp", "-r", str(o["f32"]), str(o["cp"])], weight_files(o["f32"]), o["cp"], logs)
+    out["bf16 -> float32"] = run_job(
+        "to_f32", surgeon(str(model), "-o", str(o["f32"]), "--dtype", "float32"), weight_files(model), o["f32"], logs
+    )
+    out["cp float32"] = run_job(
+        "cp_f32", ["cp", "-r", str(o["f32"]), str(o["cp"])], weight_files(o["f32"]), o["cp"], logs
+    )
     shutil.rmtree(o["cp"])
-    out["float32 -> bf16"] = run_job("to_bf16", surgeon(str(o["f32"]), "-o", str(o["bf16"]), "--dtype", "bfloat16"), weight_files(o["f32"]), o["bf16"], logs)
-    out["bf16 reshard 1GB"] = run_job("reshard", surgeon(str(model), "-o", str(o["reshard"]), "--max-shard-size", "1GB"), weight_files(model), o["reshard"], logs)
+    out["float32 -> bf16"] = run_job(
+        "to_bf16",
+        surgeon(str(o["f32"]), "-o", str(o["bf16"]), "--dtype", "bfloat16"),
+        weight_files(o["f32"]),
+        o["bf16"],
+        logs,
+    )
+    out["bf16 reshard 1GB"] = run_job(
+        "reshard",
+        surgeon(str(model), "-o", str(o["reshard"]), "--max-shard-size", "1GB"),
+        weight_files(model),
+        o["reshard"],
+        logs,
+    )
     shutil.rmtree(o["reshard"])
-    out["bf16 -> .bin 1GB"] = run_job("to_bin", surgeon(str(model), "-o", str(o["bin"]), "--to", "bin", "--max-shard-size", "1GB"), weight_files(model), o["bin"], logs)
+    out["bf16 -> .bin 1GB"] = run_job(
+        "to_bin",
+        surgeon(str(model), "-o", str(o["bin"]), "--to", "bin", "--max-shard-size", "1GB"),
+        weight_files(model),
+        o["bin"],
+        logs,
+    )
     shutil.rmtree(o["bin"])
     try:
         import gguf  # noqa: F401  (the optional extra)
+
         src = gguf_source(run, model)
-        out["bf16 -> gguf"] = run_job("to_gguf", surgeon(str(src), "-o", str(o["gguf"]), "--to", "gguf"), weight_files(model), o["gguf"], logs)
+        out["bf16 -> gguf"] = run_job(
+            "to_gguf", surgeon(str(src), "-o", str(o["gguf"]), "--to", "gguf"), weight_files(model), o["gguf"], logs
+        )
         shutil.rmtree(o["gguf"])
     except ImportError:
         print("  (gguf not installed: GGUF job skipped)")
-    return out  # fmt: skip
+    return out
 
 
 def check(model: Path, run: Path) -> list[str]:
@@ -116,18 +152,29 @@ def median_of(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     out = {}
     for name, last in rounds[-1].items():
         runs = [r[name] for r in rounds]
-        out[name] = {**last, **{k: statistics.median(j[k] for j in runs) for k in ("wall_s", "durable_s", "cpu_s")},
-                     "peak_rss": max(j["peak_rss"] for j in runs), "rc": max(j["rc"] for j in runs),
-                     "busy": max((j["busy"] for j in runs if j["busy"] is not None), default=None)}  # fmt: skip
+        out[name] = {
+            **last,
+            **{k: statistics.median(j[k] for j in runs) for k in ("wall_s", "durable_s", "cpu_s")},
+            "peak_rss": max(j["peak_rss"] for j in runs),
+            "rc": max(j["rc"] for j in runs),
+            "busy": max((j["busy"] for j in runs if j["busy"] is not None), default=None),
+        }
     return out
 
 
 def report(results: dict[str, dict], n_rounds: int) -> None:
     cp = {"bf16": results["cp bf16"], "float32": results["cp float32"]}
-    base = {"bf16 -> float32": ("bf16", "float32"), "float32 -> bf16": ("float32", "bf16"),
-            "bf16 reshard 1GB": ("bf16", "bf16"), "bf16 -> .bin 1GB": ("bf16", "bf16"), "bf16 -> gguf": ("bf16", "bf16")}  # fmt: skip
-    head = (f"{'job':<18}{'in GB':>7}{'out GB':>8}{'wall s':>8}{'+sync s':>9}{'peak RSS MB':>13}{'x cp(in)':>10}"
-            f"{'x cp(out)':>11}{'bg CPU':>8}")  # fmt: skip
+    base = {
+        "bf16 -> float32": ("bf16", "float32"),
+        "float32 -> bf16": ("float32", "bf16"),
+        "bf16 reshard 1GB": ("bf16", "bf16"),
+        "bf16 -> .bin 1GB": ("bf16", "bf16"),
+        "bf16 -> gguf": ("bf16", "bf16"),
+    }
+    head = (
+        f"{'job':<18}{'in GB':>7}{'out GB':>8}{'wall s':>8}{'+sync s':>9}{'peak RSS MB':>13}{'x cp(in)':>10}"
+        f"{'x cp(out)':>11}{'bg CPU':>8}"
+    )
     print(f"\nmedian of {n_rounds} round(s); peak RSS and bg CPU: the largest over rounds")
     print(head + "\n" + "-" * len(head))
     for name, j in results.items():
@@ -137,8 +184,10 @@ def report(results: dict[str, dict], n_rounds: int) -> None:
             ratios = (f"{j['durable_s'] / a:.2f}x", f"{j['durable_s'] / b:.2f}x")
         flag = "" if j["rc"] == 0 else f"  (exit {j['rc']})"
         busy = "n/a" if j["busy"] is None else f"{100 * j['busy']:.0f}%"
-        print(f"{name:<18}{j['in_bytes'] / GB:>7.2f}{j['out_bytes'] / GB:>8.2f}{j['wall_s']:>8.2f}{j['durable_s']:>9.2f}"
-              f"{j['peak_rss'] / MB:>13.0f}{ratios[0]:>10}{ratios[1]:>11}{busy:>8}{flag}")  # fmt: skip
+        print(
+            f"{name:<18}{j['in_bytes'] / GB:>7.2f}{j['out_bytes'] / GB:>8.2f}{j['wall_s']:>8.2f}{j['durable_s']:>9.2f}"
+            f"{j['peak_rss'] / MB:>13.0f}{ratios[0]:>10}{ratios[1]:>11}{busy:>8}{flag}"
+        )
     print("\n+sync s: until the job exits and os.sync() returns (output on disk); ratios use it.")
     print("x cp(in)/x cp(out): against cp -r of a checkpoint the size of the job's input/output,")
     print("both measured in this run. Peak RSS: ru_maxrss of the job (mapped file pages included).")
@@ -166,8 +215,13 @@ def main() -> int:
     results = median_of(rounds)
     report(results, args.rounds)
     problems = check(model, run) if all(j["rc"] == 0 for j in results.values()) else ["a job failed"]
-    (run / "results.json").write_text(json.dumps({"model": str(model), "median": results, "rounds": rounds, "problems": problems}, indent=2))
-    print(f"\ncheck: {'PASS' if not problems else 'FAIL'} ({len(problems)} problem(s)) in {time.perf_counter() - t0:.0f} s total")
+    (run / "results.json").write_text(
+        json.dumps({"model": str(model), "median": results, "rounds": rounds, "problems": problems}, indent=2)
+    )
+    print(
+        f"\ncheck: {'PASS' if not problems else 'FAIL'} ({len(problems)} problem(s)) in "
+        f"{time.perf_counter() - t0:.0f} s total"
+    )
     for p in problems[:10]:
         print("  " + p)
     if not args.keep:

@@ -31,12 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from benchlib import (  # scripts/ is on sys.path when a script runs
-    RSS_HELPER, background_busy, dir_bytes, ensure_synthetic, fs_type, layer_shapes, llama_shapes, synth_spec,
-    used_bytes, xfs_unavailable, xfs_volume,
+    RSS_HELPER,
+    background_busy,
+    dir_bytes,
+    ensure_synthetic,
+    fs_type,
+    layer_shapes,
+    llama_shapes,
+    synth_spec,
+    used_bytes,
+    xfs_unavailable,
+    xfs_volume,
 )
+from safetensors import safe_open
 
 GB = 1e9
 MB = 1e6
@@ -193,13 +201,20 @@ def median_jobs(rounds: list[dict[str, Job]]) -> dict[str, Job]:
     keys = [k for k in rounds[0] if all(k in r for r in rounds)]
     med = lambda k, f: statistics.median(getattr(r[k], f) for r in rounds)
     return {
-        k: Job(name=rounds[-1][k].name, rc=max(r[k].rc for r in rounds), wall_s=med(k, "wall_s"),
-               durable_s=med(k, "durable_s"), peak_rss=max(r[k].peak_rss for r in rounds),
-               cpu_s=med(k, "cpu_s"), out_bytes=rounds[-1][k].out_bytes, log=rounds[-1][k].log,
-               bg_busy=max_or_none(r[k].bg_busy for r in rounds),
-               new_bytes=max_or_none(r[k].new_bytes for r in rounds))
+        k: Job(
+            name=rounds[-1][k].name,
+            rc=max(r[k].rc for r in rounds),
+            wall_s=med(k, "wall_s"),
+            durable_s=med(k, "durable_s"),
+            peak_rss=max(r[k].peak_rss for r in rounds),
+            cpu_s=med(k, "cpu_s"),
+            out_bytes=rounds[-1][k].out_bytes,
+            log=rounds[-1][k].log,
+            bg_busy=max_or_none(r[k].bg_busy for r in rounds),
+            new_bytes=max_or_none(r[k].new_bytes for r in rounds),
+        )
         for k in keys
-    }  # fmt: skip
+    }
 
 
 def max_or_none(values) -> float | None:
@@ -225,7 +240,9 @@ def ratios(jobs: dict[str, Job]) -> dict[str, float | None]:
         "surgeon_durable_over_mergekit_durable": ratio(get(s, "durable_s"), get(mk, "durable_s")),
         "surgeon_rss_over_mergekit_rss": ratio(get(s, "peak_rss"), get(mk, "peak_rss")),
         "widen_wall_over_cp_output_wall": ratio(get(jobs.get("widen"), "wall_s"), get(jobs.get("cp_widen"), "wall_s")),
-        "widen_durable_over_cp_output_durable": ratio(get(jobs.get("widen"), "durable_s"), get(jobs.get("cp_widen"), "durable_s")),
+        "widen_durable_over_cp_output_durable": ratio(
+            get(jobs.get("widen"), "durable_s"), get(jobs.get("cp_widen"), "durable_s")
+        ),
     }
 
 
@@ -238,8 +255,10 @@ def pct(x: float | None) -> str:
 
 
 def print_jobs(jobs: dict[str, Job], rounds: list[dict[str, Job]]) -> None:
-    cols = (f"{'job':<22}{'wall s':>8}{'(min-max)':>15}{'+sync s':>9}{'peak RSS MB':>13}{'output GB':>11}"
-            f"{'GB/s':>7}{'CPU s':>7}{'bg CPU':>8}")  # fmt: skip
+    cols = (
+        f"{'job':<22}{'wall s':>8}{'(min-max)':>15}{'+sync s':>9}{'peak RSS MB':>13}{'output GB':>11}"
+        f"{'GB/s':>7}{'CPU s':>7}{'bg CPU':>8}"
+    )
     print(f"\nmedian of {len(rounds)} round(s); peak RSS and bg CPU are the largest over rounds")
     print(cols + "\n" + "-" * len(cols))
     for k, j in jobs.items():
@@ -275,8 +294,10 @@ def print_ratios(jobs: dict[str, Job], r: dict[str, float | None]) -> None:
         print(f"  surgeon peak RSS {s.peak_rss / MB:.0f} MB (target < 1000 MB)")
     w = jobs.get("widen")
     if w:
-        print(f"  widen hidden 2x / cp of its output   wall {fx(r['widen_wall_over_cp_output_wall'])}"
-              f"   +sync {fx(r['widen_durable_over_cp_output_durable'])}; peak RSS {w.peak_rss / MB:.0f} MB")
+        print(
+            f"  widen hidden 2x / cp of its output   wall {fx(r['widen_wall_over_cp_output_wall'])}"
+            f"   +sync {fx(r['widen_durable_over_cp_output_durable'])}; peak RSS {w.peak_rss / MB:.0f} MB"
+        )
     print_xfs(jobs)
 
 
@@ -294,10 +315,15 @@ def print_xfs(jobs: dict[str, Job]) -> None:
 def env_info() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-        "cpus": os.cpu_count(), "ram_gb": round(mem / GB, 1), "surgeon": " ".join(surgeon_cmd()),
-        "workdir_fs": fs_type(Path("bench_out").resolve().parent), "loadavg": os.getloadavg(),
-    }  # fmt: skip
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "ram_gb": round(mem / GB, 1),
+        "surgeon": " ".join(surgeon_cmd()),
+        "workdir_fs": fs_type(Path("bench_out").resolve().parent),
+        "loadavg": os.getloadavg(),
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -358,7 +384,8 @@ def prepare(args: argparse.Namespace) -> tuple[dict, Path, float | None]:
     else:
         peak = resource_peak_mb()
         print(
-            f"  generated {model} ({size / GB:.2f} GB) in {gen_s:.1f} s; benchmark process peak RSS so far {peak:.0f} MB"
+            f"  generated {model} ({size / GB:.2f} GB) in {gen_s:.1f} s; benchmark process peak RSS so far "
+            f"{peak:.0f} MB"
         )
     return spec, model, gen_s
 
@@ -414,8 +441,9 @@ def run_xfs(model: Path, run: Path, logs: Path, plan: Path, jobs: dict[str, Job]
         if jobs["xfs_surgeon"].rc:
             return
         before = used_bytes(mnt)
-        jobs["xfs_cp"] = run_job("cp --reflink on XFS", ["cp", "-r", "--reflink=always", str(out), str(copy)],
-                                 copy, model_files(out), logs)  # fmt: skip
+        jobs["xfs_cp"] = run_job(
+            "cp --reflink on XFS", ["cp", "-r", "--reflink=always", str(out), str(copy)], copy, model_files(out), logs
+        )
         jobs["xfs_cp"].new_bytes = used_bytes(mnt) - before
         ext4 = run / "out-surgeon"
         if ext4.exists():  # the XFS output must be the same checkpoint as the ext4 one
@@ -423,8 +451,11 @@ def run_xfs(model: Path, run: Path, logs: Path, plan: Path, jobs: dict[str, Job]
             if {n: v[:2] for n, v in a.items()} != {n: v[:2] for n, v in b.items()}:
                 XFS_PROBLEMS.append("XFS output's tensors differ from the ext4 output's")
             else:
-                XFS_PROBLEMS.extend(f"XFS output: {n} differs from the ext4 output" for n in list(a)[::7]
-                                    if not same_bits(load(a, n), load(b, n)))  # fmt: skip
+                XFS_PROBLEMS.extend(
+                    f"XFS output: {n} differs from the ext4 output"
+                    for n in list(a)[::7]
+                    if not same_bits(load(a, n), load(b, n))
+                )
 
 
 def run_widen(model: Path, run: Path, logs: Path, jobs: dict[str, Job]) -> None:
@@ -453,11 +484,17 @@ def run_rounds(args, model: Path, run: Path, mk_exe: Path | None) -> tuple[list[
 
 def save_json(path: Path, args, spec: dict, gen_s, jobs, rounds, r, verdict: str, problems: list[str]) -> None:
     data = {
-        "spec": spec, "trim": args.trim, "generation_s": gen_s, "env": env_info(), "rss_method": RSS_METHOD,
+        "spec": spec,
+        "trim": args.trim,
+        "generation_s": gen_s,
+        "env": env_info(),
+        "rss_method": RSS_METHOD,
         "jobs": {k: asdict(j) for k, j in jobs.items()},
         "rounds": [{k: asdict(j) for k, j in rd.items()} for rd in rounds],
-        "ratios": r, "check": verdict, "problems": problems,
-    }  # fmt: skip
+        "ratios": r,
+        "check": verdict,
+        "problems": problems,
+    }
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"numbers saved to {path}")
 

@@ -56,7 +56,8 @@ if model is not None:
     # every weight, as training does, so the resident set is what training would hold.
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3, 4]]))
-    held = sum(s.nbytes() for s in {p.untyped_storage().data_ptr(): p.untyped_storage() for p in model.parameters()}.values())
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage() for p in model.parameters()}
+    held = sum(s.nbytes() for s in storages.values())
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking (benchmark) process.
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak_rss": hwm * 1024, "param_bytes_held": held}))
@@ -86,14 +87,27 @@ def pick_model(work: Path) -> tuple[Path, str]:
     from modelsurgeon.tiny import build_tiny
 
     print(f"notice: {SMOLLM} not found (run scripts/smollm2_to_safetensors.py); using a tiny llama", file=sys.stderr)
-    return build_tiny("llama", work / "tiny", n_layers=8, hidden=256, heads=8, kv_heads=4, vocab=256), "tiny llama (8 layers, hidden 256)"
+    return build_tiny(
+        "llama", work / "tiny", n_layers=8, hidden=256, heads=8, kv_heads=4, vocab=256
+    ), "tiny llama (8 layers, hidden 256)"
 
 
 def options(args, total: int):
     from modelsurgeon.train import make_options
 
-    return make_options(method="lora", data=[DATA], steps=total, seq_len=args.seq_len, batch_size=args.batch_size,
-                        lr=2e-4, warmup=0, schedule="constant", save_every=0, log_every=10, lora_r=args.lora_r)  # fmt: skip
+    return make_options(
+        method="lora",
+        data=[DATA],
+        steps=total,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=2e-4,
+        warmup=0,
+        schedule="constant",
+        save_every=0,
+        log_every=10,
+        lora_r=args.lora_r,
+    )
 
 
 def bench_stage(model: Path, args, work: Path) -> dict:
@@ -106,8 +120,12 @@ def bench_stage(model: Path, args, work: Path) -> dict:
     result = train_stage(model, work / "stage-out", options(args, total), force=True, callbacks=(clock,))
     wall = time.perf_counter() - start
     per_step = args.batch_size * args.seq_len
-    return {"tokens_per_s": rate(clock.times, args.warmup_steps, per_step), "wall_s": wall,
-            "final_loss": result.final_loss, "trainable_params": result.trainable}  # fmt: skip
+    return {
+        "tokens_per_s": rate(clock.times, args.warmup_steps, per_step),
+        "wall_s": wall,
+        "final_loss": result.final_loss,
+        "trainable_params": result.trainable,
+    }
 
 
 def hand_data(model: Path, args, total: int) -> torch.Tensor:
@@ -117,8 +135,14 @@ def hand_data(model: Path, args, total: int) -> torch.Tensor:
     from modelsurgeon.data import build_blocks, parse_data_spec
 
     opts = options(args, total)
-    packed = build_blocks([parse_data_spec(DATA)], AutoTokenizer.from_pretrained(model), args.seq_len,
-                          max_tokens=opts.data_tokens(args.seq_len), eval_fraction=opts.eval_fraction, seed=opts.seed)  # fmt: skip
+    packed = build_blocks(
+        [parse_data_spec(DATA)],
+        AutoTokenizer.from_pretrained(model),
+        args.seq_len,
+        max_tokens=opts.data_tokens(args.seq_len),
+        eval_fraction=opts.eval_fraction,
+        seed=opts.seed,
+    )
     return packed.train
 
 
@@ -138,8 +162,10 @@ def bench_hand_loop(model: Path, args) -> dict:
     targets = resolve_targets(spec, layout_of(spec, ckpt.config, ckpt.names, str(model)), None)
     set_seed(0)
     start = time.perf_counter()
-    net = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
-                         LoraConfig(r=args.lora_r, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"))  # fmt: skip
+    net = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
+        LoraConfig(r=args.lora_r, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"),
+    )
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, fused=True)
@@ -154,8 +180,11 @@ def bench_hand_loop(model: Path, args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
-    return {"tokens_per_s": rate(times, args.warmup_steps, args.batch_size * args.seq_len),
-            "wall_s": time.perf_counter() - start, "final_loss": loss.item()}  # fmt: skip
+    return {
+        "tokens_per_s": rate(times, args.warmup_steps, args.batch_size * args.seq_len),
+        "wall_s": time.perf_counter() - start,
+        "final_loss": loss.item(),
+    }
 
 
 def run_pairs(model: Path, args, work: Path) -> tuple[dict, dict]:
@@ -164,7 +193,9 @@ def run_pairs(model: Path, args, work: Path) -> tuple[dict, dict]:
     hands, stages = [], []
     for r in range(args.repeats):
         for job in ("hand", "stage") if r % 2 == 0 else ("stage", "hand"):
-            (hands if job == "hand" else stages).append(bench_hand_loop(model, args) if job == "hand" else bench_stage(model, args, work))
+            (hands if job == "hand" else stages).append(
+                bench_hand_loop(model, args) if job == "hand" else bench_stage(model, args, work)
+            )
 
     def median(runs: list[dict]) -> dict:
         best = sorted(runs, key=lambda x: x["tokens_per_s"])[len(runs) // 2]
@@ -174,7 +205,9 @@ def run_pairs(model: Path, args, work: Path) -> tuple[dict, dict]:
 
 
 def rss(mode: str, path: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RSS_CHILD, mode, str(path)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, mode, str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -194,13 +227,20 @@ def bench_rss(model: Path, work: Path) -> dict:
 
 def summary_lines(s: dict) -> list[str]:
     a, b = s["train_stage"], s["hand_loop"]
-    lines = [f"model: {s['model']}; seq {s['seq_len']}, batch {s['batch_size']}, LoRA r {s['lora_r']}, "
-             f"{s['timed_steps']} timed steps after {s['warmup_steps']} warm-up; torch threads {s['threads']}; {s['repeats']} round(s)",
-             f"train-stage: {a['tokens_per_s']:,.0f} tokens/s (rounds {a['rounds_tokens_per_s']}; wall {a['wall_s']:.1f} s incl. data, eval, output)",
-             f"hand loop:   {b['tokens_per_s']:,.0f} tokens/s (rounds {b['rounds_tokens_per_s']}; wall {b['wall_s']:.1f} s)",
-             f"ratio train-stage / hand loop: {s['ratio']:.3f} (target >= 0.95)"]  # fmt: skip
+    lines = [
+        f"model: {s['model']}; seq {s['seq_len']}, batch {s['batch_size']}, LoRA r {s['lora_r']}, "
+        f"{s['timed_steps']} timed steps after {s['warmup_steps']} warm-up; torch threads {s['threads']}; "
+        f"{s['repeats']} round(s)",
+        f"train-stage: {a['tokens_per_s']:,.0f} tokens/s (rounds {a['rounds_tokens_per_s']}; wall "
+        f"{a['wall_s']:.1f} s incl. data, eval, output)",
+        f"hand loop:   {b['tokens_per_s']:,.0f} tokens/s (rounds {b['rounds_tokens_per_s']}; wall {b['wall_s']:.1f} s)",
+        f"ratio train-stage / hand loop: {s['ratio']:.3f} (target >= 0.95)",
+    ]
     for mode, r in s.get("rss", {}).items():
-        lines.append(f"peak RSS {mode:>22}: {r['peak_rss'] / MB:8.0f} MiB (distinct parameter storage {r['param_bytes_held'] / MB:.0f} MiB)")
+        lines.append(
+            f"peak RSS {mode:>22}: {r['peak_rss'] / MB:8.0f} MiB (distinct parameter storage "
+            f"{r['param_bytes_held'] / MB:.0f} MiB)"
+        )
     return lines
 
 
@@ -223,10 +263,20 @@ def main() -> None:
     try:
         model, label = (args.model, str(args.model)) if args.model else pick_model(work)
         hand, stage = run_pairs(model, args, work)
-        s = {"model": label, "seq_len": args.seq_len, "batch_size": args.batch_size, "lora_r": args.lora_r,
-             "timed_steps": args.steps, "warmup_steps": args.warmup_steps, "threads": torch.get_num_threads(), "repeats": args.repeats,
-             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
-             "train_stage": stage, "hand_loop": hand, "ratio": stage["tokens_per_s"] / hand["tokens_per_s"]}  # fmt: skip
+        s = {
+            "model": label,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "lora_r": args.lora_r,
+            "timed_steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
+            "train_stage": stage,
+            "hand_loop": hand,
+            "ratio": stage["tokens_per_s"] / hand["tokens_per_s"],
+        }
         if not args.skip_rss:
             s["rss"] = bench_rss(model, work)
         print(json.dumps(s, indent=2) if args.json else "\n".join(summary_lines(s)))

@@ -28,8 +28,13 @@ def main() -> None:
     plan, out = run / "plan.yaml", run / "out"
     plan.write_text(PLAN)
     shutil.rmtree(out, ignore_errors=True)
-    grow = run_job("surgeon upcycle", [*surgeon_cmd(), "grow", str(model), "--plan", str(plan), "-o", str(out)],
-                   out, model_files(model), run)  # fmt: skip
+    grow = run_job(
+        "surgeon upcycle",
+        [*surgeon_cmd(), "grow", str(model), "--plan", str(plan), "-o", str(out)],
+        out,
+        model_files(model),
+        run,
+    )
     cp = cp_job("cp output", out, run / "cp", run)
     print(f"source {dir_bytes(model) / GB:.2f} GB -> output {grow.out_bytes / GB:.2f} GB")
     print(f"surgeon: {grow.wall_s:.1f} s wall ({grow.durable_s:.1f} s durable), peak RSS {grow.peak_rss / MB:.0f} MB")

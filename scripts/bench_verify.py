@@ -35,7 +35,9 @@ args = json.loads(sys.argv[1])
 report = None
 if args["mode"] != "imports":
     from modelsurgeon.verify import verify_checkpoint
-    report = verify_checkpoint(args["source"], args["grown"], max_new_tokens=args["tokens"], layerwise=args["mode"] == "layerwise")
+    report = verify_checkpoint(
+        args["source"], args["grown"], max_new_tokens=args["tokens"], layerwise=args["mode"] == "layerwise"
+    )
 print(json.dumps({
     "wall_s": time.perf_counter() - t0,
     "peak_rss": peak_rss(),
@@ -57,8 +59,16 @@ def build(workdir: Path, hidden: int, layers: int, vocab: int) -> tuple[Path, Pa
     if not (src / "config.json").is_file():
         print(f"building {src} ...", flush=True)
         heads = max(hidden // 128, 4)  # head_dim 128 like real llamas (64 for the small run)
-        build_tiny("llama", src, n_layers=layers, hidden=hidden, heads=heads, kv_heads=max(heads // 4, 1), vocab=vocab,
-                   max_shard_size="2GB")  # fmt: skip
+        build_tiny(
+            "llama",
+            src,
+            n_layers=layers,
+            hidden=hidden,
+            heads=heads,
+            kv_heads=max(heads // 4, 1),
+            vocab=vocab,
+            max_shard_size="2GB",
+        )
     if not (out / "surgeon.json").is_file():
         print(f"growing {out} ...", flush=True)
         grow(src, parse_plan("name: x2\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"), out, force=True)
@@ -79,7 +89,8 @@ def size(path: Path) -> float:
 
 def table(rows: list[tuple[str, dict]], src: Path, out: Path, tokens: int) -> str:
     lines = [
-        f"source {src.name}: {size(src):.2f} GB float32; grown 2x: {size(out):.2f} GB; 3 built-in prompts, {tokens} greedy tokens",
+        f"source {src.name}: {size(src):.2f} GB float32; grown 2x: {size(out):.2f} GB; 3 built-in prompts, "
+        f"{tokens} greedy tokens",
         "| mode | wall (s) | peak RSS (GB) | source load+run (s) | grown load+run (s) | passed | max abs dlogit |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -88,7 +99,10 @@ def table(rows: list[tuple[str, dict]], src: Path, out: Path, tokens: int) -> st
         src_s = f"{t['source_load']:.1f}+{t['source_run']:.1f}" if t else "-"
         out_s = f"{t['grown_load']:.1f}+{t['grown_run']:.1f}" if t else "-"
         dl = f"{r['logits']['max_abs']:.1e}" if r["logits"] else "-"
-        lines.append(f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | {r['passed'] if r['passed'] is not None else '-'} | {dl} |")
+        lines.append(
+            f"| {mode} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} | {src_s} | {out_s} | "
+            f"{r['passed'] if r['passed'] is not None else '-'} | {dl} |"
+        )
     return "\n".join(lines)
 
 

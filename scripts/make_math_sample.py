@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tomllib
 
 
 def package_dir(name: str) -> Path:
@@ -43,8 +43,11 @@ def champ_problems() -> list[dict]:
     data = json.loads((package_dir("champ_dataset") / "dataset_files" / "v0.json").read_text())
     return [
         {
-            "id": p["identifier"], "category": p["category"], "question": p["_text"],
-            "solution": " ".join(step["_text"] for step in p["solution"]["steps"]), "answer": p["_answer"],
+            "id": p["identifier"],
+            "category": p["category"],
+            "question": p["_text"],
+            "solution": " ".join(step["_text"] for step in p["solution"]["steps"]),
+            "answer": p["_answer"],
         }
         for p in data["problems"].values()
     ]
@@ -59,14 +62,21 @@ def gsm_problems() -> list[dict]:
         if record.get("ignore"):
             continue
         solution, _, answer = record["answer"].strip().rpartition("####")
-        problems.append({"id": f"gsm-{path.stem}", "category": "Grade school", "question": record["question"].strip(),
-                         "solution": solution.strip(), "answer": answer.strip()})
+        problems.append(
+            {
+                "id": f"gsm-{path.stem}",
+                "category": "Grade school",
+                "question": record["question"].strip(),
+                "solution": solution.strip(),
+                "answer": answer.strip(),
+            }
+        )
     return problems
 
 
 def interleave(a: list[dict], b: list[dict], limit: int | None) -> list[dict]:
     """Alternate the two sources so a small --limit still holds both."""
-    mixed = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
+    mixed = [p for pair in zip(a, b) for p in pair] + a[len(b) :] + b[len(a) :]
     return mixed[:limit] if limit else mixed
 
 
@@ -94,8 +104,10 @@ def main() -> None:
     rows = [open_web_math_record(p, package[p["id"]]) for p in problems]
     schema = pa.schema([(name, pa.string()) for name in ("url", "text", "date", "metadata")])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), args.out / "open_web_math_sample.parquet")
-    print(f"{len(problems)} records ({len(champ)} CHAMP + {len(gsm)} GSM8K available) -> {jsonl}, "
-          f"{args.out / 'open_web_math_sample.parquet'}")
+    print(
+        f"{len(problems)} records ({len(champ)} CHAMP + {len(gsm)} GSM8K available) -> {jsonl}, "
+        f"{args.out / 'open_web_math_sample.parquet'}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,12 @@ def main() -> None:
         prep, report = measure_drift(args.model, loaded)
         lg = report.metrics["logits"]
         shape = f"{prep.layout.num_layers} -> {len(prep.layer_map)} layers, {prep.params_out / 1e6:.0f}M params"
-        print(f"| {path.stem} ({shape}) "
-              f"| {prep.equivalence} | {lg['max_abs']:.3g} | {lg['mean_kl']:.3f} | {lg['top1']:.3f} "
-              f"| {time.perf_counter() - start:.0f} |", flush=True)
+        print(
+            f"| {path.stem} ({shape}) "
+            f"| {prep.equivalence} | {lg['max_abs']:.3g} | {lg['mean_kl']:.3f} | {lg['top1']:.3f} "
+            f"| {time.perf_counter() - start:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

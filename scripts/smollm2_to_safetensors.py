@@ -37,7 +37,9 @@ def find_gguf() -> tuple[Path, str]:
     if not (folder / GGUF_NAME).is_file():
         sys.exit(f"error: {folder} has no {GGUF_NAME}; reinstall with:\n    {INSTALL_HINT}")
     if importlib.util.find_spec("gguf") is None:
-        sys.exit(f"error: transformers needs the gguf package to read {GGUF_NAME}; install it with:\n    {INSTALL_HINT}")
+        sys.exit(
+            f"error: transformers needs the gguf package to read {GGUF_NAME}; install it with:\n    {INSTALL_HINT}"
+        )
     return folder, GGUF_NAME
 
 
@@ -51,8 +53,10 @@ def load_dequantised(folder: Path, name: str, dtype: str):
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     not_float = [n for n, t in model.state_dict().items() if not t.is_floating_point()]
     if not_float:  # newer transformers can keep GGUF blocks packed when a kernel is available
-        sys.exit(f"error: transformers kept {len(not_float)} tensors quantised (e.g. {not_float[0]}); "
-                 "this script needs a dequantised load")
+        sys.exit(
+            f"error: transformers kept {len(not_float)} tensors quantised (e.g. {not_float[0]}); "
+            "this script needs a dequantised load"
+        )
     model.to(getattr(torch, dtype))
     return model, tokenizer
 
@@ -105,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s ({total / 2**20:.1f} MiB, {args.dtype})")
     for p in files:
         print(f"  {p.name:32s} {p.stat().st_size / 2**20:9.2f} MiB")
-    print(f"  {cfg.model_type}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"{cfg.num_attention_heads} q / {cfg.num_key_value_heads} kv heads, vocab {cfg.vocab_size}, "
-          f"tied embeddings {cfg.tie_word_embeddings}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params")
+    print(
+        f"  {cfg.model_type}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.num_attention_heads} q / {cfg.num_key_value_heads} kv heads, vocab {cfg.vocab_size}, "
+        f"tied embeddings {cfg.tie_word_embeddings}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params"
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import CheckpointError, TrainError
-from modelsurgeon.plan import parse_plan
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.io.reader import open_checkpoint
+from modelsurgeon.plan import parse_plan
 from modelsurgeon.train.carry import carry_state, install_state, moment_origins
 
 PRO = "name: pro\nsteps:\n  - op: interpolate\n    factor: 2\n    layers: {every: 2}\n    new: zero\n"
@@ -110,7 +110,9 @@ def test_zero_layers_start_fresh_and_reset_differs(parent, grown_pro):
     carried, _ = grown_updates(grown_pro, path / "optimizer", "copy")
     fresh, installed = grown_updates(grown_pro, path / "optimizer", "reset")
     assert installed == 0
-    new_layers = [j for j, e in enumerate(json.loads((grown_pro / "surgeon.json").read_text())["layer_map"]) if e["new"]]
+    new_layers = [
+        j for j, e in enumerate(json.loads((grown_pro / "surgeon.json").read_text())["layer_map"]) if e["new"]
+    ]
     for name in carried:
         in_new = any(name.startswith(f"model.layers.{j}.") for j in new_layers)
         if in_new:  # zero moments with step 0 are exactly a fresh AdamW state
@@ -133,8 +135,13 @@ def test_scale_policy_math(parent, grown_split):
     copied = carry_state(path / "optimizer", grown_split, names, "copy")
     scaled = carry_state(path / "optimizer", grown_split, names, "scale")
     assert set(copied) == set(scaled) == set(names)
-    for suffix, c in [("self_attn.q_proj.weight", 0.5), ("input_layernorm.weight", 0.5), ("mlp.up_proj.weight", 0.5),
-                      ("self_attn.o_proj.weight", 1.0), ("mlp.down_proj.weight", 1.0)]:  # fmt: skip
+    for suffix, c in [
+        ("self_attn.q_proj.weight", 0.5),
+        ("input_layernorm.weight", 0.5),
+        ("mlp.up_proj.weight", 0.5),
+        ("self_attn.o_proj.weight", 1.0),
+        ("mlp.down_proj.weight", 1.0),
+    ]:
         for j in (2, 3):  # both copies of source layer 1
             name = f"model.layers.{j}.{suffix}"
             source_state = live_opt.state[live[f"model.layers.1.{suffix}"]]
@@ -143,7 +150,9 @@ def test_scale_policy_math(parent, grown_split):
             torch.testing.assert_close(scaled[name]["exp_avg"], c * copied[name]["exp_avg"], atol=0, rtol=0)
             torch.testing.assert_close(scaled[name]["exp_avg_sq"], c * c * copied[name]["exp_avg_sq"], atol=0, rtol=0)
             assert scaled[name]["step"].item() == 3
-    torch.testing.assert_close(scaled["model.embed_tokens.weight"]["exp_avg"], copied["model.embed_tokens.weight"]["exp_avg"])
+    torch.testing.assert_close(
+        scaled["model.embed_tokens.weight"]["exp_avg"], copied["model.embed_tokens.weight"]["exp_avg"]
+    )
 
 
 def test_scale_factors_predict_the_copies_gradients(parent, grown_split):

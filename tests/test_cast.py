@@ -20,6 +20,7 @@ from modelsurgeon.io import cast
 def f32_specials() -> np.ndarray:
     """float32 bit patterns for every case the rounding can get wrong."""
     rng = np.random.default_rng(0)
+    # hand-laid table: the special float32 words in rows (fmt: skip below)
     words = [
         rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),  # every class, uniformly by bits
         np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7FBFFFFF,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -26,7 +25,13 @@ def test_grow_writes_complete_output(tiny, tmp_path):
     result = run("grow", src, "--plan", LLAMA_PRO, "-o", out, "--max-shard-size", "30KB")
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "surgeon.json", "README.md", "generation_config.json", "model.safetensors.index.json"} <= names
+    assert {
+        "config.json",
+        "surgeon.json",
+        "README.md",
+        "generation_config.json",
+        "model.safetensors.index.json",
+    } <= names
     assert {p.name for p in src.iterdir() if "token" in p.name} <= names  # tokenizer files copied
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
@@ -72,8 +77,10 @@ def test_plan_check(tiny):
 
 def test_mergekit_config_through_cli(tiny, tmp_path):
     cfg = tmp_path / "mk.yml"
-    cfg.write_text("merge_method: passthrough\nslices:\n  - sources: [{model: x, layer_range: [0, 3]}]\n"
-                   "  - sources: [{model: x, layer_range: [1, 4]}]\n")  # fmt: skip
+    cfg.write_text(
+        "merge_method: passthrough\nslices:\n  - sources: [{model: x, layer_range: [0, 3]}]\n"
+        "  - sources: [{model: x, layer_range: [1, 4]}]\n"
+    )
     result = run("grow", tiny("llama"), "--plan", cfg, "-o", tmp_path / "out")
     assert result.exit_code == 0 and "translated mergekit passthrough" in result.output
     m = json.loads((tmp_path / "out" / "surgeon.json").read_text())

@@ -37,7 +37,9 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == f"surgeon (modelsurgeon) {__version__}"
 
 
-@pytest.mark.parametrize("path,cmd", list(_commands(typer.main.get_command(app))), ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
+@pytest.mark.parametrize(
+    "path,cmd", list(_commands(typer.main.get_command(app))), ids=lambda x: " ".join(x) if isinstance(x, tuple) else ""
+)
 def test_boolean_options_render_as_flags(path, cmd):
     help_text = run(*path, "--help").output
     flags = [p for p in cmd.params if isinstance(p, click.Option) and p.is_flag]
@@ -52,7 +54,9 @@ def test_progressive_help_names_its_options():
     assert "-o, --output" in text and "RUN_DIR" not in text
 
 
-@pytest.mark.parametrize("alias,name", [("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32"), ("float16", "float16")])
+@pytest.mark.parametrize(
+    "alias,name", [("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32"), ("float16", "float16")]
+)
 def test_dtype_aliases(alias, name):
     assert canonical_dtype(alias) == name and parse_dtype(alias) == parse_dtype(name)
 

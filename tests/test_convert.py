@@ -90,7 +90,10 @@ def test_bin_to_safetensors_to_bin_is_bit_identical(tiny, tmp_path, family):
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
     assert_index_consistent(tmp_path / "bin2", "pytorch_model", ".bin", "pytorch_model.bin.index.json", back)
     lineage = json.loads((tmp_path / "bin2" / "surgeon.json").read_text())["lineage"]
-    assert [(s["kind"], s["from"], s["to"]) for s in lineage] == [("convert", "bin", "safetensors"), ("convert", "safetensors", "bin")]
+    assert [(s["kind"], s["from"], s["to"]) for s in lineage] == [
+        ("convert", "bin", "safetensors"),
+        ("convert", "safetensors", "bin"),
+    ]
     assert (tmp_path / "bin2" / "tokenizer.json").is_file()
 
 
@@ -170,7 +173,18 @@ def test_grown_manifest_keeps_its_fields(tiny, tmp_path):
 
 def test_dry_run_prints_plan_and_writes_nothing(tiny, tmp_path):
     out = tmp_path / "out"
-    args = [str(tiny("llama", n_layers=2)), "-o", str(out), "--to", "bin", "--dtype", "float16", "--max-shard-size", "30KB", "--dry-run"]
+    args = [
+        str(tiny("llama", n_layers=2)),
+        "-o",
+        str(out),
+        "--to",
+        "bin",
+        "--dtype",
+        "float16",
+        "--max-shard-size",
+        "30KB",
+        "--dry-run",
+    ]
     result = CliRunner().invoke(app, ["convert", *args])
     assert result.exit_code == 0, result.output
     assert "F32 -> F16" in result.output and "pytorch_model-00001-of-0000" in result.output

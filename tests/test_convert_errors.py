@@ -57,7 +57,9 @@ def fails(tmp_path, model, expect: str, code: int, *flags) -> str:
 @pytest.mark.parametrize("obj, named", [(Payload(), "GLOBAL print"), (Plain(), "Plain")], ids=["reduce", "instance"])
 def test_bin_with_a_pickled_object_is_refused(tmp_path, model, capfd, obj, named):
     bin_model(model, {"model.embed_tokens.weight": torch.zeros(2, 2), "extra": obj})
-    out = fails(tmp_path, model, "refused to unpickle it: it holds objects other than tensors", CheckpointError.exit_code)
+    out = fails(
+        tmp_path, model, "refused to unpickle it: it holds objects other than tensors", CheckpointError.exit_code
+    )
     assert "weights_only" in out and named in out
     assert "unpickled!" not in capfd.readouterr().out  # the payload never ran
 
@@ -77,7 +79,9 @@ def test_untied_names_sharing_storage_are_refused(tmp_path, model):
 
 def test_views_of_one_buffer_are_refused(tmp_path, model):
     state = load_file(model / "model.safetensors")
-    fused = torch.cat([state["model.layers.0.self_attn.q_proj.weight"], state["model.layers.0.self_attn.k_proj.weight"]])
+    fused = torch.cat(
+        [state["model.layers.0.self_attn.q_proj.weight"], state["model.layers.0.self_attn.k_proj.weight"]]
+    )
     state["model.layers.0.self_attn.q_proj.weight"] = fused[:32]
     state["model.layers.0.self_attn.k_proj.weight"] = fused[32:]
     bin_model(model, state)
@@ -111,11 +115,14 @@ def test_sentencepiece_style_tokenizer_is_refused_for_gguf(tmp_path, model):
     fails(tmp_path, model, "GGUF export writes byte-level BPE (GPT-2 style) vocabularies only", 7, "--to", "gguf")
 
 
-@pytest.mark.parametrize("flags, expect", [
-    (("--dtype", "float8"), "unknown dtype 'float8'"),
-    (("--dtype", "fp8"), "use one of: float32 (fp32), bfloat16 (bf16), float16 (fp16)"),
-    (("--to", "onnx"), "unknown output format 'onnx'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, expect",
+    [
+        (("--dtype", "float8"), "unknown dtype 'float8'"),
+        (("--dtype", "fp8"), "use one of: float32 (fp32), bfloat16 (bf16), float16 (fp16)"),
+        (("--to", "onnx"), "unknown output format 'onnx'"),
+    ],
+)
 def test_bad_option_values(tmp_path, model, flags, expect):
     fails(tmp_path, model, expect, ConvertError.exit_code, *flags)
 
@@ -140,7 +147,9 @@ def test_float16_overflow_fails_midway_and_leaves_nothing(tmp_path, model):
     state = load_file(model / "model.safetensors")
     state["model.norm.weight"][3] = 1e6  # beyond float16's 65504
     save_file(state, model / "model.safetensors", metadata={"format": "pt"})
-    out = fails(tmp_path, model, "tensor 'model.norm.weight' overflows float16", ConvertError.exit_code, "--dtype", "float16")
+    out = fails(
+        tmp_path, model, "tensor 'model.norm.weight' overflows float16", ConvertError.exit_code, "--dtype", "float16"
+    )
     assert "1e+06" in out
 
 
@@ -155,4 +164,3 @@ def test_no_weights_at_all(tmp_path, model):
     (model / "model.safetensors").unlink()
     (model / "training_args.bin").write_bytes(b"x")
     fails(tmp_path, model, "no pytorch_model.bin or pytorch_model.bin.index.json (found training_args.bin)", 3)
-

@@ -23,8 +23,14 @@ gguf = pytest.importorskip("gguf")
 
 DOUBLE = "name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"
 ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 400}  # one frequency in each regime
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 400,
+}  # one frequency in each regime
 
 
 def read(path):
@@ -47,10 +53,20 @@ def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def hf_name(gguf_name: str) -> str:
-    table = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
-             "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
-             "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}  # fmt: skip
+    table = {
+        "token_embd": "model.embed_tokens",
+        "output_norm": "model.norm",
+        "output": "lm_head",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     parts = gguf_name.split(".")
     if parts[0] == "blk":
         return f"model.layers.{parts[1]}.{table[parts[2]]}.{parts[3]}"
@@ -66,8 +82,16 @@ def test_gguf_metadata_tensors_and_values(tiny, tmp_path, family, dtype):
     config = json.loads((src / "config.json").read_text())
     arch = ARCH[family]
     assert fields["general.architecture"] == arch
-    expected = {"block_count": 2, "context_length": 128, "embedding_length": 32, "feed_forward_length": 96,
-                "attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 8, "vocab_size": 256}  # fmt: skip
+    expected = {
+        "block_count": 2,
+        "context_length": 128,
+        "embedding_length": 32,
+        "feed_forward_length": 96,
+        "attention.head_count": 4,
+        "attention.head_count_kv": 2,
+        "rope.dimension_count": 8,
+        "vocab_size": 256,
+    }
     assert {k: fields[f"{arch}.{k}"] for k in expected} == expected
     assert fields[f"{arch}.rope.freq_base"] == config["rope_parameters"]["rope_theta"]
     assert fields[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(config["rms_norm_eps"])
@@ -168,8 +192,9 @@ def test_gguf_single_file_output(tiny, tmp_path):
     assert manifest["lineage"][-1]["to"] == "gguf" and manifest["lineage"][-1]["files"] == ["tiny.gguf"]
     again = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf")])
     assert again.exit_code != 0 and "already exists" in again.output
-    forced = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf"), "--force",
-                                 "--dtype", "bfloat16"])
+    forced = runner.invoke(
+        app, ["convert", str(src), "-o", str(tmp_path / "tiny.gguf"), "--force", "--dtype", "bfloat16"]
+    )
     assert forced.exit_code == 0, forced.output
     assert gguf.GGUFReader(tmp_path / "tiny.gguf").fields["general.file_type"].contents() == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]  # no temporary left behind
@@ -211,6 +236,7 @@ def test_gguf_llama3_rope_factors_match_transformers(tiny, tmp_path):
 
 # llama.cpp's qwen2/3 graphs have no sliding window
 FULL_ATTENTION = {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}
+# hand-laid table: variants of a family share a row (fmt: skip below)
 LLAMA_CPP_CASES = {
     "llama": ("llama", {}), "mistral": ("mistral", {}), "qwen2": ("qwen2", FULL_ATTENTION),
     "llama-tied": ("llama", {"tie_word_embeddings": True}), "llama3-rope": ("llama", {"rope_parameters": LLAMA3_ROPE}),
@@ -264,8 +290,9 @@ def test_gguf_logits_match_llama_cpp(tiny, tmp_path, case):
     with torch.no_grad():
         want = model(torch.tensor([PROMPT])).logits[0]
     # An F32 KV cache: llama.cpp's default F16 cache rounds keys and values.
-    llm = llama_cpp.Llama(str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64,
-                          type_k=0, type_v=0)
+    llm = llama_cpp.Llama(
+        str(tmp_path / "out" / "model.gguf"), logits_all=True, verbose=False, n_ctx=64, type_k=0, type_v=0
+    )
     llm.eval(PROMPT)
     got = torch.tensor(np.array(llm.scores[: len(PROMPT)]))
     llm.close()

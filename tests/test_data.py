@@ -18,7 +18,14 @@ import torch
 from modelsurgeon import errors
 from modelsurgeon.data import DataSpec, build_blocks, parse_data_spec
 from modelsurgeon.data.arith import (
-    CHARSET, MAX_VALUE, ArithProblem, arith_tokenizer, eval_set, exact_match_by_k, generate, greedy_replies,
+    CHARSET,
+    MAX_VALUE,
+    ArithProblem,
+    arith_tokenizer,
+    eval_set,
+    exact_match_by_k,
+    generate,
+    greedy_replies,
 )
 from modelsurgeon.data.records import resolve_rule
 from modelsurgeon.data.spec import arith_options, hf_parts
@@ -81,26 +88,35 @@ def check_packing(packed, expected: list[list[int]], eos: int) -> None:
 
 # --- specs -------------------------------------------------------------------------------------
 
+
 def test_spec_forms():
     assert parse_data_spec(f"{MATHS_COLLEGE}*0.3") == DataSpec(str(MATHS_COLLEGE), 0.3)
     owm = parse_data_spec("hf:open-web-math/open-web-math*2")
     assert owm.weight == 2 and hf_parts(owm) == ("open-web-math/open-web-math", None, "train")
     assert hf_parts(parse_data_spec("hf:org/name:cfg@validation")) == ("org/name", "cfg", "validation")
-    assert arith_options(parse_data_spec("synthetic:arith:n=500,max_k=6")) == {"n": 500, "min_k": 1, "max_k": 6, "seed": 0}
+    assert arith_options(parse_data_spec("synthetic:arith:n=500,max_k=6")) == {
+        "n": 500,
+        "min_k": 1,
+        "max_k": 6,
+        "seed": 0,
+    }
 
 
-@pytest.mark.parametrize("text, expect", [
-    ("{fixture}*abc", "weight 'abc'"),
-    ("{fixture}*-1", "weight '-1'"),
-    ("ftp://host/x.jsonl", "unknown scheme 'ftp'"),
-    ("no/such/file.jsonl", "no such file"),
-    ("{fixture_dir}/../test_data.py", "unsupported file type '.py'"),
-    ("synthetic:poem", "unknown synthetic generator 'poem'"),
-    ("synthetic:arith:n=5,depth=3", "unknown option 'depth=3'"),
-    ("synthetic:arith:n=five", "n='five' is not an integer"),
-    ("synthetic:arith:min_k=3,max_k=2", "min_k=3, max_k=2"),
-    ("hf:name@", "expected hf:<name>"),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("{fixture}*abc", "weight 'abc'"),
+        ("{fixture}*-1", "weight '-1'"),
+        ("ftp://host/x.jsonl", "unknown scheme 'ftp'"),
+        ("no/such/file.jsonl", "no such file"),
+        ("{fixture_dir}/../test_data.py", "unsupported file type '.py'"),
+        ("synthetic:poem", "unknown synthetic generator 'poem'"),
+        ("synthetic:arith:n=5,depth=3", "unknown option 'depth=3'"),
+        ("synthetic:arith:n=five", "n='five' is not an integer"),
+        ("synthetic:arith:min_k=3,max_k=2", "min_k=3, max_k=2"),
+        ("hf:name@", "expected hf:<name>"),
+    ],
+)
 def test_spec_errors_name_the_spec(text, expect):
     text = text.format(fixture=MATHS_COLLEGE, fixture_dir=FIXTURES)
     with pytest.raises(DataError) as err:
@@ -110,18 +126,23 @@ def test_spec_errors_name_the_spec(text, expect):
 
 
 def test_data_error_has_its_own_exit_code():
-    codes = [cls.exit_code for cls in vars(errors).values()
-             if isinstance(cls, type) and issubclass(cls, errors.SurgeonError) and cls is not errors.SurgeonError]
+    codes = [
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.SurgeonError) and cls is not errors.SurgeonError
+    ]
     assert errors.DataError.exit_code not in (0, 1) and len(codes) == len(set(codes))
 
 
 # --- the two hub schemas, from local files ------------------------------------------------------
 
+
 def test_maths_college_shape_uses_the_question_answer_template(tok):
     records = [json.loads(line) for line in MATHS_COLLEGE.read_text().splitlines()]
     assert set(records[0]) == {"instruction", "output"}
-    expected = [encode(tok, f"### Question\n{r['instruction'].strip()}\n\n### Answer\n{r['output'].strip()}")
-                for r in records]
+    expected = [
+        encode(tok, f"### Question\n{r['instruction'].strip()}\n\n### Answer\n{r['output'].strip()}") for r in records
+    ]
     packed = build_blocks([spec(MATHS_COLLEGE)], tok, seq_len=64, eval_fraction=0.2)
     assert packed.stats["sources"][0]["text"] == ["template 'instruction' / 'output'"]
     check_packing(packed, expected, tok.eos_token_id)
@@ -140,8 +161,10 @@ def test_text_field_override_and_alpaca_input(tok):
     records = pq.read_table(OPEN_WEB_MATH).to_pylist()
     check_packing(packed, [encode(tok, r["url"]) for r in records], tok.eos_token_id)
     rule = resolve_rule(["instruction", "input", "output"], "x")
-    assert rule.apply({"instruction": "Add.", "input": "2 and 3", "output": "5"}, "x") == \
-        "### Question\nAdd.\n\n2 and 3\n\n### Answer\n5"
+    assert (
+        rule.apply({"instruction": "Add.", "input": "2 and 3", "output": "5"}, "x")
+        == "### Question\nAdd.\n\n2 and 3\n\n### Answer\n5"
+    )
 
 
 DOCS = [f"Problem {i}: what is {i} + {i}?\nAnswer: {2 * i}." for i in range(12)]
@@ -191,6 +214,7 @@ def test_special_token_text_is_not_an_eos(tok, tmp_path):
 
 # --- hold-out and mixing -----------------------------------------------------------------------
 
+
 def test_holdout_is_deterministic_whole_documents_and_sized():
     tok = arith_tokenizer()
     problems = generate(400, 1, 4, seed=0)
@@ -236,6 +260,7 @@ def test_without_budget_every_document_is_used(tok, two_sources):
 
 
 # --- errors --------------------------------------------------------------------------------------
+
 
 def test_missing_text_field_lists_the_fields(tok, tmp_path):
     path = tmp_path / "qa.jsonl"
@@ -284,7 +309,9 @@ def test_hub_unreachable_is_a_clear_error(tok, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     hub = parse_data_spec("hf:modelsurgeon-tests/not-a-dataset")
-    with pytest.raises(DataError, match="could not reach the Hugging Face Hub.*modelsurgeon-tests/not-a-dataset") as err:
+    with pytest.raises(
+        DataError, match="could not reach the Hugging Face Hub.*modelsurgeon-tests/not-a-dataset"
+    ) as err:
         build_blocks([hub], tok, seq_len=8, max_tokens=64)
     assert "HF_DATASETS_OFFLINE" in err.value.hint and "--data" in err.value.hint
     with pytest.raises(DataError, match="needs a token budget") as err:
@@ -293,13 +320,16 @@ def test_hub_unreachable_is_a_clear_error(tok, monkeypatch):
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, modelsurgeon.data, modelsurgeon.data.arith; "
-            "print(sorted({'torch', 'datasets', 'transformers'} & set(sys.modules)))")
+    code = (
+        "import sys, modelsurgeon.data, modelsurgeon.data.arith; "
+        "print(sorted({'torch', 'datasets', 'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 # --- synthetic:arith ------------------------------------------------------------------------------
+
 
 def interpret(prompt: str) -> tuple[int, list[int]]:
     """An independent evaluator: run the assignments as Python, return the queried value and all values."""
@@ -364,8 +394,12 @@ def test_exact_match_scores_right_and_wrong_answers():
     tok = arith_tokenizer()
     problems = eval_set([1, 2, 3, 5], per_k=7, seed=0)
     assert exact_match_by_k(FakeModel(tok), tok, problems, batch_size=4) == {1: 1.0, 2: 1.0, 3: 1.0, 5: 1.0}
-    assert exact_match_by_k(FakeModel(tok, wrong_ks={2, 5}), tok, problems, batch_size=4) == \
-        {1: 1.0, 2: 0.0, 3: 1.0, 5: 0.0}
+    assert exact_match_by_k(FakeModel(tok, wrong_ks={2, 5}), tok, problems, batch_size=4) == {
+        1: 1.0,
+        2: 0.0,
+        3: 1.0,
+        5: 0.0,
+    }
     mixed = [ArithProblem(p.prompt, "0" if i % 2 else p.answer, p.k) for i, p in enumerate(eval_set([3], 8, seed=1))]
     assert exact_match_by_k(FakeModel(tok), tok, mixed, batch_size=3) == {3: 0.5}
 

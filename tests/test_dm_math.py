@@ -30,8 +30,15 @@ from modelsurgeon.errors import DataError
 from modelsurgeon.progressive.init import load_tokenizer
 
 EXPRESSIONS = ["arithmetic__add_sub_multiple", "arithmetic__mul_div_multiple", "arithmetic__mixed"]
-ARITHMETIC = ["arithmetic__add_or_sub", "arithmetic__add_or_sub_in_base", "arithmetic__div", "arithmetic__mul",
-              "arithmetic__nearest_integer_root", "arithmetic__simplify_surd", *EXPRESSIONS]
+ARITHMETIC = [
+    "arithmetic__add_or_sub",
+    "arithmetic__add_or_sub_in_base",
+    "arithmetic__div",
+    "arithmetic__mul",
+    "arithmetic__nearest_integer_root",
+    "arithmetic__simplify_surd",
+    *EXPRESSIONS,
+]
 TEMPLATES = ("What is the value of ", "What is ", "Evaluate ", "Calculate ")
 
 
@@ -45,7 +52,7 @@ def expression(question: str) -> str:
     """The arithmetic expression of an expression module's question (templates: '{op}', 'What is {op}?', ...)."""
     for head in TEMPLATES:
         if question.startswith(head):
-            return question[len(head):-1]
+            return question[len(head) : -1]
     return question
 
 
@@ -59,14 +66,18 @@ def test_same_seed_same_problems_other_seeds_and_splits_differ(tmp_path):
     hard = generate("arithmetic__mixed", "train-hard", 60, seed=0, cache_dir=tmp_path / "a")
     assert len({p.question for p in first} & {p.question for p in other}) < 10
     assert [p.question for p in first] != [p.question for p in hard]
-    assert {(p.module, p.split) for p in first + hard} == {("arithmetic__mixed", "train"),
-                                                           ("arithmetic__mixed", "train-hard")}
+    assert {(p.module, p.split) for p in first + hard} == {
+        ("arithmetic__mixed", "train"),
+        ("arithmetic__mixed", "train-hard"),
+    }
 
 
 def test_generation_does_not_depend_on_the_process(tmp_path):
-    code = ("import json, sys; from modelsurgeon.data.dm_math import generate; "
-            "print(json.dumps([p.question + '=' + p.answer for p in generate('arithmetic__mixed', 'train-medium', "
-            f"40, 7, cache_dir=__import__('pathlib').Path({str(tmp_path / 'sub')!r}))]))")
+    code = (
+        "import json, sys; from modelsurgeon.data.dm_math import generate; "
+        "print(json.dumps([p.question + '=' + p.answer for p in generate('arithmetic__mixed', 'train-medium', "
+        f"40, 7, cache_dir=__import__('pathlib').Path({str(tmp_path / 'sub')!r}))]))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     here = generate("arithmetic__mixed", "train-medium", 40, 7, cache_dir=tmp_path / "here")
@@ -114,12 +125,13 @@ def test_extrapolation_chains_are_longer_than_any_training_chain(cache):
 
 
 def test_chain_length_counts_the_operands():
-    for p in generate("arithmetic__mixed", "train-hard", 100, seed=3) + test_sets(["arithmetic__mixed"], 20, 3)[
-            "extrapolation"]:
+    for p in (
+        generate("arithmetic__mixed", "train-hard", 100, seed=3)
+        + test_sets(["arithmetic__mixed"], 20, 3)["extrapolation"]
+    ):
         leaves = [n for n in ast.walk(ast.parse(expression(p.question))) if isinstance(n, ast.Constant)]
         assert chain_length(p) == len(leaves)
-    assert chain_length(Problem("In base 9, what is -20 + 278?", "257", "arithmetic__add_or_sub_in_base",
-                                "train")) == 2
+    assert chain_length(Problem("In base 9, what is -20 + 278?", "257", "arithmetic__add_or_sub_in_base", "train")) == 2
     assert chain_length(Problem("Calculate 0.3 + -2.", "-1.7", "arithmetic__add_or_sub", "train")) == 2
 
 
@@ -171,26 +183,37 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_spec_forms():
-    assert dm_math_options(parse_data_spec("dm-math:arithmetic__mixed")) == \
-        {"module": "arithmetic__mixed", "split": "train", "n": 20000, "seed": 0}
+    assert dm_math_options(parse_data_spec("dm-math:arithmetic__mixed")) == {
+        "module": "arithmetic__mixed",
+        "split": "train",
+        "n": 20000,
+        "seed": 0,
+    }
     spec = parse_data_spec("dm-math:arithmetic__add_sub_multiple:train-hard:n=300,seed=4*2")
     assert spec == DataSpec("dm-math:arithmetic__add_sub_multiple:train-hard:n=300,seed=4", 2.0)
     assert spec.kind == "dm-math"
-    assert dm_math_options(spec) == {"module": "arithmetic__add_sub_multiple", "split": "train-hard", "n": 300,
-                                     "seed": 4}
+    assert dm_math_options(spec) == {
+        "module": "arithmetic__add_sub_multiple",
+        "split": "train-hard",
+        "n": 300,
+        "seed": 4,
+    }
     assert dm_math_options(parse_data_spec("dm-math:arithmetic__mul:n=5"))["split"] == "train"
 
 
-@pytest.mark.parametrize(("text", "expect", "hint"), [
-    ("dm-math:", "expected dm-math:<module>", "e.g."),
-    ("dm-math:arithmetic__mixed:n=5:train-easy", "expected dm-math:<module>", "e.g."),
-    ("dm-math:arithmetic__mixd", "no module 'arithmetic__mixd'", "arithmetic__mixed"),
-    ("dm-math:arithmetic__mixed:train-hrad", "'train-hrad' is not a training split", "train-easy"),
-    ("dm-math:arithmetic__mixed:interpolate", "not a training split", "evaluation"),
-    ("dm-math:arithmetic__mixed:k=3", "unknown option 'k=3'", "n and seed"),
-    ("dm-math:arithmetic__mixed:n=x", "n='x' is not an integer", "e.g."),
-    ("dm-math:arithmetic__mixed:n=0", "need at least 1", "n="),
-])
+@pytest.mark.parametrize(
+    ("text", "expect", "hint"),
+    [
+        ("dm-math:", "expected dm-math:<module>", "e.g."),
+        ("dm-math:arithmetic__mixed:n=5:train-easy", "expected dm-math:<module>", "e.g."),
+        ("dm-math:arithmetic__mixd", "no module 'arithmetic__mixd'", "arithmetic__mixed"),
+        ("dm-math:arithmetic__mixed:train-hrad", "'train-hrad' is not a training split", "train-easy"),
+        ("dm-math:arithmetic__mixed:interpolate", "not a training split", "evaluation"),
+        ("dm-math:arithmetic__mixed:k=3", "unknown option 'k=3'", "n and seed"),
+        ("dm-math:arithmetic__mixed:n=x", "n='x' is not an integer", "e.g."),
+        ("dm-math:arithmetic__mixed:n=0", "need at least 1", "n="),
+    ],
+)
 def test_spec_errors_name_the_spec(text, expect, hint):
     with pytest.raises(DataError, match=expect) as err:
         parse_data_spec(text)
@@ -219,8 +242,11 @@ def test_ascii_tokenizer_is_character_level_over_every_generated_character():
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     ids = tok(ASCII_CHARS, add_special_tokens=False)["input_ids"]
     assert ids == list(range(4, 100)) and tok.decode(ids) == ASCII_CHARS
-    assert tok("a\tb", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("a"), 3,
-                                                                  tok.convert_tokens_to_ids("b")]
+    assert tok("a\tb", add_special_tokens=False)["input_ids"] == [
+        tok.convert_tokens_to_ids("a"),
+        3,
+        tok.convert_tokens_to_ids("b"),
+    ]
 
 
 class Oracle:

@@ -13,18 +13,24 @@ from modelsurgeon.progressive import evals
 from modelsurgeon.progressive.recipe import EvalSpec
 
 SETS = {
-    "interpolation": [dm_math.Problem("What is 1 + 2?", "3", "arithmetic__add_sub_multiple", "interpolate"),
-                      dm_math.Problem("What is 2 * 3?", "6", "arithmetic__mul_div_multiple", "interpolate")],
-    "extrapolation": [dm_math.Problem("What is 1 + 2 + 3 + 4?", "10", "arithmetic__add_sub_multiple_longer", "extrapolate")],
-}  # fmt: skip
+    "interpolation": [
+        dm_math.Problem("What is 1 + 2?", "3", "arithmetic__add_sub_multiple", "interpolate"),
+        dm_math.Problem("What is 2 * 3?", "6", "arithmetic__mul_div_multiple", "interpolate"),
+    ],
+    "extrapolation": [
+        dm_math.Problem("What is 1 + 2 + 3 + 4?", "10", "arithmetic__add_sub_multiple_longer", "extrapolate")
+    ],
+}
 
 
 def test_scores_each_problem_per_set_module_and_length(monkeypatch, tmp_path):
     right = {"What is 1 + 2?": True, "What is 2 * 3?": False, "What is 1 + 2 + 3 + 4?": True}
     monkeypatch.setattr(evals, "_load", lambda d: (None, None))
     monkeypatch.setattr(dm_math, "test_sets", lambda modules, n, seed: SETS)
-    monkeypatch.setattr(dm_math, "exact_match", lambda m, t, problems, batch_size: [right[p.question] for p in problems])
-    monkeypatch.setattr(arith, "answer_nll", lambda m, t, prompts, answers: [float(len(a)) for a in answers])
+    monkeypatch.setattr(
+        dm_math, "exact_match", lambda m, t, problems, batch_size: [right[p.question] for p in problems]
+    )
+    monkeypatch.setattr(evals, "answer_nll", lambda m, t, prompts, answers: [float(len(a)) for a in answers])
     spec = EvalSpec.model_validate({"arith": None, "dm_math": {"modules": ["arithmetic__add_sub_multiple"]}})
     out = evals.evaluate(tmp_path, spec, None, tmp_path)
     tests = out["tests"]["dm_math"]
@@ -34,7 +40,11 @@ def test_scores_each_problem_per_set_module_and_length(monkeypatch, tmp_path):
     assert tests["extrapolation"]["by_length"] == {"4": {"accuracy": 1.0, "n": 1}}  # four operands
     assert (tests["interpolation"]["answer_loss"], tests["extrapolation"]["answer_loss"]) == (1.0, 2.0)
     rows = [json.loads(x) for x in (tmp_path / evals.PROBLEMS_FILE).read_text().splitlines()]
-    assert [(r["set"], r["correct"]) for r in rows] == [("interpolation", 1), ("interpolation", 0), ("extrapolation", 1)]
+    assert [(r["set"], r["correct"]) for r in rows] == [
+        ("interpolation", 1),
+        ("interpolation", 0),
+        ("extrapolation", 1),
+    ]
     assert [r["answer_nll"] for r in rows] == [1.0, 1.0, 2.0]
 
 
@@ -45,9 +55,21 @@ def test_answer_loss_is_the_model_loss_on_the_answer_tokens_whatever_the_batch(t
 
     from modelsurgeon.progressive.init import InitModel, build_init
 
-    built = build_init(InitModel.model_validate({"family": "llama", "tokenizer": "ascii", "hidden_size": 16,
-                                                 "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                 "num_key_value_heads": 2}), tmp_path / "m", tmp_path)  # fmt: skip
+    built = build_init(
+        InitModel.model_validate(
+            {
+                "family": "llama",
+                "tokenizer": "ascii",
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+            }
+        ),
+        tmp_path / "m",
+        tmp_path,
+    )
     model, tok = evals._load(built)
     problems = [p for ps in SETS.values() for p in ps]
     got = arith.answer_nll(model, tok, [p.prompt for p in problems], [p.answer for p in problems], batch_size=3)
@@ -67,11 +89,25 @@ def test_real_test_sets_through_a_from_scratch_model(tmp_path, monkeypatch):
     from modelsurgeon.progressive.init import InitModel, build_init
 
     monkeypatch.setenv("SURGEON_CACHE", str(tmp_path / "cache"))
-    model = build_init(InitModel.model_validate({"family": "llama", "tokenizer": "ascii", "hidden_size": 16,
-                                                 "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                 "num_key_value_heads": 2, "max_position_embeddings": 256}),
-                       tmp_path / "model", tmp_path)  # fmt: skip
-    spec = EvalSpec.model_validate({"arith": None, "dm_math": {"modules": ["arithmetic__add_sub_multiple"], "n_per_module": 2}})
+    model = build_init(
+        InitModel.model_validate(
+            {
+                "family": "llama",
+                "tokenizer": "ascii",
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 256,
+            }
+        ),
+        tmp_path / "model",
+        tmp_path,
+    )
+    spec = EvalSpec.model_validate(
+        {"arith": None, "dm_math": {"modules": ["arithmetic__add_sub_multiple"], "n_per_module": 2}}
+    )
     out = evals.evaluate(model, spec, None, tmp_path)
     tests = out["tests"]["dm_math"]
     assert set(tests) == {"interpolation", "extrapolation"} and all(t["n"] == 2 for t in tests.values())

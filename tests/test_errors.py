@@ -112,12 +112,18 @@ def test_only_pickle_weights_point_to_convert(tmp_path, model, plan_file):
     "text, expect",
     [
         ("name: d\nsteps:\n  - op: explode\n", "does not match any of the expected tags"),
-        ("name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    colour: red\n", "steps[0].colour (line 5): Extra inputs"),
+        (
+            "name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    colour: red\n",
+            "steps[0].colour (line 5): Extra inputs",
+        ),
         ("name: d\nsteps:\n  - op: interpolate\n    factor: 1\n", "steps[0].factor (line 4)"),
         ("name: d\nsteps:\n  - op: drop\n    layers: [7]\n", "index 7 is out of range for 4 layers"),
         ("name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    layers: {from: 2, to: 2}\n", "is empty"),
         ("name: d\nsteps:\n  - op: stack\n    factor: 2\n    layers: [0, 2]\n", "contiguous block"),
-        ("name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n    branch_scale: split\n", "no use with new: zero"),
+        (
+            "name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n    branch_scale: split\n",
+            "no use with new: zero",
+        ),
         ("name: d\nsteps:\n  - op: splice\n    trim: 4\n", "it must leave 1..3"),
         ("name: d\nsteps:\n  - op: drop\n    layers: all\n", "empty model"),
         ("name: d\nsteps: [\n", "not valid YAML"),

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from reference import logits, prompt_ids, reference_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
-from reference import logits, prompt_ids, reference_model
 
 
 def load(path):
@@ -27,12 +27,14 @@ def plan(yaml_steps: str):
 
 # (plan steps, expected source of each output layer, expected branch scale) on a 4-layer model,
 # written out by hand so that the test does not reuse the tool's own layer-map logic.
+# hand-laid table: each plan above its expected map and scales (fmt: skip below)
 CASES = {
     "interpolate-zero": ("  - op: interpolate\n    factor: 2\n    new: zero\n",
                          [0, 0, 1, 1, 2, 2, 3, 3], [1, 0, 1, 0, 1, 0, 1, 0]),
     "scale-zero-map": ("  - op: layers\n    map: [0, {layer: 0, scale: 0}, 1, 2, {layer: 2, scale: 0.0}, 3]\n",
                        [0, 0, 1, 2, 2, 3], [1, 0, 1, 1, 0, 1]),
-    "mixed-scales": ("  - op: layers\n    map: [0, {layer: 0, scale: 0.5}, {layer: 1, scale: 0.25}, 2, {layer: 1, scale: 1.5}, 3]\n",
+    "mixed-scales": ("  - op: layers\n    map: [0, {layer: 0, scale: 0.5}, {layer: 1, scale: 0.25}, 2, "
+                     "{layer: 1, scale: 1.5}, 3]\n",
                      [0, 0, 1, 2, 1, 3], [1, 0.5, 0.25, 1, 1.5, 1]),
     "interpolate-split": ("  - op: interpolate\n    factor: 2\n    layers: [1, 2]\n    branch_scale: split\n",
                           [0, 1, 1, 2, 2, 3], [1, 0.5, 0.5, 0.5, 0.5, 1]),
@@ -96,7 +98,7 @@ def test_copied_tensors_are_bit_identical(tiny, family, tmp_path, dtype):
         if not name.startswith(prefix):
             assert torch.equal(value.view(torch.uint8), src_tensors[name].view(torch.uint8)), name
             continue
-        j, suffix = name[len(prefix):].split(".", 1)
+        j, suffix = name[len(prefix) :].split(".", 1)
         j = int(j)
         original = src_tensors[f"{prefix}{sources[j]}.{suffix}"]
         assert value.dtype == original.dtype == dtype

@@ -39,8 +39,13 @@ def missing_numbers(readme: str, handbook: Path) -> list[str]:
 
 
 def test_every_chapter_has_a_sweep_file():
-    assert [p.name for p in SWEEPS] == ["ch1-seed-idea.yaml", "ch2-how.yaml", "ch3-when.yaml", "ch4-optimizer.yaml",
-                                        "ch5-real.yaml"]  # fmt: skip
+    assert [p.name for p in SWEEPS] == [
+        "ch1-seed-idea.yaml",
+        "ch2-how.yaml",
+        "ch3-when.yaml",
+        "ch4-optimizer.yaml",
+        "ch5-real.yaml",
+    ]
 
 
 def _stand_in_chapter5_data(base: Path) -> None:

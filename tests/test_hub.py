@@ -52,10 +52,19 @@ def offline_hub(tmp_path, tiny, monkeypatch):
     return snapshot, revision
 
 
-@pytest.mark.parametrize("text,expect", [
-    ("org/name", ("org/name", None)), ("org/name@v1.0", ("org/name", "v1.0")), ("org/na.me-2@refs/pr/1", ("org/na.me-2", "refs/pr/1")),
-    ("/abs/dir", None), ("./org/name", None), ("name", None), ("a/b/c", None), ("../x", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ("org/name", ("org/name", None)),
+        ("org/name@v1.0", ("org/name", "v1.0")),
+        ("org/na.me-2@refs/pr/1", ("org/na.me-2", "refs/pr/1")),
+        ("/abs/dir", None),
+        ("./org/name", None),
+        ("name", None),
+        ("a/b/c", None),
+        ("../x", None),
+    ],
+)
 def test_hub_id_form(text, expect):
     assert parse_hub_id(text) == expect
 
@@ -96,23 +105,57 @@ def test_cli_with_real_environment(tmp_path, tiny):
     build_hub_cache(tmp_path / "hf", tiny("llama"))
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_CACHE", None)
-    ok = subprocess.run([sys.executable, "-m", "modelsurgeon", "inspect", REPO, "--json"], env=env, cwd=tmp_path,
-                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    ok = subprocess.run(
+        [sys.executable, "-m", "modelsurgeon", "inspect", REPO, "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["num_layers"] == 4 and "using hub model" in ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "modelsurgeon", "inspect", "tiny-org/absent"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "modelsurgeon", "inspect", "tiny-org/absent"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == CheckpointError.exit_code and "HF_HUB_OFFLINE" in bad.stderr, bad.stderr
 
 
 def test_only_checkpoint_files_are_selected():
-    files = ["config.json", "generation_config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-             "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json",
-             "tokenizer_config.json", "special_tokens_map.json", "README.md", "onnx/model.onnx", "original/model.safetensors",
-             "flax_model.msgpack", "tf_model.h5"]  # fmt: skip
-    assert select_files(files) == sorted(["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
-                                          "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-                                          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])  # fmt: skip
+    files = [
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "README.md",
+        "onnx/model.onnx",
+        "original/model.safetensors",
+        "flax_model.msgpack",
+        "tf_model.h5",
+    ]
+    assert select_files(files) == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ]
+    )
     assert "pytorch_model.bin" in select_files(["config.json", "pytorch_model.bin", "tf_model.h5"])
     with pytest.raises(CheckpointError, match="no safetensors or .bin weights"):
         select_files(["config.json", "tf_model.h5"])
@@ -133,4 +176,8 @@ def test_online_download_asks_only_for_the_selected_files(tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     assert resolve_model("org/name@v2", notify=None) == tmp_path
-    assert calls == {"repo": "org/name", "revision": "v2", "allow_patterns": ["config.json", "model.safetensors", "tokenizer.json"]}
+    assert calls == {
+        "repo": "org/name",
+        "revision": "v2",
+        "allow_patterns": ["config.json", "model.safetensors", "tokenizer.json"],
+    }

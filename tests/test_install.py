@@ -61,7 +61,9 @@ def test_installed_surgeon_uses_shipped_plans_from_anywhere(installed, tiny):
     surgeon = venv / "bin" / "surgeon"
     listing = _sh(surgeon, "plan", "list", cwd=work, env=env)
     assert "llama-pro" in listing and "seed-idea" in listing
-    out = _sh(surgeon, "grow", tiny("llama", n_layers=8), "--plan", "plans/llama-pro.yaml", "--dry-run", cwd=work, env=env)
+    out = _sh(
+        surgeon, "grow", tiny("llama", n_layers=8), "--plan", "plans/llama-pro.yaml", "--dry-run", cwd=work, env=env
+    )
     assert "10 layers" in out or "-> 10" in out, out
     (work / "bad.yaml").write_text("name: bad\nsteps: [{op: interpolate, factor: 1}]\n")
     bad = subprocess.run([surgeon, "plan", "check", "bad.yaml"], cwd=work, env=env, capture_output=True, text=True)

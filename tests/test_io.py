@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io import writer
+from modelsurgeon.io.layout import shard_groups
 from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.io.st_format import read_header
-from modelsurgeon.io.writer import OutTensor, shard_groups, write_shards
+from modelsurgeon.io.writer import OutTensor, write_shards
 
 
 def tensors():
@@ -43,7 +44,11 @@ def plan_copy(ckpt, computed=()):
     out = []
     for name, info in ckpt.tensors.items():
         if name in computed:
-            out.append(OutTensor(name, info.dtype, info.shape, info.nbytes, compute=lambda a, b, n=name: ckpt.load(n, (a, b)) * 2))
+            out.append(
+                OutTensor(
+                    name, info.dtype, info.shape, info.nbytes, compute=lambda a, b, n=name: ckpt.load(n, (a, b)) * 2
+                )
+            )
         else:
             out.append(OutTensor(name, info.dtype, info.shape, info.nbytes, source=info))
     return out
@@ -60,6 +65,7 @@ def read_all(directory):
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_round_trip_sharded(tmp_path, source, monkeypatch, kernel_copy):
     if not kernel_copy:  # e.g. across file systems: the read/write fallback must give the same bytes
+
         def no_copy(*a, **k):
             raise OSError(errno.EXDEV, "cross-device")
 
@@ -113,7 +119,11 @@ def test_oversized_tensor_gets_its_own_shard():
 
 def test_computed_tensor_is_checked(tmp_path, source):
     info = source.tensors["a.weight"]
-    bad = [OutTensor("a.weight", "F32", info.shape, info.nbytes, compute=lambda a, b: torch.full((b - a, 32), float("nan")))]
+    bad = [
+        OutTensor(
+            "a.weight", "F32", info.shape, info.nbytes, compute=lambda a, b: torch.full((b - a, 32), float("nan"))
+        )
+    ]
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(Exception, match="NaN or inf"):

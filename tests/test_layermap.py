@@ -37,9 +37,14 @@ def test_selections(sel, n, want):
 
 @pytest.mark.parametrize(
     "sel, n, msg",
-    [([5], 4, "out of range"), ([1, -3], 4, "more than once"), (Range(**{"from": 3, "to": 3}), 4, "empty"),
-     (Every(every=5), 4, "empty"), (Middle(middle=5), 4, "more than")],
-)  # fmt: skip
+    [
+        ([5], 4, "out of range"),
+        ([1, -3], 4, "more than once"),
+        (Range(**{"from": 3, "to": 3}), 4, "empty"),
+        (Every(every=5), 4, "empty"),
+        (Middle(middle=5), 4, "more than"),
+    ],
+)
 def test_bad_selections(sel, n, msg):
     with pytest.raises(ValueError, match=msg):
         resolve_selection(sel, n)
@@ -47,7 +52,14 @@ def test_bad_selections(sel, n, msg):
 
 def test_interpolate_split_is_approx():
     c = compiled("  - op: interpolate\n    factor: 2\n    branch_scale: split\n", 3)
-    assert triples(c) == [(0, 0.5, False), (0, 0.5, True), (1, 0.5, False), (1, 0.5, True), (2, 0.5, False), (2, 0.5, True)]
+    assert triples(c) == [
+        (0, 0.5, False),
+        (0, 0.5, True),
+        (1, 0.5, False),
+        (1, 0.5, True),
+        (2, 0.5, False),
+        (2, 0.5, True),
+    ]
     assert c.equivalence == "approx"
 
 
@@ -86,7 +98,11 @@ def test_explicit_map_new_flags_and_classes():
 
 
 def test_scales_multiply_across_steps_and_weakest_step_wins():
-    c = compiled("  - op: interpolate\n    factor: 2\n    branch_scale: split\n  - op: interpolate\n    factor: 2\n    branch_scale: split\n", 2)
+    c = compiled(
+        "  - op: interpolate\n    factor: 2\n    branch_scale: split\n  - op: interpolate\n    factor: 2\n"
+        "    branch_scale: split\n",
+        2,
+    )
     assert [e.scale for e in c.layer_map] == [0.25] * 8
     assert [s.equivalence for s in c.steps] == ["approx", "approx"] and c.equivalence == "approx"
     c = compiled("  - op: interpolate\n    factor: 2\n    new: zero\n  - op: drop\n    layers: [0]\n", 2)

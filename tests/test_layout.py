@@ -56,7 +56,11 @@ def read_all(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.reshape(-1).view(torch.uint8).equal(b.reshape(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.reshape(-1).view(torch.uint8).equal(b.reshape(-1).view(torch.uint8))
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -175,8 +179,9 @@ def test_auto_layout_falls_back_when_runs_are_fragmented(tmp_path):
 
 
 def test_dry_run_reports_the_shareable_share(model, every_run):
-    result = CliRunner().invoke(app, ["grow", str(model), "--plan", str(PLANS / "solar.yaml"), "--dry-run"],
-                                env={"COLUMNS": "200"})  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["grow", str(model), "--plan", str(PLANS / "solar.yaml"), "--dry-run"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     prep = prepare(model, PLANS / "solar.yaml")
     assert f"{100 * prep.shards.share:.0f}% of the bytes" in result.output and prep.shards.share > 0.9
@@ -230,8 +235,10 @@ def test_pure_copy_grow_never_imports_torch_or_transformers(model, tmp_path):
     import subprocess
     import sys
 
-    code = (f"import sys; from modelsurgeon.grow.engine import grow; grow({str(model)!r}, {str(PLANS / 'solar.yaml')!r}, "
-            f"{str(tmp_path / 'out')!r}); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        f"import sys; from modelsurgeon.grow.engine import grow; grow({str(model)!r}, {str(PLANS / 'solar.yaml')!r}, "
+        f"{str(tmp_path / 'out')!r}); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 12

@@ -19,12 +19,25 @@ from modelsurgeon.io import writer
 from modelsurgeon.train.merge import merge_lora
 
 CONFIGS = {
-    "llama": dict(target_modules=["q_proj", "v_proj", "down_proj", "lm_head"], r=4, lora_alpha=8,
-                  rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"down_proj": 5}),
-    "llama-rslora": dict(target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"], r=8, lora_alpha=4, use_rslora=True),
-    "gpt2": dict(target_modules=["c_attn", "c_proj", "c_fc"], r=4, lora_alpha=8, fan_in_fan_out=True,
-                 lora_bias=True, modules_to_save=["wpe"]),
-}  # fmt: skip
+    "llama": dict(
+        target_modules=["q_proj", "v_proj", "down_proj", "lm_head"],
+        r=4,
+        lora_alpha=8,
+        rank_pattern={"layers.1.self_attn.q_proj": 2},
+        alpha_pattern={"down_proj": 5},
+    ),
+    "llama-rslora": dict(
+        target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"], r=8, lora_alpha=4, use_rslora=True
+    ),
+    "gpt2": dict(
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        r=4,
+        lora_alpha=8,
+        fan_in_fan_out=True,
+        lora_bias=True,
+        modules_to_save=["wpe"],
+    ),
+}
 
 
 def make_adapter(base, out, **config):
@@ -54,7 +67,9 @@ def test_merged_logits_equal_peft_logits(tiny, tmp_path, case, monkeypatch):
     summary = merge_lora(base, adapter, tmp_path / "out", max_shard_size=60_000)
     assert summary["merged"] > 0 and (tmp_path / "out" / "model.safetensors.index.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter
+    ).eval()
     plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     want, vocab = logits(peft_model, merged.config.vocab_size), merged.config.vocab_size
     torch.testing.assert_close(logits(merged, vocab), want, atol=2e-5, rtol=1e-5)
@@ -72,7 +87,9 @@ def test_lineage_and_files(tiny, tmp_path):
     assert json.loads((out / "config.json").read_text()) == json.loads((base / "config.json").read_text())
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     untouched = "model.layers.0.self_attn.k_proj.weight"
-    assert torch.equal(load_file(out / "model.safetensors")[untouched], load_file(base / "model.safetensors")[untouched])
+    assert torch.equal(
+        load_file(out / "model.safetensors")[untouched], load_file(base / "model.safetensors")[untouched]
+    )
 
 
 def test_idempotent_and_refuses_existing_output(tiny, tmp_path):
@@ -110,12 +127,15 @@ def edit_config(adapter, **changes):
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"use_dora": True}, "use_dora: DoRA"),
-    ({"peft_type": "IA3"}, "only LORA adapters"),
-    ({"init_lora_weights": "pissa"}, "rewrote the base weights"),
-    ({"r": 3}, "rank 4 in the weights, but adapter_config.json gives r=3"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"use_dora": True}, "use_dora: DoRA"),
+        ({"peft_type": "IA3"}, "only LORA adapters"),
+        ({"init_lora_weights": "pissa"}, "rewrote the base weights"),
+        ({"r": 3}, "rank 4 in the weights, but adapter_config.json gives r=3"),
+    ],
+)
 def test_refuses_unmergeable_adapters(tiny, tmp_path, change, message):
     base = tiny("llama", n_layers=2)
     adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"], r=4, lora_alpha=8)
@@ -126,13 +146,17 @@ def test_refuses_unmergeable_adapters(tiny, tmp_path, change, message):
 
 
 def test_refuses_an_adapter_of_another_model(tiny, tmp_path):
-    adapter = make_adapter(tiny("llama", n_layers=2), tmp_path / "adapter", target_modules=["q_proj", "lm_head"], r=4, lora_alpha=8)
+    adapter = make_adapter(
+        tiny("llama", n_layers=2), tmp_path / "adapter", target_modules=["q_proj", "lm_head"], r=4, lora_alpha=8
+    )
     wider = tiny("llama", n_layers=2, hidden=64)
     with pytest.raises(CheckpointError) as exc:
         merge_lora(wider, adapter, tmp_path / "out")
     assert "model.layers.0.self_attn.q_proj" in exc.value.message and "lm_head.base_layer.weight" in exc.value.message
     gpt2 = tiny("gpt2", n_layers=2)
-    with pytest.raises(CheckpointError, match="targets 'model.layers.0.self_attn.q_proj.weight', which BASE does not have"):
+    with pytest.raises(
+        CheckpointError, match="targets 'model.layers.0.self_attn.q_proj.weight', which BASE does not have"
+    ):
         merge_lora(gpt2, adapter, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

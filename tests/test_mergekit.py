@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import PlanError
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.ops.compile import compile_plan
 from modelsurgeon.plan import parse_plan
 
@@ -30,7 +30,7 @@ def test_solar_config_equals_native_splice():
     loaded = parse_plan(SOLAR, "solar-mk.yml")
     assert "translated mergekit passthrough" in loaded.translation and "dtype" in loaded.translation
     mk = compile_plan(loaded.plan, 32).layer_map
-    native = compile_plan(parse_plan('name: s\nsteps:\n  - op: splice\n    trim: 8\n').plan, 32).layer_map
+    native = compile_plan(parse_plan("name: s\nsteps:\n  - op: splice\n    trim: 8\n").plan, 32).layer_map
     assert [(e.source, e.scale) for e in mk] == [(e.source, e.scale) for e in native]
 
 
@@ -72,17 +72,37 @@ slices:
     assert step.models == ["b"] and "'b'" in loaded.translation
     m = compile_plan(loaded.plan, 4, models={"b": (1, 8)}).layer_map
     assert [(e.model, e.source, e.scale) for e in m] == [
-        (0, 0, 1.0), (0, 1, 1.0), (0, 2, 1.0), (1, 2, 1.0), (1, 3, 1.0), (1, 4, 1.0), (1, 5, 0.5), (1, 6, 0.5)]
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (0, 2, 1.0),
+        (1, 2, 1.0),
+        (1, 3, 1.0),
+        (1, 4, 1.0),
+        (1, 5, 0.5),
+        (1, 6, 0.5),
+    ]
 
 
 @pytest.mark.parametrize(
     "text, msg",
     [
         ("merge_method: linear\nslices: [{sources: [{model: m, layer_range: [0, 2]}]}]\n", "only 'passthrough'"),
-        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, layer_range: [0, 2]}]}]\n", "exactly one source"),
+        (
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2]}, {model: a, "
+            "layer_range: [0, 2]}]}]\n",
+            "exactly one source",
+        ),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [2, 2]}]}]\n", "start < end"),
-        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 0}]}}]}]\n", "both o_proj and down_proj"),
-        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: 0.5}}]}]\n", "without a filter"),
+        (
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: "
+            "[{filter: o_proj, value: 0}]}}]}]\n",
+            "both o_proj and down_proj",
+        ),
+        (
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [0, 2], parameters: {scale: "
+            "0.5}}]}]\n",
+            "without a filter",
+        ),
     ],
 )
 def test_untranslatable_configs(text, msg):
@@ -90,11 +110,15 @@ def test_untranslatable_configs(text, msg):
         parse_plan(text)
 
 
-SPLICE = "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n  - sources: [{model: m, layer_range: [1, 4]}]\n"
+SPLICE = (
+    "merge_method: passthrough\nslices:\n  - sources: [{model: m, layer_range: [0, 2]}]\n"
+    "  - sources: [{model: m, layer_range: [1, 4]}]\n"
+)
 
 
-@pytest.mark.parametrize("key, dtype, to", [("dtype", "bfloat16", torch.bfloat16),
-                                            ("out_dtype", "float16", torch.float16)])
+@pytest.mark.parametrize(
+    "key, dtype, to", [("dtype", "bfloat16", torch.bfloat16), ("out_dtype", "float16", torch.float16)]
+)
 def test_mergekit_dtype_casts_the_output(tiny, tmp_path, key, dtype, to):
     """mergekit writes its merge in out_dtype (else dtype); so does grow: every output tensor
     is bit-identical to `source.to(dtype)`, the files shrink to that dtype's size, and

@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from reference import logits, prompt_ids
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.grow.engine import grow, prepare
 from modelsurgeon.errors import PlanError
+from modelsurgeon.grow.engine import grow, prepare
 from modelsurgeon.plan import parse_plan
-from reference import logits, prompt_ids
 
 # Dense family -> (MoE family, model class, tiny-config overrides). Qwen3-MoE has one sliding
 # window for all layers, so its source has none.
@@ -124,8 +124,13 @@ def test_dry_run_counts_total_and_active_parameters(tiny):
     src = tiny("llama", n_layers=2)
     prep = prepare(src, plan("  - op: upcycle\n    experts: 8\n    top_k: 2\n"))
     ffn = 3 * 32 * 96  # gate, up, down of one expert
-    assert prep.experts == {"experts": 8, "top_k": 2, "moe_layers": 2, "params_total": prep.params_out,
-                            "params_active": prep.params_out - 2 * 6 * ffn}  # fmt: skip
+    assert prep.experts == {
+        "experts": 8,
+        "top_k": 2,
+        "moe_layers": 2,
+        "params_total": prep.params_out,
+        "params_active": prep.params_out - 2 * 6 * ffn,
+    }
     assert prep.params_out == prep.params_in + 2 * (7 * ffn + 8 * 32)  # 7 more experts + a router per layer
 
 
@@ -140,7 +145,7 @@ def test_dry_run_counts_total_and_active_parameters(tiny):
         ("llama", "  - op: experts\n    factor: 2\n", {}, "needs an MoE model"),
         ("mixtral", UPCYCLE_4x2, {}, "already a mixture of experts"),
     ],
-)  # fmt: skip
+)
 def test_bad_upcycles_are_refused_before_writing(tiny, tmp_path, family, steps, overrides, message):
     src = tiny(family, n_layers=2, **overrides)
     with pytest.raises(PlanError, match=message):
@@ -216,4 +221,6 @@ def test_verify_names_a_perturbed_router_row_after_expert_growth(tiny, tmp_path)
     _perturb(tmp_path / "out", "model.layers.0.block_sparse_moe.gate.weight", rows=5)
     report = verify_checkpoint(src, tmp_path / "out")
     text = " ".join(c.value + c.detail for c in report.checks)
-    assert not report.passed and "grown layer 0 router: the row of expert 5 differs from source layer 0 expert 2" in text
+    assert (
+        not report.passed and "grown layer 0 router: the row of expert 5 differs from source layer 0 expert 2" in text
+    )

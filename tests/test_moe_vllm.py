@@ -53,8 +53,10 @@ def test_vllm_runs_grown_experts_as_transformers_does(tiny, tmp_path, case):
     assert prep.equivalence == "exact"
     report = verify_checkpoint(src, tmp_path / "out", engine="both", max_new_tokens=8)
     v = report.vllm
-    print(f"\n[vllm {v['version']}] {case}: load {v['load_s']:.1f}s, greedy vs grown {v['agreement_vs_grown']:.3f}, "
-          f"vs source {v['agreement_vs_source']:.3f}, max |dlogprob| {v['max_logprob_delta_vs_grown']:.2e}")  # fmt: skip
+    print(
+        f"\n[vllm {v['version']}] {case}: load {v['load_s']:.1f}s, greedy vs grown {v['agreement_vs_grown']:.3f}, "
+        f"vs source {v['agreement_vs_source']:.3f}, max |dlogprob| {v['max_logprob_delta_vs_grown']:.2e}"
+    )
     assert report.passed, [c for c in report.checks if not c.passed]
     assert v["agreement_vs_grown"] == 1.0 and v["agreement_vs_source"] == 1.0
     assert v["max_logprob_delta_vs_source"] < 1e-3

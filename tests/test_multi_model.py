@@ -41,15 +41,24 @@ def pair(tiny):
 
 
 def plan_for(b: Path, extra: str = "", map_tail: str = "") -> str:
-    return (f"name: two\n{extra}steps:\n  - op: layers\n    map:\n      - {{from: 0, to: 2}}\n"
-            f"      - {{model: '{b}', from: 2, to: 6}}\n      - {{model: '{b}', layer: 1, scale: 0.5}}\n{map_tail}")
+    return (
+        f"name: two\n{extra}steps:\n  - op: layers\n    map:\n      - {{from: 0, to: 2}}\n"
+        f"      - {{model: '{b}', from: 2, to: 6}}\n      - {{model: '{b}', layer: 1, scale: 0.5}}\n{map_tail}"
+    )
 
 
 def test_splice_takes_each_layer_from_its_model(pair, tmp_path):
     a, b = pair
     prep = grow(a, parse_plan(plan_for(b, f"head_from: '{b}'\n")), tmp_path / "out")
     assert [(e.model, e.source, e.scale) for e in prep.layer_map] == [
-        (0, 0, 1.0), (0, 1, 1.0), (1, 2, 1.0), (1, 3, 1.0), (1, 4, 1.0), (1, 5, 1.0), (1, 1, 0.5)]
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (1, 2, 1.0),
+        (1, 3, 1.0),
+        (1, 4, 1.0),
+        (1, 5, 1.0),
+        (1, 1, 0.5),
+    ]
     assert prep.equivalence == "none"
     out, ta, tb = tensors(tmp_path / "out"), tensors(a), tensors(b)
     p = "model.layers."
@@ -86,8 +95,10 @@ def test_a_cast_reads_each_layer_from_its_own_model(pair, tmp_path):
     """A mergekit dtype casts every tensor; layer 2 of `b` must not be read as MODEL's layer 2."""
     a, b = pair
     config = tmp_path / "mk.yml"
-    config.write_text(f"merge_method: passthrough\ndtype: bfloat16\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 2]}}]\n"
-                      f"  - sources: [{{model: {b}, layer_range: [2, 4]}}]\n")  # fmt: skip
+    config.write_text(
+        f"merge_method: passthrough\ndtype: bfloat16\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 2]}}]\n"
+        f"  - sources: [{{model: {b}, layer_range: [2, 4]}}]\n"
+    )
     grow(a, config, tmp_path / "out")
     out, tb = tensors(tmp_path / "out"), tensors(b)
     name = "model.layers.2.mlp.up_proj.weight"
@@ -124,8 +135,10 @@ def test_a_layer_shaped_unlike_models_layers_is_named(tiny, tmp_path):
 
 def test_missing_models_are_all_listed(tiny, tmp_path):
     a = tiny("llama", 4)
-    text = (f"name: x\nembeddings_from: {tmp_path / 'nope'}\nsteps:\n  - op: layers\n    map:\n"
-            f"      - {{model: org/hub-model, from: 0, to: 2}}\n")  # fmt: skip
+    text = (
+        f"name: x\nembeddings_from: {tmp_path / 'nope'}\nsteps:\n  - op: layers\n    map:\n"
+        f"      - {{model: org/hub-model, from: 0, to: 2}}\n"
+    )
     with pytest.raises(PlanError) as exc:
         prepare(a, parse_plan(text))
     assert "'org/hub-model': org/hub-model: not a directory" in str(exc.value)
@@ -154,7 +167,9 @@ def test_upcycling_a_splice_is_refused_for_now(pair):
 
 def test_naming_model_itself_is_the_plain_map(pair):
     a, _ = pair
-    prep = prepare(a, parse_plan(f"name: x\nsteps:\n  - op: layers\n    map:\n      - {{model: '{a}', from: 0, to: 4}}\n"))
+    prep = prepare(
+        a, parse_plan(f"name: x\nsteps:\n  - op: layers\n    map:\n      - {{model: '{a}', from: 0, to: 4}}\n")
+    )
     assert prep.equivalence == "exact" and len(prep.sources) == 1
 
 
@@ -168,7 +183,9 @@ def test_verify_reports_what_a_splice_cannot_check(pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MERGEKIT.is_file(), reason=f"mergekit not installed at {MERGEKIT} (scripts/setup_mergekit_venv.sh)")
+@pytest.mark.skipif(
+    not MERGEKIT.is_file(), reason=f"mergekit not installed at {MERGEKIT} (scripts/setup_mergekit_venv.sh)"
+)
 def test_two_model_passthrough_is_bit_identical_to_mergekit(pair, tmp_path):
     a, b = pair
     config = tmp_path / "frank.yml"
@@ -183,8 +200,12 @@ slices:
     prep = grow(a, config, tmp_path / "ours")
     assert prep.loaded.plan.head_from == str(b)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    subprocess.run([str(MERGEKIT), str(config), str(tmp_path / "mk"), "--no-copy-tokenizer"], check=True, env=env,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(MERGEKIT), str(config), str(tmp_path / "mk"), "--no-copy-tokenizer"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     ours, theirs = tensors(tmp_path / "ours"), tensors(tmp_path / "mk")
     assert set(ours) == set(theirs)
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)

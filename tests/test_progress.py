@@ -84,9 +84,27 @@ def test_grow_and_convert_log_their_bytes(tiny, tmp_path, monkeypatch):
 
 def test_train_stage_logs_steps_and_loss(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "0")
-    result = CliRunner().invoke(app, ["train-stage", str(tiny("llama")), "--data", "synthetic:arith:n=100", "-o",
-                                      str(tmp_path / "t"), "--steps", "2", "--seq-len", "32", "--batch-size", "2",
-                                      "--log-every", "1", "--save-every", "0"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-stage",
+            str(tiny("llama")),
+            "--data",
+            "synthetic:arith:n=100",
+            "-o",
+            str(tmp_path / "t"),
+            "--steps",
+            "2",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--log-every",
+            "1",
+            "--save-every",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("train-stage: step ")]
     assert lines[-1].startswith("train-stage: step 2 of 2 (100%)") and "loss " in lines[-1] and "tok/s" in lines[-1]
@@ -103,9 +121,25 @@ def test_bad_data_fails_within_three_seconds(tiny, tmp_path):
     torch and transformers alone takes 5+ s of it), which other jobs sharing the cores cannot
     inflate the way they inflate wall time; quiet, the command exits in about 0.3 s of wall time."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "modelsurgeon", "train-stage", str(tiny("llama")), "--data",
-                             str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o"), "--steps", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelsurgeon",
+            "train-stage",
+            str(tiny("llama")),
+            "--data",
+            str(tmp_path / "missing.jsonl"),
+            "-o",
+            str(tmp_path / "o"),
+            "--steps",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
     stderr = proc.stderr.read()

@@ -50,8 +50,10 @@ def test_lora_params_equal_peft_trainable_count(tiny):
     from transformers import AutoModelForCausalLM
 
     model = tiny("llama", n_layers=3)
-    net = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
-                         LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))  # fmt: skip
+    net = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model),
+        LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    )
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert lora_params(counts_of_checkpoint(model), 4, None, 3) == trainable
 
@@ -135,27 +137,48 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-GOOD = "  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n  - train: {method: lora, steps: 2}"
+GOOD = (
+    "  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n"
+    "  - train: {method: lora, steps: 2}"
+)
 
 
 @pytest.mark.parametrize(
     "stages, baselines, needles",
     [
         ("  - finetune: {steps: 3}", "", ["stages[0] (line 8)", "unknown stage kind 'finetune'"]),
-        ("  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: stack, factor: 2, layers: {middle: 4}}]}",
-         "", ["stages[1].grow (line 9)", "does not fit the 2-layer model", "middle: 4"]),
-        (GOOD + "\n  - grow: {steps: [{op: drop, layers: [7]}]}", "", ["stages[3].grow", "4-layer model", "out of range"]),
+        (
+            "  - train: {method: full, steps: 3}\n  - grow: {steps: [{op: stack, factor: 2, layers: {middle: 4}}]}",
+            "",
+            ["stages[1].grow (line 9)", "does not fit the 2-layer model", "middle: 4"],
+        ),
+        (
+            GOOD + "\n  - grow: {steps: [{op: drop, layers: [7]}]}",
+            "",
+            ["stages[3].grow", "4-layer model", "out of range"],
+        ),
         ("  - train: {method: lora, steps: 3}", "", ["randomly initialised", "method full"]),
         ("  - train: {method: full, steps: 3}\n  - train: {method: new, steps: 2}", "", ["right after a grow stage"]),
         ("  - train: {method: full, steps: 3, lr: -1}", "", ["stages[0].train", "--lr"]),
-        ("  - train: {method: full, steps: 1}",
-         "baselines:\n  - {name: big, init: {num_hidden_layers: 8}, match: flops, train: {batch_size: 64}}",
-         ["baselines[0]", "cannot be FLOP-matched"]),
+        (
+            "  - train: {method: full, steps: 1}",
+            "baselines:\n  - {name: big, init: {num_hidden_layers: 8}, match: flops, train: {batch_size: 64}}",
+            ["baselines[0]", "cannot be FLOP-matched"],
+        ),
         (GOOD, "baselines:\n  - {name: b, init: {num_hidden_layers: 4}, train: {steps: 5}}", ["set by match: flops"]),
         (GOOD, "baselines:\n  - {name: b, init: {num_hidden_layers: 4}, match: time}", ["baselines[0].match", "flops"]),
     ],
-    ids=["unknown-kind", "plan-too-big", "plan-at-later-point", "lora-first", "new-without-grow", "bad-option",
-         "baseline-unmatchable", "baseline-steps", "baseline-match"],
+    ids=[
+        "unknown-kind",
+        "plan-too-big",
+        "plan-at-later-point",
+        "lora-first",
+        "new-without-grow",
+        "bad-option",
+        "baseline-unmatchable",
+        "baseline-steps",
+        "baseline-match",
+    ],
 )
 def test_bad_recipes_fail_before_training(tmp_path, stages, baselines, needles):
     path = _write(tmp_path, recipe_text(stages, baselines))
@@ -180,7 +203,9 @@ def test_recipe_needs_one_start_model():
         parse_recipe("name: t\ndata: [synthetic:arith]\nstages:\n  - train: {steps: 1}\n")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "plans" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "plans" / "recipes").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_recipes_validate(path):
     plan = plan_recipe(load_recipe(path))
     assert plan.stages[-1].n_layers == 12 and plan.baselines
@@ -189,7 +214,11 @@ def test_shipped_recipes_validate(path):
 def test_start_checkpoint_first_growth_checked_against_its_headers(tiny, tmp_path):
     model = tiny("llama", n_layers=2)
     head = f"name: t\nstart: {model}\ndata: [synthetic:arith]\nstages:\n"
-    ok = _write(tmp_path, head + "  - grow: {steps: [{op: interpolate, factor: 2, new: zero}]}\n  - train: {method: lora-new, steps: 2}\n")
+    ok = _write(
+        tmp_path,
+        head
+        + "  - grow: {steps: [{op: interpolate, factor: 2, new: zero}]}\n  - train: {method: lora-new, steps: 2}\n",
+    )
     plan = plan_recipe(load_recipe(ok))
     assert [(s.n_layers, s.new_layers, s.trained_layers) for s in plan.stages] == [(4, 2, None), (4, 0, 2)]
     bad = _write(tmp_path, head + "  - grow: {steps: [{op: stack, factor: 2, layers: {middle: 3}}]}\n")

@@ -47,7 +47,10 @@ def _lineage(run_dir: Path, record: dict) -> dict:
 def test_stages_in_order_with_the_layers_they_had(run):
     _, s = run
     assert [(x["stage"], x["kind"], x["layers"]) for x in s["stages"]] == [
-        ("01-train", "train", 2), ("02-grow", "grow", 4), ("03-train", "train", 4)]  # fmt: skip
+        ("01-train", "train", 2),
+        ("02-grow", "grow", 4),
+        ("03-train", "train", 4),
+    ]
 
 
 def test_stage_numbers_come_from_the_metrics_files(run):
@@ -99,7 +102,10 @@ def test_grad_norms_have_one_entry_per_layer(run):
     run_dir, s = run
     for record in s["stages"]:
         if record["kind"] == "train":
-            rows = [json.loads(x) for x in (run_dir / record["model"]).parent.joinpath("grad_norms.jsonl").read_text().splitlines()]
+            rows = [
+                json.loads(x)
+                for x in (run_dir / record["model"]).parent.joinpath("grad_norms.jsonl").read_text().splitlines()
+            ]
             assert rows and all(len(r["norms"]) == record["layers"] and min(r["norms"]) > 0 for r in rows)
 
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.cli import app
+from modelsurgeon.errors import MissingManifestError
 from modelsurgeon.grow.engine import grow
-from modelsurgeon.errors import MissingManifestError, TrainError
 from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.ops.fold import fold_branch_scale
 from modelsurgeon.train import make_options, train_stage
@@ -85,8 +85,9 @@ def test_ramp_at_zero_is_the_parent_and_hooks_equal_folds(grown, family, tmp_pat
         if f.suffix == ".json" or f.name.startswith("tokenizer"):
             (folded_dir / f.name).write_bytes(f.read_bytes())
     save_file(tensors, folded_dir / "model.safetensors", metadata={"format": "pt"})
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(folded_dir).eval()), hooked,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        logits(AutoModelForCausalLM.from_pretrained(folded_dir).eval()), hooked, rtol=1e-5, atol=1e-5
+    )
     ramp.detach()
     torch.testing.assert_close(logits(model), unramped)
 
@@ -112,18 +113,22 @@ class Capture(TrainerCallback):
         self.trained = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("method", "steps", "ramp_steps", "final_s"), [
-    ("full", 4, 10, 0.4),  # stopped before the ramp's end: s = 0.4 folded into the weights
-    ("lora-new", 4, 10, 0.4),  # LoRA merged first, then folded
-    ("new", 4, 2, 1.0),  # the ramp ended: s = 1, the trained weights as they are
-])
+@pytest.mark.parametrize(
+    ("method", "steps", "ramp_steps", "final_s"),
+    [
+        ("full", 4, 10, 0.4),  # stopped before the ramp's end: s = 0.4 folded into the weights
+        ("lora-new", 4, 10, 0.4),  # LoRA merged first, then folded
+        ("new", 4, 2, 1.0),  # the ramp ended: s = 1, the trained weights as they are
+    ],
+)
 def test_written_checkpoint_computes_the_ramped_model(grown, tmp_path, method, steps, ramp_steps, final_s):
     parent, child = grown("llama")
     capture = Capture()
     options = make_options(method=method, lr=5e-3, steps=steps, ramp_new={"steps": ramp_steps}, **BASE)
     train_stage(child, tmp_path / "out", options, callbacks=(capture,))
-    torch.testing.assert_close(capture.first, logits(AutoModelForCausalLM.from_pretrained(parent).eval()),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        capture.first, logits(AutoModelForCausalLM.from_pretrained(parent).eval()), rtol=1e-5, atol=1e-5
+    )
     written = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert (capture.last - capture.first).abs().max() > 1e-3  # training and the ramp changed the function
     torch.testing.assert_close(logits(written), capture.last, rtol=1e-4, atol=1e-4)
@@ -131,8 +136,9 @@ def test_written_checkpoint_computes_the_ramped_model(grown, tmp_path, method, s
         trained = capture.trained["model.layers.1.self_attn.o_proj.weight"]
         out = load_file(tmp_path / "out" / "model.safetensors")
         torch.testing.assert_close(out["model.layers.1.self_attn.o_proj.weight"], final_s * trained)
-        torch.testing.assert_close(out["model.layers.0.self_attn.o_proj.weight"],
-                                   capture.trained["model.layers.0.self_attn.o_proj.weight"])
+        torch.testing.assert_close(
+            out["model.layers.0.self_attn.o_proj.weight"], capture.trained["model.layers.0.self_attn.o_proj.weight"]
+        )
 
 
 def test_ramp_needs_new_layers(tiny, tmp_path):
@@ -144,12 +150,45 @@ def test_ramp_needs_new_layers(tiny, tmp_path):
 
 def test_cli_ramp_new(grown, tmp_path):
     child = grown("llama")[1]
-    result = CliRunner().invoke(app, ["train-stage", str(child), "--data", "synthetic:arith:n=200", "--method",
-                                      "full", "--steps", "1", "--ramp-new", "0", "-o", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-stage",
+            str(child),
+            "--data",
+            "synthetic:arith:n=200",
+            "--method",
+            "full",
+            "--steps",
+            "1",
+            "--ramp-new",
+            "0",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code != 0 and "ramp-new.steps" in result.output
-    result = CliRunner().invoke(app, ["train-stage", str(child), "--data", "synthetic:arith:n=200", "--method",
-                                      "full", "--steps", "2", "--seq-len", "32", "--batch-size", "2",
-                                      "--ramp-new", "4", "-o", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-stage",
+            str(child),
+            "--data",
+            "synthetic:arith:n=200",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--ramp-new",
+            "4",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert '"ramp_new": {\n' in (tmp_path / "o" / "surgeon.json").read_text()
 

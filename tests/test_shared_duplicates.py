@@ -11,8 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import CheckpointError
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.io.reader import open_checkpoint
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.train.shared import distinct_storage_bytes, load_shared
@@ -79,14 +79,20 @@ def test_memory_is_the_sources_not_the_grown(grown, family):
     source_bytes, grown_bytes = open_checkpoint(src).total_bytes, open_checkpoint(path).total_bytes
     assert grown_bytes > 1.5 * source_bytes
     assert info.bytes_loaded == source_bytes and info.bytes_grown == grown_bytes
-    assert distinct_storage_bytes(ref) - distinct_storage_bytes(shared) == info.bytes_shared == grown_bytes - source_bytes
+    assert (
+        distinct_storage_bytes(ref) - distinct_storage_bytes(shared) == info.bytes_shared == grown_bytes - source_bytes
+    )
 
 
 def test_pro_copies_cost_only_their_zeroed_outputs(grown):
     src, path = grown("llama", "pro")
     _, info = load_shared(path)
     ckpt = open_checkpoint(path)
-    zeroed = [n for n in ckpt.names if n.startswith(("model.layers.2.", "model.layers.5.")) and ("o_proj" in n or "down_proj" in n)]
+    zeroed = [
+        n
+        for n in ckpt.names
+        if n.startswith(("model.layers.2.", "model.layers.5.")) and ("o_proj" in n or "down_proj" in n)
+    ]
     assert info.bytes_loaded == open_checkpoint(src).total_bytes + sum(ckpt.tensors[n].nbytes for n in zeroed)
 
 
@@ -131,7 +137,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(grown):
     _, path = grown("llama", "double")
     model = load_shared(path)[0]
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False)
+    )
     peft_model.train()
     x = ids(model)
     grads = []

@@ -4,10 +4,10 @@ descriptions, and are package data (the same files as the repository's plans/)."
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
@@ -32,7 +32,9 @@ def test_package_plans_are_the_repository_plans():
 
 def test_every_shipped_file_is_package_data():
     """A YAML under plans/ (or a doc) that no package-data pattern covers would be missing from the wheel."""
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["modelsurgeon"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "modelsurgeon"
+    ]
     shipped = [p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("plans/**/*.yaml"), *ROOT.glob("docs/*.md")]]
     assert shipped and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in shipped), shipped
 

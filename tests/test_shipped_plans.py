@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import logits, prompt_ids
 from transformers import AutoModelForCausalLM
 
 from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import load_plan
-from reference import logits, prompt_ids
 
 PLANS = sorted((Path(__file__).parent.parent / "plans").glob("*.yaml"))
 
@@ -35,9 +35,16 @@ def _other_models(loaded, tiny, tmp_path, monkeypatch, source: str) -> int:
 def test_shipped_plan(path, tiny, tmp_path, monkeypatch):
     text = path.read_text()
     assert text.startswith(f"# plans/{path.name}: surgeon grow MODEL --plan plans/{path.name} -o OUT")
-    claimed = next(line for line in text.splitlines() if "Equivalence:" in line).split("Equivalence:")[1].split()[0].strip(".;(")
+    claimed = (
+        next(line for line in text.splitlines() if "Equivalence:" in line)
+        .split("Equivalence:")[1]
+        .split()[0]
+        .strip(".;(")
+    )
     # A plan for another family names it ("Source: mixtral"); the rest run on Llama.
-    source = next((line.split("Source:")[1].split()[0].strip(".;") for line in text.splitlines() if "Source:" in line), "llama")
+    source = next(
+        (line.split("Source:")[1].split()[0].strip(".;") for line in text.splitlines() if "Source:" in line), "llama"
+    )
     loaded = load_plan(path)
     src = tiny(source, n_layers=_other_models(loaded, tiny, tmp_path, monkeypatch, source))
     prep = grow(src, loaded, tmp_path / "out")

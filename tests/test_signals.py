@@ -197,8 +197,14 @@ def test_clean_settles_each_kind_of_leftover(tmp_path):
     assert (runs / ".g.work").is_dir()
     text = " ".join(result.output.split())
     assert f"removed 4 leftover temporary directories ({freed} freed)" in text
-    for why in ("no longer running", "now another process", "before this machine last booted", "another-node",
-                "still running", "resumable train-stage state"):
+    for why in (
+        "no longer running",
+        "now another process",
+        "before this machine last booted",
+        "another-node",
+        "still running",
+        "resumable train-stage state",
+    ):
         assert why in text
 
 

@@ -17,8 +17,10 @@ def _plan(stages: str, baselines: str = ""):
 
 
 def test_flops_budget_sets_the_nearest_step_count():
-    plan = _plan("  - train: {method: full, steps: 1}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n"
-                 "  - train: {method: lora, flops: 5.0e8}")  # fmt: skip
+    plan = _plan(
+        "  - train: {method: full, steps: 1}\n  - grow: {steps: [{op: interpolate, factor: 2}]}\n"
+        "  - train: {method: lora, flops: 5.0e8}"
+    )
     stage = plan.stages[-1]
     per_step = stage_flops(stage.counts, 2 * 32, 32, "lora", lora_r=stage.options.lora_r).total
     assert stage.steps == round(5.0e8 / per_step) == stage.options.steps
@@ -35,11 +37,15 @@ def test_equal_flops_budgets_share_one_baseline_size():
     assert early.baselines[0].options.steps == late.baselines[0].options.steps
 
 
-@pytest.mark.parametrize("stage, needle", [
-    ("  - train: {method: full, flops: 1.0e9, steps: 3}", "give one budget: flops, or steps/tokens"),
-    ("  - train: {method: full, flops: 10}", "buy less than one"),
-    ("  - train: {method: full, flops: -1}", "greater than 0"),
-], ids=["flops-and-steps", "too-small", "negative"])
+@pytest.mark.parametrize(
+    "stage, needle",
+    [
+        ("  - train: {method: full, flops: 1.0e9, steps: 3}", "give one budget: flops, or steps/tokens"),
+        ("  - train: {method: full, flops: 10}", "buy less than one"),
+        ("  - train: {method: full, flops: -1}", "greater than 0"),
+    ],
+    ids=["flops-and-steps", "too-small", "negative"],
+)
 def test_bad_flops_budgets_are_refused(stage, needle):
     with pytest.raises(RecipeError, match=needle):
         _plan(stage)

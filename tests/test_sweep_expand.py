@@ -64,8 +64,12 @@ def _expand(path: Path):
 def test_axes_times_seeds_with_patches_applied(tmp_path, recipe):
     m = _expand(_sweep(tmp_path, recipe))
     grown = [a for a in m.arms if a.kind == "grown"]
-    assert [a.name for a in grown] == ["operator=split,lr=base", "operator=split,lr=high",
-                                       "operator=zero,lr=base", "operator=zero,lr=high"]  # fmt: skip
+    assert [a.name for a in grown] == [
+        "operator=split,lr=base",
+        "operator=split,lr=high",
+        "operator=zero,lr=base",
+        "operator=zero,lr=high",
+    ]
     zero = m.arm("operator=zero,lr=high").template
     assert zero["stages"][1]["grow"]["steps"] == [{"op": "interpolate", "factor": 2, "new": "zero"}]
     assert "lr" not in zero["stages"][0]["train"] and zero["stages"][2]["train"]["lr"] == 0.01  # post-growth only
@@ -84,8 +88,11 @@ def test_baseline_recipe_is_what_progressive_trains_inline(tmp_path, recipe):
     b = _expand(_sweep(tmp_path, recipe)).arm("scratch-4").template
     assert b["init"]["num_hidden_layers"] == 4 and b["init"]["hidden_size"] == 16
     assert b["stages"] == [{"train": {"method": "full", "steps": inline.options.steps}}]
-    assert (b["data"], b["defaults"], b["eval"]) == (yaml.safe_load(RECIPE)["data"], yaml.safe_load(RECIPE)["defaults"],
-                                                      yaml.safe_load(RECIPE)["eval"])  # fmt: skip
+    assert (b["data"], b["defaults"], b["eval"]) == (
+        yaml.safe_load(RECIPE)["data"],
+        yaml.safe_load(RECIPE)["defaults"],
+        yaml.safe_load(RECIPE)["eval"],
+    )
 
 
 def test_bad_patches_and_bad_recipes_are_refused_together_with_lines(tmp_path, recipe):
@@ -130,9 +137,13 @@ def test_seed_rewrite_moves_every_training_seed_and_keeps_the_test_set():
     assert seeded_spec("math.jsonl*0.5", 2) == "math.jsonl*0.5"  # files have no seed; order comes from train seed
     from modelsurgeon.data.spec import parse_data_spec
 
-    for spec, want in (("dm-math:arithmetic__add_sub_multiple", "dm-math:arithmetic__add_sub_multiple:seed=2000"),
-                       ("dm-math:arithmetic__mixed:train-easy:n=200,seed=3*0.5",
-                        "dm-math:arithmetic__mixed:train-easy:n=200,seed=2003*0.5")):  # fmt: skip
+    for spec, want in (
+        ("dm-math:arithmetic__add_sub_multiple", "dm-math:arithmetic__add_sub_multiple:seed=2000"),
+        (
+            "dm-math:arithmetic__mixed:train-easy:n=200,seed=3*0.5",
+            "dm-math:arithmetic__mixed:train-easy:n=200,seed=2003*0.5",
+        ),
+    ):
         assert seeded_spec(spec, 2) == want and parse_data_spec(want)  # the data library reads what we write
 
 
@@ -154,13 +165,21 @@ def _finish(run_dir: Path, val_loss: float, test_correct: int) -> None:
     """A fake finished run: summary.json (validation loss) and a perfect or failed test set."""
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = {"kind": "train", "model": "stages/01-train/model", "flops": 1, "cum_flops": 1, "flops_per_token": 1}
-    run = {"flops": 1, "tokens": 1, "wall_s": 1.0, "layers": 4, "params": 1, "final_train_loss": val_loss,
-           "final_eval_loss": val_loss}  # fmt: skip
+    run = {
+        "flops": 1,
+        "tokens": 1,
+        "wall_s": 1.0,
+        "layers": 4,
+        "params": 1,
+        "final_train_loss": val_loss,
+        "final_eval_loss": val_loss,
+    }
     (run_dir / "summary.json").write_text(json.dumps({"runs": {"progressive": run}, "stages": [stage]}))
     sdir = run_dir / "stages" / "01-train"
     sdir.mkdir(parents=True, exist_ok=True)
-    (sdir / "eval_problems.jsonl").write_text(json.dumps({"bench": "arith", "set": "interpolation", "id": "q",
-                                                          "length": 1, "correct": test_correct}) + "\n")  # fmt: skip
+    (sdir / "eval_problems.jsonl").write_text(
+        json.dumps({"bench": "arith", "set": "interpolation", "id": "q", "length": 1, "correct": test_correct}) + "\n"
+    )
 
 
 def test_tuned_baseline_takes_the_lowest_validation_loss_not_the_best_test_score(tmp_path, recipe):

@@ -73,8 +73,12 @@ def micro(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_one_row_per_run_and_the_statistics_come_from_them(micro):
     _, out, summary = micro
     table = rows(out)
-    assert [(r["arm"], r["seed"]) for r in table] == [("operator=split", "0"), ("operator=split", "1"),
-                                                     ("scratch-4", "0"), ("scratch-4", "1")]  # fmt: skip
+    assert [(r["arm"], r["seed"]) for r in table] == [
+        ("operator=split", "0"),
+        ("operator=split", "1"),
+        ("scratch-4", "0"),
+        ("scratch-4", "1"),
+    ]
     assert summary["finished"] == summary["expected"] == 4 and not summary["missing"]
     for arm in ("operator=split", "scratch-4"):
         losses = [float(r["final_eval_loss"]) for r in table if r["arm"] == arm]
@@ -86,7 +90,10 @@ def test_one_row_per_run_and_the_statistics_come_from_them(micro):
     assert {"acc:arith:interpolation", "acc:arith:extrapolation", "flops_to_target"} <= set(table[0])
     for arm in ("operator=split", "scratch-4"):  # answer loss: per run the mean of its problems' losses
         first = next(r for r in table if r["arm"] == arm and r["seed"] == "0")
-        problems = [json.loads(x) for x in (out / f"runs/{arm}/seed-0").rglob("eval_problems.jsonl").__next__().read_text().splitlines()]
+        problems = [
+            json.loads(x)
+            for x in (out / f"runs/{arm}/seed-0").rglob("eval_problems.jsonl").__next__().read_text().splitlines()
+        ]
         extra = [p["answer_nll"] for p in problems if p["set"] == "extrapolation"]
         assert float(first["nll:arith:extrapolation"]) == pytest.approx(sum(extra) / len(extra))
         assert "arith:extrapolation" in summary["arms_stats"][arm]["answer_loss_by_length"]
@@ -159,8 +166,13 @@ def test_killed_sweep_finishes_with_resume_as_if_never_killed(micro, tmp_path):
     sweep, reference, _ = micro
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "modelsurgeon", "sweep", str(sweep), "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelsurgeon", "sweep", str(sweep), "-o", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     # kill once the grid is done and a reported run is mid-way: its first stage finished, the run not
     while time.time() < deadline and not list(out.glob("runs/*/seed-*/stages/01-train/stage.json")):

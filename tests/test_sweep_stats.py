@@ -115,8 +115,23 @@ def test_equal_wall_is_the_earliest_end_of_any_run():
     from modelsurgeon.sweep.collect import RunResult
 
     def run(end):
-        return RunResult(arm="a", seed=0, dir="d", flops=1, tokens=1, wall_s=end, layers=1, params=1,
-                         final_train_loss=None, final_eval_loss=None, accuracy={}, n={}, curve=[(0, 1.0)],
-                         wall_curve=[(0.0, 2.0), (end, 1.0)], correct={}, lengths={})  # fmt: skip
+        return RunResult(
+            arm="a",
+            seed=0,
+            dir="d",
+            flops=1,
+            tokens=1,
+            wall_s=end,
+            layers=1,
+            params=1,
+            final_train_loss=None,
+            final_eval_loss=None,
+            accuracy={},
+            n={},
+            curve=[(0, 1.0)],
+            wall_curve=[(0.0, 2.0), (end, 1.0)],
+            correct={},
+            lengths={},
+        )
 
     assert equal_wall([run(50.0), run(20.0), run(70.0)]) == 20.0

@@ -16,7 +16,11 @@ def test_session_is_pinned():
 
 
 def test_share_per_worker():
-    assert threads_per_worker(4, cpus=16) == 4 and threads_per_worker(3, cpus=2) == 1 and threads_per_worker(1, cpus=8) == 8
+    assert (
+        threads_per_worker(4, cpus=16) == 4
+        and threads_per_worker(3, cpus=2) == 1
+        and threads_per_worker(1, cpus=8) == 8
+    )
 
 
 def test_launcher_processes_share_the_cores(monkeypatch):

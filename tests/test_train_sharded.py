@@ -21,8 +21,10 @@ from modelsurgeon.errors import TrainError
 from modelsurgeon.train.sharded import check_engine
 
 ROOT = Path(__file__).parents[1]
-COMMON = ("compute_environment: LOCAL_MACHINE\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
-          "mixed_precision: 'no'\nuse_cpu: true\n")
+COMMON = (
+    "compute_environment: LOCAL_MACHINE\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
+    "mixed_precision: 'no'\nuse_cpu: true\n"
+)
 CONFIGS = {  # DDP on CPU runs under torchrun: accelerate's MULTI_CPU needs mpirun for more than one process
     "fsdp2": COMMON + "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
     "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
@@ -40,8 +42,9 @@ def launch(tmp: Path, engine: str, model: Path, out: Path, *args: str, wait: boo
         config.write_text(CONFIGS[engine])
         runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     cmd = [*runner, "-m", "modelsurgeon", "train-stage", str(model), "-o", str(out), *ARGS, *args]
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)  # its own group: SIGTERM reaches the launcher and workers
+    child = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own group: SIGTERM reaches the launcher and workers
     if not wait:
         return child
     output, _ = child.communicate(timeout=900)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import MissingManifestError, VerifyError
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint
 from modelsurgeon.verify.compare import alignment
@@ -76,12 +76,18 @@ def test_exact_growth_passes(tiny, family, tmp_path, op):
     assert report.equivalence == "exact" and report.origin == "surgeon.json"
     assert report.passed, [c for c in report.checks if not c.passed]
     assert report.metrics["logits"]["max_abs"] <= 1e-5 and report.metrics["greedy"]["identical"] == report.prompts
-    assert len(report.metrics["layer_drift"]) == 1 + len(json.loads((tmp_path / "out" / "surgeon.json").read_text())["layer_map"])
+    assert len(report.metrics["layer_drift"]) == 1 + len(
+        json.loads((tmp_path / "out" / "surgeon.json").read_text())["layer_map"]
+    )
 
 
 def test_perturbed_tensor_names_the_first_diverging_layer(tiny, family, tmp_path):
     out = grown(tiny, tmp_path, family)
-    victim = next(k for k in sorted(load_file(next(out.glob("*.safetensors")))) if k.startswith(f"{layer_prefix(family)}2.") and k.endswith("weight"))
+    victim = next(
+        k
+        for k in sorted(load_file(next(out.glob("*.safetensors"))))
+        if k.startswith(f"{layer_prefix(family)}2.") and k.endswith("weight")
+    )
     perturb(out, victim)
     message = failure(verify_checkpoint(tiny(family), out, **FAST))
     assert "max |dlogit|" in message and "first at prompt" in message
@@ -123,7 +129,9 @@ def test_config_list_not_remapped_wrong_length(tiny, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     cfg["layer_types"] = json.loads((src / "config.json").read_text())["layer_types"]
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(VerifyError, match=r"does not load in transformers(.|\n)*'layer_types' has 4 entries, expected 8"):
+    with pytest.raises(
+        VerifyError, match=r"does not load in transformers(.|\n)*'layer_types' has 4 entries, expected 8"
+    ):
         verify_checkpoint(src, out, **FAST)
 
 
@@ -169,14 +177,20 @@ def test_approx_bounds(tiny, tmp_path):
 def test_approx_growth_equals_its_program(tiny, tmp_path, family):
     """x + F/2 + F/2 moves the model, by design; it must still compute exactly what the map says."""
     out = tmp_path / "double"
-    grow(tiny(family), parse_plan("name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    branch_scale: split\n"), out)
+    grow(
+        tiny(family), parse_plan("name: d\nsteps:\n  - op: interpolate\n    factor: 2\n    branch_scale: split\n"), out
+    )
     report = verify_checkpoint(tiny(family), out, **FAST)
     assert report.equivalence == "approx" and report.passed, [c for c in report.checks if not c.passed]
     assert report.metrics["program"]["max_abs"] < 1e-4 < report.metrics["logits"]["max_abs"]
-    perturb(out, f"{layer_prefix(family)}5.{'mlp.c_fc.weight' if family == 'gpt2' else 'mlp.dense_h_to_4h.weight' if family == 'gpt_neox' else 'mlp.up_proj.weight'}")
+    up = {"gpt2": "mlp.c_fc.weight", "gpt_neox": "mlp.dense_h_to_4h.weight"}.get(family, "mlp.up_proj.weight")
+    perturb(out, f"{layer_prefix(family)}5.{up}")
     message = failure(verify_checkpoint(tiny(family), out, **FAST))
     assert "GROWN = layer map run on SOURCE" in message
-    assert "grown layer 5 (copy of source layer 2, branch scale 0.5) is the first whose output differs from the program" in message
+    assert (
+        "grown layer 5 (copy of source layer 2, branch scale 0.5) is the first whose output differs from the program"
+        in message
+    )
 
 
 def test_none_class_reports_the_program(tiny, tmp_path):
@@ -191,7 +205,9 @@ def test_strict_fails_on_load_warnings(tiny, tmp_path):
     out = grown(tiny, tmp_path)
     rewrite_tensors(out, lambda t: {**t, "model.stray.weight": torch.zeros(2)})
     relaxed = verify_checkpoint(tiny("llama"), out, **FAST)
-    assert relaxed.passed and "model.stray.weight" in next(c for c in relaxed.checks if "load warnings" in c.name).detail
+    assert (
+        relaxed.passed and "model.stray.weight" in next(c for c in relaxed.checks if "load warnings" in c.name).detail
+    )
     assert "transformers load warnings" in failure(verify_checkpoint(tiny("llama"), out, strict=True, **FAST))
 
 
@@ -241,7 +257,9 @@ def test_alignment_follows_the_layer_map():
 def test_cli_exit_codes_and_json(tiny, tmp_path):
     out = grown(tiny, tmp_path)
     report_path = tmp_path / "report.json"
-    ok = CliRunner().invoke(app, ["verify", str(tiny("llama")), str(out), "--max-new-tokens", "4", "--json", str(report_path)])
+    ok = CliRunner().invoke(
+        app, ["verify", str(tiny("llama")), str(out), "--max-new-tokens", "4", "--json", str(report_path)]
+    )
     assert ok.exit_code == 0, ok.output
     data = json.loads(report_path.read_text())
     assert data["passed"] is True and data["equivalence"] == "exact" and "checks: PASS" in ok.output
@@ -274,7 +292,9 @@ def test_vllm_failures_are_reported(tiny, tmp_path):
 def test_grow_verify_flag(tiny, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"name: interpolate-zero\nsteps:\n{EXACT_OPS['interpolate-zero']}")
-    ok = CliRunner().invoke(app, ["grow", str(tiny("qwen3")), "--plan", str(plan), "-o", str(tmp_path / "o"), "--verify"])
+    ok = CliRunner().invoke(
+        app, ["grow", str(tiny("qwen3")), "--plan", str(plan), "-o", str(tmp_path / "o"), "--verify"]
+    )
     assert ok.exit_code == 0, ok.output
     assert "checks: PASS" in ok.output and "greedy tokens" in ok.output
     bad = CliRunner().invoke(app, ["grow", str(tiny("qwen3")), "--plan", str(plan), "--dry-run", "--verify"])

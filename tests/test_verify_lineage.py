@@ -34,8 +34,20 @@ def chain(tiny, tmp_path_factory):
 def test_the_issues_command_passes(chain):
     """`verify out out-bf16 --expect exact --dtype bfloat16`: the growth's map is not applied to OUT."""
     _, root = chain
-    result = CliRunner().invoke(app, ["verify", str(root / "out"), str(root / "out-bf16"), "--expect", "exact",
-                                      "--dtype", "bfloat16", "--max-new-tokens", "4"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "verify",
+            str(root / "out"),
+            str(root / "out-bf16"),
+            "--expect",
+            "exact",
+            "--dtype",
+            "bfloat16",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 

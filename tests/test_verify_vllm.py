@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import VerifyError
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint
 from modelsurgeon.verify.vllm_engine import SETUP, find_vllm_python
@@ -50,9 +50,12 @@ def _grown(tiny, tmp_path, family):
 
 def _show(report) -> None:
     v = report.vllm
-    print(f"\n[vllm {v['version']}] {report.grown}: load {v['load_s']:.1f}s, {v['tokens_per_s']:.1f} tokens/s, "
-          f"greedy agreement vs grown {v['agreement_vs_grown']:.3f}, vs source {v.get('agreement_vs_source', float('nan')):.3f}, "
-          f"max |dlogprob| {v['max_logprob_delta_vs_grown']:.2e}")  # fmt: skip
+    print(
+        f"\n[vllm {v['version']}] {report.grown}: load {v['load_s']:.1f}s, {v['tokens_per_s']:.1f} tokens/s, "
+        f"greedy agreement vs grown {v['agreement_vs_grown']:.3f}, vs source "
+        f"{v.get('agreement_vs_source', float('nan')):.3f}, "
+        f"max |dlogprob| {v['max_logprob_delta_vs_grown']:.2e}"
+    )
 
 
 @pytest.mark.parametrize("family", list(MODELS))
@@ -84,7 +87,9 @@ def test_vllm_reads_the_remapped_layer_types(tiny, tmp_path):
 def test_vllm_cli_bfloat16(tiny, tmp_path):
     src, out = _grown(tiny, tmp_path, "llama")
     path = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["verify", str(src), str(out), "--engine", "vllm", "--dtype", "bfloat16", "--json", str(path)])
+    result = CliRunner().invoke(
+        app, ["verify", str(src), str(out), "--engine", "vllm", "--dtype", "bfloat16", "--json", str(path)]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(path.read_text())
     assert data["vllm"]["ok"] and data["vllm"]["agreement_vs_grown"] == 1.0 and data["passed"]

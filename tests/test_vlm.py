@@ -18,10 +18,17 @@ from modelsurgeon.plan import parse_plan
 from modelsurgeon.tiny_vlm import VLM_FAMILIES, build_tiny_vlm, image_inputs
 
 DEEP = "name: deep\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"
-WIDE = "name: wide\nsteps:\n  - op: widen\n    hidden: 2x\n    ffn: 2x\n    heads: 2x\n  - op: stack\n    factor: 2\n    new: zero\n"
+WIDE = (
+    "name: wide\nsteps:\n  - op: widen\n    hidden: 2x\n    ffn: 2x\n    heads: 2x\n  - op: stack\n"
+    "    factor: 2\n    new: zero\n"
+)
 TEXT = {"input_ids": torch.tensor([[5, 17, 33, 2, 100, 7, 9]])}
-VISION_PREFIX = {"qwen2_vl": "visual.blocks.", "qwen2_5_vl": "visual.blocks.", "gemma3": "vision_tower.",
-                 "llava": "vision_tower."}  # fmt: skip
+VISION_PREFIX = {
+    "qwen2_vl": "visual.blocks.",
+    "qwen2_5_vl": "visual.blocks.",
+    "gemma3": "vision_tower.",
+    "llava": "vision_tower.",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +87,9 @@ def test_projector_output_side_is_widened(vlm, tmp_path):
     grow(src, parse_plan(WIDE), tmp_path / "out")
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     p = "multi_modal_projector."
-    assert torch.equal(b[p + "linear_1.weight"], a[p + "linear_1.weight"].repeat(2, 1))  # rows tiled, vision inputs kept
+    assert torch.equal(
+        b[p + "linear_1.weight"], a[p + "linear_1.weight"].repeat(2, 1)
+    )  # rows tiled, vision inputs kept
     assert torch.equal(b[p + "linear_2.weight"], a[p + "linear_2.weight"].repeat(2, 2) / 2)  # inputs split, rows tiled
 
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from reference import logits, prompt_ids
 from transformers import AutoModelForCausalLM
 
-from modelsurgeon.grow.engine import grow
 from modelsurgeon.errors import PlanError
+from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
-from reference import logits, prompt_ids
 
 # Families whose head_dim is derived as hidden/heads must grow heads with hidden.
 DERIVED_HEAD_DIM = {"gpt2", "gpt_neox"}

@@ -8,20 +8,28 @@ import pytest
 
 from modelsurgeon.errors import DataError, RecipeError
 from modelsurgeon.progressive.recipe import parse_recipe
-from modelsurgeon.progressive.word_problems import WordProblemEval, extract_answer, is_correct, read_problems
-from modelsurgeon.progressive.word_problems import word_problem_rows
+from modelsurgeon.progressive.word_problems import (
+    WordProblemEval,
+    extract_answer,
+    is_correct,
+    read_problems,
+    word_problem_rows,
+)
 from modelsurgeon.sweep.patch import absolute_paths
 
 
-@pytest.mark.parametrize("reply, answer, correct", [
-    ("She pays 3 * 6 = 18 dollars.\n#### 18", "18", True),
-    ("#### 1,250", "1250", True),
-    ("The answer is 42.", "42", True),                 # no ####: the last number
-    ("7 * 6 = 42, minus 2 is 40\n#### 40", "42", False),  # #### wins over earlier numbers
-    ("#### 12.0", "12", True),
-    ("I do not know", "5", False),
-    ("-3 degrees\n#### -3", "-3", True),
-])
+@pytest.mark.parametrize(
+    "reply, answer, correct",
+    [
+        ("She pays 3 * 6 = 18 dollars.\n#### 18", "18", True),
+        ("#### 1,250", "1250", True),
+        ("The answer is 42.", "42", True),  # no ####: the last number
+        ("7 * 6 = 42, minus 2 is 40\n#### 40", "42", False),  # #### wins over earlier numbers
+        ("#### 12.0", "12", True),
+        ("I do not know", "5", False),
+        ("-3 degrees\n#### -3", "-3", True),
+    ],
+)
 def test_answer_extraction_and_numeric_match(reply, answer, correct):
     assert is_correct(reply, answer) is correct
 
@@ -43,7 +51,9 @@ def test_problems_read_in_order_with_a_limit(tmp_path):
 
 
 def test_a_bad_problem_line_is_named(tmp_path):
-    path = _write(tmp_path, [{"id": "a", "question": "q", "answer": "1"}, {"id": "b", "question": "q", "answer": "many"}])
+    path = _write(
+        tmp_path, [{"id": "a", "question": "q", "answer": "1"}, {"id": "b", "question": "q", "answer": "many"}]
+    )
     with pytest.raises(DataError, match=r"p.jsonl:2: expected \{id, question, answer\} with a numeric answer"):
         read_problems(WordProblemEval(path=str(path)))
     with pytest.raises(DataError, match="make_handbook_data.py"):

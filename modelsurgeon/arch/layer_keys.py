@@ -66,17 +66,21 @@ def sync_layer_keys(old: dict, new: dict, spec: ArchSpec, sources: list[int], n_
         if rule.key is None:
             if implied(rule, rule.default, n) != marks:
                 assumed = _describe(implied(rule, rule.default, n), rule)
-                warnings.append(f"'{rule.list}' after the layer map has {_describe(marks, rule)}; readers that "
-                                f"ignore it (older transformers, llama.cpp) assume {assumed}")
+                warnings.append(
+                    f"'{rule.list}' after the layer map has {_describe(marks, rule)}; readers that "
+                    f"ignore it (older transformers, llama.cpp) assume {assumed}"
+                )
             continue
         best, right = best_value(rule, marks, int(value) if value is not None else None)
         if rule.key in old or best != rule.default or right < n:
             new[rule.key] = best
         if right < n:
             wrong = [i for i, (a, b) in enumerate(zip(implied(rule, best, n), marks)) if a != b]
-            warnings.append(f"'{rule.list}' after the layer map ({_describe(marks, rule)}) cannot be expressed by "
-                            f"'{rule.key}'; set it to {best}, which gives readers that ignore '{rule.list}' (vLLM, "
-                            f"older transformers) the right attention at {right} of {n} layers (wrong at {wrong})")
+            warnings.append(
+                f"'{rule.list}' after the layer map ({_describe(marks, rule)}) cannot be expressed by "
+                f"'{rule.key}'; set it to {best}, which gives readers that ignore '{rule.list}' (vLLM, "
+                f"older transformers) the right attention at {right} of {n} layers (wrong at {wrong})"
+            )
     return warnings
 
 
@@ -98,8 +102,10 @@ def layer_key_findings(config: dict, spec: ArchSpec) -> list[tuple[str, bool]]:
         best, right = best_value(rule, marks, int(value))
         got = sum(a == b for a, b in zip(have, marks))
         wrong = [i for i, (a, b) in enumerate(zip(have, marks)) if a != b]
-        text = (f"config.json '{rule.key}' is {value}, so readers that ignore '{rule.list}' (vLLM, older transformers) "
-                f"use the wrong attention at layers {wrong} ('{rule.list}' has {_describe(marks, rule)})")  # fmt: skip
+        text = (
+            f"config.json '{rule.key}' is {value}, so readers that ignore '{rule.list}' (vLLM, older transformers) "
+            f"use the wrong attention at layers {wrong} ('{rule.list}' has {_describe(marks, rule)})"
+        )
         if right > got:
             found.append((text + f"; set '{rule.key}' to {best}", True))
         else:

@@ -86,8 +86,10 @@ def resolve_spec(config: dict, names: list[str]) -> ArchSpec:
         family = text_family(vlm, vlm.text_config(config))
         text_spec = load_specs().get(family)
         if text_spec is None or text_spec.moe is not None:
-            raise CheckpointError(f"{vlm.model_type}: its text tower is a {family!r}, which is not a dense family of the table",
-                                  hint=f"supported text families: {', '.join(SUPPORTED_FAMILIES)}")  # fmt: skip
+            raise CheckpointError(
+                f"{vlm.model_type}: its text tower is a {family!r}, which is not a dense family of the table",
+                hint=f"supported text families: {', '.join(SUPPORTED_FAMILIES)}",
+            )
         return tower_spec(vlm, text_spec)
     spec = load_specs().get(str(config.get("model_type")))
     return spec if spec is not None else _detect_spec(config, names)

@@ -31,8 +31,10 @@ class VlmSpec(BaseModel):
     def text_config(self, config: dict) -> dict:
         text = config.get("text_config")
         if not isinstance(text, dict):
-            raise CheckpointError(f"a {self.model_type} config.json needs a text_config object",
-                                  hint="re-export the model's config.json with transformers")  # fmt: skip
+            raise CheckpointError(
+                f"a {self.model_type} config.json needs a text_config object",
+                hint="re-export the model's config.json with transformers",
+            )
         return text
 
     def nest(self, config: dict, text: dict, hidden: int | None) -> dict:
@@ -69,5 +71,11 @@ def tower_spec(vlm: VlmSpec, text_spec: ArchSpec) -> ArchSpec:
     p = vlm.prefix
     globals_ = {p + m: r for m, r in text_spec.globals.items()}
     globals_.update({m: PROJECTOR_ROLES[kind] for m, kind in vlm.projector.items()})
-    return text_spec.model_copy(update={"layer_prefix": p + text_spec.layer_prefix, "globals": globals_,
-                                        "other_role": "vision", "wrapper": vlm.model_type})  # fmt: skip
+    return text_spec.model_copy(
+        update={
+            "layer_prefix": p + text_spec.layer_prefix,
+            "globals": globals_,
+            "other_role": "vision",
+            "wrapper": vlm.model_type,
+        }
+    )

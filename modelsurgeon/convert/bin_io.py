@@ -24,12 +24,16 @@ import torch
 
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.dtypes import ST_TO_TORCH, TORCH_TO_ST
+from modelsurgeon.io.layout import shard_groups
 from modelsurgeon.io.reader import read_index
-from modelsurgeon.io.writer import OutTensor, row_blocks, shard_groups
+from modelsurgeon.io.writer import OutTensor, row_blocks
 
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-SAFE_HINT = "re-save the model with save_pretrained() (safetensors) where you trust its code, or ask its publisher for safetensors"
+SAFE_HINT = (
+    "re-save the model with save_pretrained() (safetensors) where you trust its code, or ask its publisher "
+    "for safetensors"
+)
 
 
 def bin_files(path: Path) -> tuple[list[Path], Path | None]:
@@ -60,7 +64,9 @@ def load_state_dict(file: Path) -> dict[str, torch.Tensor]:
             hint=f"only plain state dicts are read (torch.load weights_only=True); {SAFE_HINT}",
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:  # torch's errors for a truncated or corrupt file
-        raise CheckpointError(f"{file}: not a readable PyTorch file ({exc})", hint="re-download or re-export it") from None
+        raise CheckpointError(
+            f"{file}: not a readable PyTorch file ({exc})", hint="re-download or re-export it"
+        ) from None
     _check_flat(file, state)
     return state
 
@@ -74,7 +80,11 @@ def _unpickler_reason(exc: Exception) -> str:
 def _check_flat(file: Path, state: object) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: holds a {type(state).__name__}, not a state dict", hint=SAFE_HINT)
-    bad = [f"{k!r}: {type(v).__name__}" for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    bad = [
+        f"{k!r}: {type(v).__name__}"
+        for k, v in state.items()
+        if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+    ]
     if bad:
         raise CheckpointError(
             f"{file}: not a flat state dict of tensors; {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
@@ -83,8 +93,10 @@ def _check_flat(file: Path, state: object) -> None:
         )
     unknown = sorted({str(v.dtype) for v in state.values() if v.dtype not in TORCH_TO_ST})
     if unknown:
-        raise CheckpointError(f"{file}: tensors of dtype {', '.join(unknown)} have no safetensors equivalent",
-                              hint="cast them to a supported dtype before converting")
+        raise CheckpointError(
+            f"{file}: tensors of dtype {', '.join(unknown)} have no safetensors equivalent",
+            hint="cast them to a supported dtype before converting",
+        )
 
 
 def shared_storage(state: dict[str, torch.Tensor]) -> list[list[str]]:

@@ -19,12 +19,28 @@ from modelsurgeon.convert.options import DTYPE_NAMES, gguf_file, parse_dtype, pa
 from modelsurgeon.convert.safetensors_out import converted_config, out_tensors
 from modelsurgeon.convert.source import Source, open_source
 from modelsurgeon.errors import ConvertError
-from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
-from modelsurgeon.io.writer import atomic_file, shard_groups, shard_names, write_shards
-from modelsurgeon.manifest import ConvertStage, Manifest, extend_lineage, finish_output, now, read_manifest, source_record
-from modelsurgeon.manifest import tool_version
+from modelsurgeon.io.layout import plan_layout, shard_groups
+from modelsurgeon.io.writer import (
+    DEFAULT_MAX_SHARD,
+    OutTensor,
+    atomic_directory,
+    atomic_file,
+    check_free_space,
+    check_output_path,
+    shard_names,
+    write_shards,
+)
+from modelsurgeon.manifest import (
+    ConvertStage,
+    Manifest,
+    extend_lineage,
+    finish_output,
+    now,
+    read_manifest,
+    source_record,
+    tool_version,
+)
 from modelsurgeon.progress import announce_total
-from modelsurgeon.io.layout import plan_layout
 
 MANIFEST_KEY = "modelsurgeon.manifest"  # a single .gguf file's surgeon.json, as a JSON string
 
@@ -77,7 +93,10 @@ class Conversion:
 
 
 def prepare_conversion(
-    model: str | Path, to: str | None = None, dtype: str | None = None, max_shard_size: int = DEFAULT_MAX_SHARD,
+    model: str | Path,
+    to: str | None = None,
+    dtype: str | None = None,
+    max_shard_size: int = DEFAULT_MAX_SHARD,
     out: str | Path | None = None,
 ) -> Conversion:
     """Validate the request and plan the output from the source's headers. `to` None: GGUF when
@@ -124,8 +143,14 @@ def _manifest(conv: Conversion) -> Manifest:
     """MODEL's manifest with this conversion appended to its lineage."""
     src = conv.source
     st_files = src.files if src.format == "safetensors" else None
-    origin = source_record(src.path, st_files, format=src.format, model_type=src.config.get("model_type"),
-                           tensors=len(src.tensors), bytes=src.total_bytes)  # fmt: skip
+    origin = source_record(
+        src.path,
+        st_files,
+        format=src.format,
+        model_type=src.config.get("model_type"),
+        tensors=len(src.tensors),
+        bytes=src.total_bytes,
+    )
     return extend_lineage(read_manifest(src.path), _stage(conv), origin)
 
 

@@ -70,6 +70,7 @@ def _gpt_neox(writer, config: dict, hp) -> None:
     writer.add_parallel_residual(bool(config.get("use_parallel_residual", True)))
 
 
+# hand-laid table: one family per row (fmt: skip below)
 FAMILIES: dict[str, GgufFamily] = {
     # llama.cpp has no separate architecture for dense Mistral models: its converter writes them as llama.
     "llama": GgufFamily("LLAMA", permute_qk=True),

@@ -11,6 +11,7 @@ from modelsurgeon.errors import CheckpointError, ConvertError
 
 ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 # Each GGUF field and the config.json keys it may come from, first match wins (GPT-2 has its own names).
+# hand-laid table: two keys per row (fmt: skip below)
 KEYS = {
     "n_layers": ("num_hidden_layers", "n_layer"), "n_ctx": ("max_position_embeddings", "n_positions"),
     "n_embd": ("hidden_size", "n_embd"), "n_head": ("num_attention_heads", "n_head"),
@@ -50,8 +51,10 @@ def require_gguf():
     try:
         import gguf
     except ImportError as exc:  # not installed, or one of its own imports is missing
-        raise ConvertError(f"GGUF export needs the gguf package, which could not be imported ({exc})",
-                           hint="pip install gguf (the package's 'gguf' extra)") from None
+        raise ConvertError(
+            f"GGUF export needs the gguf package, which could not be imported ({exc})",
+            hint="pip install gguf (the package's 'gguf' extra)",
+        ) from None
     return gguf
 
 
@@ -77,28 +80,42 @@ def read_hparams(config: dict) -> Hparams:
     CheckpointError for a config.json without the sizes the metadata needs."""
     family = str(config.get("model_type"))
     if family not in FAMILIES:
-        raise ConvertError(f"GGUF export does not support model_type {family!r}",
-                           hint=f"supported families: {', '.join(FAMILIES)}")
+        raise ConvertError(
+            f"GGUF export does not support model_type {family!r}", hint=f"supported families: {', '.join(FAMILIES)}"
+        )
     values = {k: _value(config, k) for k in KEYS}
     missing = [KEYS[k][0] for k, v in values.items() if v is None]
     if missing:
-        raise CheckpointError(f"config.json lacks {', '.join(missing)}, needed for the GGUF metadata",
-                              hint="fix or re-export config.json")
+        raise CheckpointError(
+            f"config.json lacks {', '.join(missing)}, needed for the GGUF metadata", hint="fix or re-export config.json"
+        )
     rope = _rope_params(config)
     n_embd, n_head = int(values["n_embd"]), int(values["n_head"])
     head_dim = config.get("head_dim") or n_embd // n_head
     # GPT-2 leaves n_inner unset for its usual 4x MLP.
     n_ff = config.get("intermediate_size") or config.get("n_inner") or 4 * n_embd
     hp = Hparams(
-        family=family, arch=FAMILIES[family].arch, n_layers=int(values["n_layers"]), n_ctx=int(values["n_ctx"]),
-        n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=config.get("num_key_value_heads") or n_head,
-        head_dim=head_dim, head_dim_in_config=config.get("head_dim") is not None, norm_eps=float(values["norm_eps"]),
+        family=family,
+        arch=FAMILIES[family].arch,
+        n_layers=int(values["n_layers"]),
+        n_ctx=int(values["n_ctx"]),
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_head=n_head,
+        n_head_kv=config.get("num_key_value_heads") or n_head,
+        head_dim=head_dim,
+        head_dim_in_config=config.get("head_dim") is not None,
+        norm_eps=float(values["norm_eps"]),
         rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        n_rot=int(_rotary_fraction(config, rope) * head_dim), rope=rope, vocab_size=int(values["vocab_size"]),
-    )  # fmt: skip
+        n_rot=int(_rotary_fraction(config, rope) * head_dim),
+        rope=rope,
+        vocab_size=int(values["vocab_size"]),
+    )
     if hp.spec.rope and hp.rope_type not in ROPE_TYPES:
-        raise ConvertError(f"rope_type {hp.rope_type!r} has no GGUF equivalent that llama.cpp reads",
-                           hint=f"supported rope types: {', '.join(ROPE_TYPES)}")
+        raise ConvertError(
+            f"rope_type {hp.rope_type!r} has no GGUF equivalent that llama.cpp reads",
+            hint=f"supported rope types: {', '.join(ROPE_TYPES)}",
+        )
     return hp
 
 
@@ -118,8 +135,10 @@ def attention_warnings(config: dict, hp: Hparams) -> list[str]:
     warnings = gemma_scale_warning(config, hp)
     window = _sliding_window(config)
     if window is not None and not hp.spec.sliding:
-        warnings.append(f"sliding_window={window} is not in the GGUF: llama.cpp's {hp.arch.lower()} graph attends "
-                        f"to the whole context, so outputs differ from transformers beyond {window} tokens")
+        warnings.append(
+            f"sliding_window={window} is not in the GGUF: llama.cpp's {hp.arch.lower()} graph attends "
+            f"to the whole context, so outputs differ from transformers beyond {window} tokens"
+        )
     return warnings
 
 

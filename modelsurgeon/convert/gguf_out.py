@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from modelsurgeon.convert.gguf_meta import (
-    Hparams, add_hparams, attention_warnings, llama3_rope_factors, read_hparams, require_gguf,
+    Hparams,
+    add_hparams,
+    attention_warnings,
+    llama3_rope_factors,
+    read_hparams,
+    require_gguf,
 )
 from modelsurgeon.convert.gguf_vocab import Vocab, add_vocab, general_name, read_vocab
 from modelsurgeon.convert.source import Source, SourceTensor
@@ -101,11 +106,15 @@ def _tensor(hp: Hparams, tmap, t: SourceTensor, dtype: str) -> GgufTensor | None
         return None
     change, heads = _change(hp, t.name, t.shape)
     if change == PERMUTE and (t.shape[0] % heads or (t.shape[0] // heads) % 2):
-        raise CheckpointError(f"'{t.name}' has {t.shape[0]} rows, not an even number per head for {heads} heads",
-                              hint="config.json's head counts do not match the weights")
+        raise CheckpointError(
+            f"'{t.name}' has {t.shape[0]} rows, not an even number per head for {heads} heads",
+            hint="config.json's head counts do not match the weights",
+        )
     if change == REGROUP and t.shape[0] % (3 * heads):
-        raise CheckpointError(f"'{t.name}' has {t.shape[0]} rows, not 3 x head_dim for each of {heads} heads",
-                              hint="config.json's num_attention_heads does not match the weights")
+        raise CheckpointError(
+            f"'{t.name}' has {t.shape[0]} rows, not 3 x head_dim for each of {heads} heads",
+            hint="config.json's num_attention_heads does not match the weights",
+        )
     shape = tuple(reversed(t.shape)) if change == TRANSPOSE else t.shape
     # llama.cpp keeps norms and biases (1-D) in F32 whatever the file type, as its converter does.
     return GgufTensor(name, t.name, shape, dtype if len(shape) >= 2 else "F32", change, heads)
@@ -128,12 +137,16 @@ def plan_gguf(src: Source, dtype: str | None) -> GgufPlan:
         else:
             tensors.append(out)
     if unmapped:
-        raise ConvertError(f"{len(unmapped)} tensor(s) have no GGUF name for {hp.family}, e.g. {unmapped[:3]}",
-                           hint="the checkpoint has weights llama.cpp's architecture does not know")
+        raise ConvertError(
+            f"{len(unmapped)} tensor(s) have no GGUF name for {hp.family}, e.g. {unmapped[:3]}",
+            hint="the checkpoint has weights llama.cpp's architecture does not know",
+        )
     embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
     if embed is not None and embed.shape[0] != hp.vocab_size:  # llama.cpp sizes the vocabulary by it
-        raise CheckpointError(f"{embed.source} has {embed.shape[0]} rows but config.json says vocab_size={hp.vocab_size}",
-                              hint="fix vocab_size in config.json")
+        raise CheckpointError(
+            f"{embed.source} has {embed.shape[0]} rows but config.json says vocab_size={hp.vocab_size}",
+            hint="fix vocab_size in config.json",
+        )
     if hp.rope_type == "llama3":
         rope_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         factors = tuple(llama3_rope_factors(hp))
@@ -186,8 +199,10 @@ class _Streamed:
             fp.write(block.data.cast("B"))
             written += block.nbytes
         if written != self.nbytes:
-            raise ConvertError(f"wrote {written} bytes for a tensor planned at {self.nbytes}",
-                               hint="this is a bug in modelsurgeon; please report it")
+            raise ConvertError(
+                f"wrote {written} bytes for a tensor planned at {self.nbytes}",
+                hint="this is a bug in modelsurgeon; please report it",
+            )
 
 
 def _changed(value: torch.Tensor, t: GgufTensor, rows: tuple[int, int] | None) -> torch.Tensor:
@@ -216,7 +231,10 @@ def _np_dtype(dtype: str):
 
 
 def write_gguf(
-    file: Path, plan: GgufPlan, src: Source, progress: Callable[[int], None] | None = None,
+    file: Path,
+    plan: GgufPlan,
+    src: Source,
+    progress: Callable[[int], None] | None = None,
     strings: dict[str, str] | None = None,
 ) -> None:
     """Write the planned GGUF file, plus `strings` as extra string keys; one block of one

@@ -76,24 +76,34 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
     does not use (an embedding padded past the vocabulary) become unused [PAD<id>] tokens."""
     file = path / "tokenizer.json"
     if not file.is_file():
-        raise ConvertError(f"{path}: no tokenizer.json; a GGUF file must carry its vocabulary",
-                           hint="copy the model's tokenizer files into MODEL")
+        raise ConvertError(
+            f"{path}: no tokenizer.json; a GGUF file must carry its vocabulary",
+            hint="copy the model's tokenizer files into MODEL",
+        )
     tokenizer = json.loads(file.read_text(encoding="utf-8"))
     _check_byte_level_bpe(file, tokenizer)
     by_id = {i: t for t, i in tokenizer["model"]["vocab"].items()}
     added = {a["id"]: a for a in tokenizer.get("added_tokens", [])}
     by_id.update({i: a["content"] for i, a in added.items()})
     if by_id and max(by_id) >= vocab_size:
-        raise CheckpointError(f"{file} has token id {max(by_id)} but config.json says vocab_size={vocab_size}",
-                              hint="the tokenizer does not belong to these weights, or vocab_size is wrong")
+        raise CheckpointError(
+            f"{file} has token id {max(by_id)} but config.json says vocab_size={vocab_size}",
+            hint="the tokenizer does not belong to these weights, or vocab_size is wrong",
+        )
     tokens, types = [], []
     for i in range(vocab_size):
         token = by_id.get(i)
         tokens.append(token if token is not None else f"[PAD{i}]")
         types.append(_token_type(added.get(i), token) if token is not None else UNUSED)
     pre = pre_tokenizer_name(tokenizer)
-    warnings = () if pre else (f"pre-tokenizer of {file.name} not recognised; tokenizer.ggml.pre is "
-                               f"'{DEFAULT_PRE}', so llama.cpp may split text differently from transformers",)
+    warnings = (
+        ()
+        if pre
+        else (
+            f"pre-tokenizer of {file.name} not recognised; tokenizer.ggml.pre is "
+            f"'{DEFAULT_PRE}', so llama.cpp may split text differently from transformers",
+        )
+    )
     return Vocab(tokens, types, pre or DEFAULT_PRE, warnings)
 
 

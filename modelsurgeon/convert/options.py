@@ -32,4 +32,3 @@ def parse_dtype(name: str | None) -> str | None:
     if canonical_dtype(name) not in DTYPES:
         raise ConvertError(f"unknown dtype {name!r}", hint=f"use one of: {alias_help(DTYPES)}")
     return DTYPES[canonical_dtype(name)]
-

@@ -11,20 +11,22 @@ from functools import partial
 import torch
 
 from modelsurgeon.convert.options import DTYPE_NAMES, target_dtype
-from modelsurgeon.io.dtype_rules import converted_config  # noqa: F401 (re-exported)
 from modelsurgeon.convert.source import Source, SourceTensor
 from modelsurgeon.errors import CheckpointError, ConvertError, SurgeonError
 from modelsurgeon.io.cast import cast_into, fast_cast
-from modelsurgeon.io.st_format import DTYPE_SIZES
+from modelsurgeon.io.dtype_rules import converted_config  # noqa: F401 (re-exported)
 from modelsurgeon.io.dtypes import ST_TO_TORCH
+from modelsurgeon.io.st_format import DTYPE_SIZES
 from modelsurgeon.io.writer import OutTensor, all_finite, row_blocks
 
 
 def _not_finite(name: str, value: torch.Tensor, dtype: str) -> SurgeonError:
     """Say whether a non-finite block came from the input or from the cast overflowing."""
     if value.is_floating_point() and not all_finite(value):
-        return CheckpointError(f"source tensor '{name}' already holds NaN or inf values",
-                          hint="the checkpoint is damaged; fix or re-export it before converting")
+        return CheckpointError(
+            f"source tensor '{name}' already holds NaN or inf values",
+            hint="the checkpoint is damaged; fix or re-export it before converting",
+        )
     peak = float(value.abs().max())
     return ConvertError(
         f"tensor '{name}' overflows {DTYPE_NAMES.get(dtype, dtype)}: its largest magnitude is {peak:.4g}",
@@ -47,8 +49,10 @@ def write_cast(src: Source, t: SourceTensor, dtype: str, fd: int, offset: int) -
         return
     for rows in row_blocks(t.shape):
         cast_rows(src, t.name, dtype, *rows)  # raises for the first block that is not finite
-    raise ConvertError(f"tensor '{t.name}': the fast cast found non-finite values torch does not",
-                       hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+    raise ConvertError(
+        f"tensor '{t.name}': the fast cast found non-finite values torch does not",
+        hint="this is a bug in modelsurgeon; please report it",
+    )
 
 
 def out_tensor(src: Source, t: SourceTensor, dtype: str | None, copy_bytes: bool = True) -> OutTensor:

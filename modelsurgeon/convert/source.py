@@ -15,9 +15,9 @@ import torch
 from modelsurgeon.arch.registry import load_specs
 from modelsurgeon.convert.bin_io import BinReader, BinTensor, bin_files, load_state_dict, same_view, shared_storage
 from modelsurgeon.errors import CheckpointError
+from modelsurgeon.io.dtypes import TORCH_TO_ST
 from modelsurgeon.io.reader import INDEX_NAME, _read_config, open_checkpoint
 from modelsurgeon.io.st_format import DTYPE_SIZES, TensorInfo
-from modelsurgeon.io.dtypes import TORCH_TO_ST
 
 Rows = tuple[int, int] | None
 
@@ -90,10 +90,14 @@ def _drop_tied_head(src: Source, tie: Tie) -> None:
         return
     del src.tensors[tie.lm_head]
     src.dropped.append(tie.lm_head)
-    src.warnings.append(f"{tie.lm_head} not written: config ties it to {tie.embed} (transformers ignores a stored copy)")
+    src.warnings.append(
+        f"{tie.lm_head} not written: config ties it to {tie.embed} (transformers ignores a stored copy)"
+    )
 
 
-def _load_cast(load: Callable[[str, Rows], torch.Tensor], name: str, rows: Rows, dtype: torch.dtype | None) -> torch.Tensor:
+def _load_cast(
+    load: Callable[[str, Rows], torch.Tensor], name: str, rows: Rows, dtype: torch.dtype | None
+) -> torch.Tensor:
     value = load(name, rows)
     return value if dtype is None else value.to(dtype)
 
@@ -117,8 +121,11 @@ def _resolve_shared(file: Path, state: dict[str, torch.Tensor], tie: Tie) -> set
             skip.add(tie.lm_head)
             continue
         how = "as one tensor under several names" if identical else "as different views of one buffer"
-        why = ("config.json does not tie the embeddings" if identical and {tie.embed, tie.lm_head} <= set(group)
-               else "only a tied embedding/LM head pair can be written once")
+        why = (
+            "config.json does not tie the embeddings"
+            if identical and {tie.embed, tie.lm_head} <= set(group)
+            else "only a tied embedding/LM head pair can be written once"
+        )
         raise CheckpointError(
             f"{file}: tensors {', '.join(sorted(group))} share storage {how}; {why}",
             hint="if the model ties these weights, set tie_word_embeddings: true in config.json; otherwise "
@@ -148,7 +155,9 @@ def _open_bin(path: Path) -> Source:
             tensors[name] = SourceTensor(name, dtype, tuple(t.shape))
         del state
     reader = BinReader(files)
-    src = Source(path, "bin", config, tensors, files, lambda n, rows, dtype: reader.load(located[n], rows, dtype), dropped)
+    src = Source(
+        path, "bin", config, tensors, files, lambda n, rows, dtype: reader.load(located[n], rows, dtype), dropped
+    )
     src.warnings += [f"{n} not written: it is the tied {tie.embed} saved under a second name" for n in dropped]
     return src
 

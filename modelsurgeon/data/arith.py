@@ -56,9 +56,10 @@ def check_arith_options(source: str, n: int, min_k: int, max_k: int, seed: int) 
     if n < 1:
         raise DataError(f"{source}: n={n} problems; need at least 1", hint="e.g. n=2000")
     if not 1 <= min_k <= max_k <= MAX_K:
-        raise DataError(f"{source}: chain lengths min_k={min_k}, max_k={max_k} are not within "
-                        f"1 <= min_k <= max_k <= {MAX_K}",
-                        hint=f"k counts operations and each needs its own letter, so at most {MAX_K}")
+        raise DataError(
+            f"{source}: chain lengths min_k={min_k}, max_k={max_k} are not within 1 <= min_k <= max_k <= {MAX_K}",
+            hint=f"k counts operations and each needs its own letter, so at most {MAX_K}",
+        )
 
 
 def _step(rng: random.Random, value: int) -> tuple[str, int, int]:
@@ -120,8 +121,10 @@ def eval_set(ks: list[int], per_k: int, seed: int) -> list[ArithProblem]:
             if len(seen) == per_k:
                 break
         if len(seen) < per_k:
-            raise DataError(f"synthetic:arith eval: found only {len(seen)} distinct problems with k={k}",
-                            hint="ask for fewer problems per chain length")
+            raise DataError(
+                f"synthetic:arith eval: found only {len(seen)} distinct problems with k={k}",
+                hint="ask for fewer problems per chain length",
+            )
     return problems
 
 
@@ -152,8 +155,15 @@ def greedy_replies(model, tokenizer, prompts: list[str], max_new_tokens: int = 8
     device = getattr(model, "device", None)
     if device is not None:
         ids, mask = ids.to(device), mask.to(device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
     replies = []
     for row in out[:, width:].tolist():
         row = row[: row.index(eos)] if eos in row else row
@@ -173,15 +183,19 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            heads = [[eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts[start:start + batch_size]]
-            tails = [[*tokenizer(a, add_special_tokens=False)["input_ids"], eos] for a in answers[start:start + batch_size]]
+            heads = [
+                [eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts[start : start + batch_size]
+            ]
+            tails = [
+                [*tokenizer(a, add_special_tokens=False)["input_ids"], eos] for a in answers[start : start + batch_size]
+            ]
             rows = [h + t for h, t in zip(heads, tails)]
             width = max(map(len, rows))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # right padding: causal, ignored
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
             labels = torch.full_like(ids, -100)
             for i, (h, t) in enumerate(zip(heads, tails)):
-                labels[i, len(h):len(h) + len(t)] = ids[i, len(h):len(h) + len(t)]
+                labels[i, len(h) : len(h) + len(t)] = ids[i, len(h) : len(h) + len(t)]
             if device is not None:
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -191,8 +205,9 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
     return out
 
 
-def exact_match_by_k(model, tokenizer, problems: list[ArithProblem], max_new_tokens: int = 8,
-                     batch_size: int = 32) -> dict[int, float]:
+def exact_match_by_k(
+    model, tokenizer, problems: list[ArithProblem], max_new_tokens: int = 8, batch_size: int = 32
+) -> dict[int, float]:
     """Greedy exact-match accuracy per chain length k (sorted by k), on CPU or the model's device."""
     import torch
 
@@ -204,7 +219,7 @@ def exact_match_by_k(model, tokenizer, problems: list[ArithProblem], max_new_tok
     try:
         with torch.no_grad():
             for start in range(0, len(problems), batch_size):
-                batch = problems[start:start + batch_size]
+                batch = problems[start : start + batch_size]
                 replies = greedy_replies(model, tokenizer, [p.prompt for p in batch], max_new_tokens)
                 correct.update(p.k for p, reply in zip(batch, replies) if reply == p.answer)
     finally:

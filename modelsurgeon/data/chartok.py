@@ -25,8 +25,14 @@ def char_tokenizer(charset: str) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
     tok.decoder = decoders.Fuse()  # characters back into one string, spaces being tokens of their own
     pad, bos, eos, unk = SPECIAL_TOKENS
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos,
-                                   unk_token=unk, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def ascii_tokenizer() -> PreTrainedTokenizerFast:

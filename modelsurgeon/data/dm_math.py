@@ -74,8 +74,10 @@ TEST_SPLITS = ("interpolate", "extrapolate")
 SPLITS = TRAIN_SPLITS + TEST_SPLITS
 TEST_SHARE = 10  # one question in TEST_SHARE is reserved for the test splits
 CACHE_VERSION = 1  # bump when the generation procedure changes, so old caches are not read
-INSTALL = ("pip install mathematics-dataset six absl-py (add --no-deps for mathematics-dataset "
-           "if pip would downgrade sympy; or pip install 'modelsurgeon[dm-math]')")
+INSTALL = (
+    "pip install mathematics-dataset six absl-py (add --no-deps for mathematics-dataset "
+    "if pip would downgrade sympy; or pip install 'modelsurgeon[dm-math]')"
+)
 EXTRAPOLATION = {
     "arithmetic__add_or_sub": "arithmetic__add_or_sub_big",
     "arithmetic__add_sub_multiple": "arithmetic__add_sub_multiple_longer",
@@ -132,6 +134,7 @@ def exact_match(model, tokenizer, problems: list[Problem], batch_size: int = 32)
     """
     import torch
 
+    # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.dm_math)
     from modelsurgeon.data.arith import greedy_replies
 
     longest = max((len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in problems), default=0)
@@ -142,7 +145,7 @@ def exact_match(model, tokenizer, problems: list[Problem], batch_size: int = 32)
     try:
         with torch.no_grad():
             for start in range(0, len(problems), batch_size):
-                batch = problems[start:start + batch_size]
+                batch = problems[start : start + batch_size]
                 replies = greedy_replies(model, tokenizer, [p.prompt for p in batch], longest + 1)
                 right.extend(reply == p.answer for p, reply in zip(batch, replies))
     finally:
@@ -179,8 +182,9 @@ def generate(module: str, split: str, n: int, seed: int, cache_dir: Path | None 
     return [Problem(q, a, module, split) for q, a in pairs]
 
 
-def test_sets(modules: list[str], n_per_module: int, seed: int,
-              cache_dir: Path | None = None) -> dict[str, list[Problem]]:
+def test_sets(
+    modules: list[str], n_per_module: int, seed: int, cache_dir: Path | None = None
+) -> dict[str, list[Problem]]:
     """{"interpolation": [...], "extrapolation": [...]}: `n_per_module` problems of each module in
     each, the extrapolation ones from the module's EXTRAPOLATION counterpart (`Problem.module`
     names the counterpart). None of them is ever a training question (see the module docstring).
@@ -190,12 +194,15 @@ def test_sets(modules: list[str], n_per_module: int, seed: int,
     """
     missing = [m for m in modules if m not in EXTRAPOLATION]
     if missing:
-        raise DataError(f"dm-math test sets: no extrapolation module for {', '.join(missing)}",
-                        hint=f"use modules that have one: {', '.join(EXTRAPOLATION)}")
+        raise DataError(
+            f"dm-math test sets: no extrapolation module for {', '.join(missing)}",
+            hint=f"use modules that have one: {', '.join(EXTRAPOLATION)}",
+        )
     return {
         "interpolation": [p for m in modules for p in generate(m, "interpolate", n_per_module, seed, cache_dir)],
-        "extrapolation": [p for m in modules
-                          for p in generate(EXTRAPOLATION[m], "extrapolate", n_per_module, seed, cache_dir)],
+        "extrapolation": [
+            p for m in modules for p in generate(EXTRAPOLATION[m], "extrapolate", n_per_module, seed, cache_dir)
+        ],
     }
 
 
@@ -226,6 +233,7 @@ def cache_root() -> Path:
 
 # --- the package ------------------------------------------------------------------------------------
 
+
 @cache
 def _package():
     """The package's `modules` and `generate_settings`, importable with current sympy."""
@@ -234,8 +242,9 @@ def _package():
         from mathematics_dataset import generate_settings
         from mathematics_dataset.modules import modules
     except ImportError as exc:
-        raise DataError(f"dm-math needs the mathematics-dataset package, which cannot be imported ({exc})",
-                        hint=INSTALL) from None
+        raise DataError(
+            f"dm-math needs the mathematics-dataset package, which cannot be imported ({exc})", hint=INSTALL
+        ) from None
     return modules, generate_settings
 
 
@@ -265,9 +274,11 @@ def _modules(split: str) -> dict:
 
 def _entropy_fn(level: int, levels: int):
     """The package's `generate._make_entropy_fn`: the level-th of `levels` equal parts of an entropy range."""
+
     def narrow(range_: tuple[float, float]) -> tuple[float, float]:
         low, high = range_
         return low + level / levels * (high - low), low + (level + 1) / levels * (high - low)
+
     return narrow
 
 
@@ -314,8 +325,9 @@ def _draw(module: str, split: str, n: int, seed: int) -> list[tuple[str, str]]:
             pairs.append((question, answer))
             if len(pairs) == n:
                 return pairs
-    raise DataError(f"dm-math:{module}: found only {len(pairs)} distinct {split} problems of {n}",
-                    hint="ask for fewer problems")
+    raise DataError(
+        f"dm-math:{module}: found only {len(pairs)} distinct {split} problems of {n}", hint="ask for fewer problems"
+    )
 
 
 def _sample(make, module: str, settings) -> tuple[str, str]:
@@ -326,15 +338,17 @@ def _sample(make, module: str, settings) -> tuple[str, str]:
         try:
             problem = make()
         except Exception as exc:  # noqa: BLE001 - third-party generator code; any failure is the module's
-            raise DataError(f"dm-math:{module}: the package's generator failed ({type(exc).__name__}: {exc})",
-                            hint=f"this module does not work with numpy {np.__version__} here; "
-                                 "the arithmetic__* modules do") from None
+            raise DataError(
+                f"dm-math:{module}: the package's generator failed ({type(exc).__name__}: {exc})",
+                hint=f"this module does not work with numpy {np.__version__} here; the arithmetic__* modules do",
+            ) from None
         question, answer = str(problem.question), str(problem.answer)
         if len(question) <= settings.MAX_QUESTION_LENGTH and len(answer) <= settings.MAX_ANSWER_LENGTH:
             return question, answer
 
 
 # --- cache -----------------------------------------------------------------------------------------
+
 
 def _cache_file(root: Path, module: str, split: str, seed: int) -> Path:
     try:

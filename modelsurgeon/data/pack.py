@@ -33,9 +33,17 @@ class PackedData:
     stats: dict  # per source: docs, tokens, text rule; totals (JSON-ready)
 
 
-def build_blocks(specs: list[DataSpec], tokenizer, seq_len: int, *, max_tokens: int | None = None,
-                 eval_fraction: float = 0.05, seed: int = 0, text_field: str | None = None,
-                 max_positions: int | None = None) -> PackedData:
+def build_blocks(
+    specs: list[DataSpec],
+    tokenizer,
+    seq_len: int,
+    *,
+    max_tokens: int | None = None,
+    eval_fraction: float = 0.05,
+    seed: int = 0,
+    text_field: str | None = None,
+    max_positions: int | None = None,
+) -> PackedData:
     """Read, mix, tokenize and pack `specs` into train and eval blocks of `seq_len` tokens.
 
     Documents are drawn from the sources at random in proportion to their weights (per document,
@@ -68,20 +76,28 @@ def _check_args(specs, tokenizer, seq_len, max_tokens, eval_fraction, max_positi
     if seq_len < 2:
         raise DataError(f"--seq-len {seq_len}: a block needs at least 2 tokens", hint="use e.g. --seq-len 512")
     if max_positions is not None and seq_len > max_positions:
-        raise DataError(f"--seq-len {seq_len} is larger than the model's maximum positions ({max_positions})",
-                        hint=f"pass --seq-len {max_positions} or less")
+        raise DataError(
+            f"--seq-len {seq_len} is larger than the model's maximum positions ({max_positions})",
+            hint=f"pass --seq-len {max_positions} or less",
+        )
     if not 0 < eval_fraction < 1:
         raise DataError(f"eval fraction {eval_fraction} is not between 0 and 1", hint="use e.g. 0.05")
     if max_tokens is not None and max_tokens < 2 * seq_len:
-        raise DataError(f"--max-tokens {max_tokens} is below {2 * seq_len}, one train and one eval block of {seq_len}",
-                        hint=f"raise --max-tokens to at least {2 * seq_len} or lower --seq-len")
+        raise DataError(
+            f"--max-tokens {max_tokens} is below {2 * seq_len}, one train and one eval block of {seq_len}",
+            hint=f"raise --max-tokens to at least {2 * seq_len} or lower --seq-len",
+        )
     hub = [s.source for s in specs if s.kind == "hf"]
     if hub and max_tokens is None:
-        raise DataError(f"{hub[0]}: a streamed hub dataset needs a token budget, or reading would not end",
-                        hint="pass --max-tokens N (the tokens to read from all --data sources together)")
+        raise DataError(
+            f"{hub[0]}: a streamed hub dataset needs a token budget, or reading would not end",
+            hint="pass --max-tokens N (the tokens to read from all --data sources together)",
+        )
     if getattr(tokenizer, "eos_token_id", None) is None:
-        raise DataError("the tokenizer has no EOS token, which separates packed documents",
-                        hint="set tokenizer.eos_token (e.g. in the model's tokenizer_config.json)")
+        raise DataError(
+            "the tokenizer has no EOS token, which separates packed documents",
+            hint="set tokenizer.eos_token (e.g. in the model's tokenizer_config.json)",
+        )
 
 
 def _mix(streams: list[SourceStream], weights: list[float], seed: int) -> Iterator[tuple[int, str]]:
@@ -95,8 +111,10 @@ def _mix(streams: list[SourceStream], weights: list[float], seed: int) -> Iterat
         doc = next(iters[i], None)
         if doc is None:
             if not found[i]:
-                raise DataError(f"{streams[i].spec.source}: no documents (every record is empty or missing its text)",
-                                hint="check the file and the text field (--text-field), or remove this --data")
+                raise DataError(
+                    f"{streams[i].spec.source}: no documents (every record is empty or missing its text)",
+                    hint="check the file and the text field (--text-field), or remove this --data",
+                )
             active.remove(i)
         elif doc.strip():
             found[i] += 1
@@ -119,8 +137,9 @@ def _encode(batch: list[tuple[int, str]], tokenizer) -> Iterator[tuple[int, list
         return
     # split_special_tokens: an "</s>" written in a document is text, so EOS only ever ends documents
     # verbose=False: documents longer than the model's positions are expected (packing cuts them)
-    rows = tokenizer([text for _, text in batch], add_special_tokens=False, split_special_tokens=True,
-                     verbose=False)["input_ids"]
+    rows = tokenizer([text for _, text in batch], add_special_tokens=False, split_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
     for (owner, _), row in zip(batch, rows):
         yield owner, [*row, tokenizer.eos_token_id]
 
@@ -184,17 +203,27 @@ def _stats(streams, docs, owners, held, train, eval_) -> dict:
     sources = []
     for i, stream in enumerate(streams):
         mine = [j for j, owner in enumerate(owners) if owner == i]
-        sources.append({
-            "source": stream.spec.source, "weight": stream.spec.weight, "docs": len(mine),
-            "tokens": sum(len(docs[j]) for j in mine), "eval_docs": sum(j in held for j in mine),
-            "text": list(stream.rules),
-        })
+        sources.append(
+            {
+                "source": stream.spec.source,
+                "weight": stream.spec.weight,
+                "docs": len(mine),
+                "tokens": sum(len(docs[j]) for j in mine),
+                "eval_docs": sum(j in held for j in mine),
+                "text": list(stream.rules),
+            }
+        )
     tokens = sum(len(d) for d in docs)
     eval_tokens = sum(len(docs[j]) for j in held)
     total = {
-        "docs": len(docs), "tokens": tokens, "train_docs": len(docs) - len(held), "eval_docs": len(held),
-        "train_tokens": tokens - eval_tokens, "eval_tokens": eval_tokens,
-        "train_blocks": train.shape[0], "eval_blocks": eval_.shape[0],
+        "docs": len(docs),
+        "tokens": tokens,
+        "train_docs": len(docs) - len(held),
+        "eval_docs": len(held),
+        "train_tokens": tokens - eval_tokens,
+        "eval_tokens": eval_tokens,
+        "train_blocks": train.shape[0],
+        "eval_blocks": eval_.shape[0],
         "dropped_tokens": tokens - train.numel() - eval_.numel(),  # the two final partial blocks
     }
     return {"sources": sources, "total": total}

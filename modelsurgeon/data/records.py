@@ -59,8 +59,10 @@ def _as_text(record: dict, field: str, source: str) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. numeric answers
-    raise DataError(f"{source}: field {field!r} holds a {type(value).__name__}, not text",
-                    hint="pick a text field with --text-field")
+    raise DataError(
+        f"{source}: field {field!r} holds a {type(value).__name__}, not text",
+        hint="pick a text field with --text-field",
+    )
 
 
 def resolve_rule(fields: list[str], source: str, text_field: str | None = None) -> TextRule:
@@ -72,8 +74,10 @@ def resolve_rule(fields: list[str], source: str, text_field: str | None = None) 
     listed = ", ".join(repr(f) for f in fields) or "(none)"
     if text_field is not None:
         if text_field not in fields:
-            raise DataError(f"{source}: no field {text_field!r} (asked by --text-field); the fields are {listed}",
-                            hint="pass one of the listed fields to --text-field")
+            raise DataError(
+                f"{source}: no field {text_field!r} (asked by --text-field); the fields are {listed}",
+                hint="pass one of the listed fields to --text-field",
+            )
         return TextRule(field=text_field)
     for name in TEXT_FIELDS:
         if name in fields:
@@ -85,5 +89,5 @@ def resolve_rule(fields: list[str], source: str, text_field: str | None = None) 
     raise DataError(
         f"{source}: no text field found; the fields are {listed}",
         hint=f"pass --text-field FIELD, or give the records a {' or '.join(map(repr, TEXT_FIELDS))} field "
-             f"or a question/answer pair such as 'instruction'/'output'",
+        f"or a question/answer pair such as 'instruction'/'output'",
     )

@@ -20,10 +20,12 @@ from modelsurgeon.data.spec import (
 )
 from modelsurgeon.errors import DataError
 
-HUB_HINT = ("download the dataset on a machine with hub access (e.g. `hf download --repo-type dataset "
-            "NAME --local-dir DIR`), copy DIR here and pass it to --data (local files need no hub); or, "
-            "if an earlier non-streamed `datasets.load_dataset(NAME)` left it in this machine's datasets "
-            "cache, set HF_DATASETS_OFFLINE=1 to read it from there")
+HUB_HINT = (
+    "download the dataset on a machine with hub access (e.g. `hf download --repo-type dataset "
+    "NAME --local-dir DIR`), copy DIR here and pass it to --data (local files need no hub); or, "
+    "if an earlier non-streamed `datasets.load_dataset(NAME)` left it in this machine's datasets "
+    "cache, set HF_DATASETS_OFFLINE=1 to read it from there"
+)
 
 
 class SourceStream:
@@ -36,11 +38,13 @@ class SourceStream:
 
     def __iter__(self) -> Iterator[str]:
         if self.spec.kind == "synthetic":
+            # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.sources)
             from modelsurgeon.data.arith import generate
 
             self._note("synthetic:arith prompt + answer")
             yield from (p.text for p in generate(**arith_options(self.spec)))
         elif self.spec.kind == "dm-math":
+            # lazy: import cycle (modelsurgeon.data.dm_math imports modelsurgeon.data.sources)
             from modelsurgeon.data import dm_math
 
             self._note("dm-math question + newline + answer")
@@ -70,13 +74,17 @@ def local_files(spec: DataSpec) -> list[Path]:
     if path.is_file():
         return [path]
     files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in LOCAL_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not files:
-        raise DataError(f"{spec.source}: no data files in this directory",
-                        hint=f"put files ending in {', '.join(LOCAL_SUFFIXES)} in it, or pass a file")
+        raise DataError(
+            f"{spec.source}: no data files in this directory",
+            hint=f"put files ending in {', '.join(LOCAL_SUFFIXES)} in it, or pass a file",
+        )
     return files
 
 
@@ -100,13 +108,15 @@ def _json_field(path: Path) -> str | None:
     try:
         whole = json.loads(path.read_bytes())
     except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})",
-                        hint="fix the file, or save it as JSON lines (.jsonl)") from None
+        raise DataError(
+            f"{path}: not valid JSON ({exc})", hint="fix the file, or save it as JSON lines (.jsonl)"
+        ) from None
     lists = [k for k, v in whole.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
     if len(lists) > 1:
-        raise DataError(f"{path}: several lists of records ({', '.join(map(repr, lists))}); "
-                        "which one is the data is unclear",
-                        hint="keep one list of records in the file, or convert it to JSON lines (.jsonl)")
+        raise DataError(
+            f"{path}: several lists of records ({', '.join(map(repr, lists))}); which one is the data is unclear",
+            hint="keep one list of records in the file, or convert it to JSON lines (.jsonl)",
+        )
     return lists[0] if lists else None  # no list: a single record
 
 
@@ -120,7 +130,9 @@ def _file_records(path: Path) -> Iterator[dict]:
         kwargs["field"] = field
     unreadable = (ValueError, OSError, pyarrow.ArrowException, datasets.exceptions.DatasetsError)
     try:
-        ds = datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=str(path), split="train", streaming=True, **kwargs)
+        ds = datasets.load_dataset(
+            LOCAL_SUFFIXES[suffix], data_files=str(path), split="train", streaming=True, **kwargs
+        )
         for record in ds:
             if suffix == ".txt":  # blank lines around a paragraph belong to the separator
                 record = {"text": record["text"].strip("\n")}
@@ -128,8 +140,10 @@ def _file_records(path: Path) -> Iterator[dict]:
     except StopIteration:  # datasets' json builder, on a file without records, peeks past its end
         return
     except unreadable as exc:
-        raise DataError(f"{path}: cannot be read as {suffix} ({type(exc).__name__}: {exc})",
-                        hint="check that the file is well formed and its suffix matches its format") from None
+        raise DataError(
+            f"{path}: cannot be read as {suffix} ({type(exc).__name__}: {exc})",
+            hint="check that the file is well formed and its suffix matches its format",
+        ) from None
 
 
 def _hub_records(spec: DataSpec) -> Iterator[dict]:
@@ -139,11 +153,15 @@ def _hub_records(spec: DataSpec) -> Iterator[dict]:
     try:
         yield from datasets.load_dataset(name, config, split=split, streaming=True)
     except (ConnectionError, TimeoutError) as exc:
-        raise DataError(f"{spec.source}: could not reach the Hugging Face Hub to load {name!r} ({exc})",
-                        hint=HUB_HINT) from None
+        raise DataError(
+            f"{spec.source}: could not reach the Hugging Face Hub to load {name!r} ({exc})", hint=HUB_HINT
+        ) from None
     except FileNotFoundError as exc:
-        raise DataError(f"{spec.source}: dataset {name!r} was not found on the hub or in the local cache ({exc})",
-                        hint="check the name; " + HUB_HINT) from None
+        raise DataError(
+            f"{spec.source}: dataset {name!r} was not found on the hub or in the local cache ({exc})",
+            hint="check the name; " + HUB_HINT,
+        ) from None
     except ValueError as exc:  # unknown config or split
-        raise DataError(f"{spec.source}: {exc}",
-                        hint="check the config and split: hf:<name>[:<config>][@<split>]") from None
+        raise DataError(
+            f"{spec.source}: {exc}", hint="check the config and split: hf:<name>[:<config>][@<split>]"
+        ) from None

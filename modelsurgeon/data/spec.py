@@ -18,9 +18,12 @@ from modelsurgeon.errors import DataError
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 ARITH_DEFAULTS = {"n": 2000, "min_k": 1, "max_k": 4, "seed": 0}
 DM_MATH_DEFAULTS = {"split": "train", "n": 20000, "seed": 0}
-SPEC_FORMS = ("a local file or directory (.jsonl .json .parquet .csv .txt)",
-              "hf:<name>[:<config>][@<split>]", "synthetic:arith[:k=v,...]",
-              "dm-math:<module>[:<split>][:n=20000,seed=0]")
+SPEC_FORMS = (
+    "a local file or directory (.jsonl .json .parquet .csv .txt)",
+    "hf:<name>[:<config>][@<split>]",
+    "synthetic:arith[:k=v,...]",
+    "dm-math:<module>[:<split>][:n=20000,seed=0]",
+)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -34,7 +37,7 @@ class DataSpec:
 
     @property
     def kind(self) -> str:
-        """"hf", "synthetic", "dm-math" or "local"."""
+        """ "hf", "synthetic", "dm-math" or "local"."""
         if self.source.startswith("hf:"):
             return "hf"
         if self.source.startswith("dm-math:"):
@@ -83,8 +86,10 @@ def _split_weight(text: str) -> tuple[str, float]:
     except ValueError:
         weight = math.nan
     if not source or not math.isfinite(weight) or weight <= 0:
-        raise DataError(f"--data {text!r}: weight {raw!r} is not a positive number",
-                        hint="write SPEC*WEIGHT with a number above 0, e.g. 'math.jsonl*0.3'")
+        raise DataError(
+            f"--data {text!r}: weight {raw!r} is not a positive number",
+            hint="write SPEC*WEIGHT with a number above 0, e.g. 'math.jsonl*0.3'",
+        )
     return source, weight
 
 
@@ -92,24 +97,31 @@ def _check_local(text: str, source: str) -> None:
     path = Path(source).expanduser()
     match = _SCHEME.match(source)
     if match and not path.exists() and len(match.group(1)) > 1:  # "C:" is a drive, not a scheme
-        raise DataError(f"--data {text!r}: unknown scheme {match.group(1)!r}:",
-                        hint=f"use one of: {'; '.join(SPEC_FORMS)}")
+        raise DataError(
+            f"--data {text!r}: unknown scheme {match.group(1)!r}:", hint=f"use one of: {'; '.join(SPEC_FORMS)}"
+        )
     if not path.exists():
-        raise DataError(f"--data {text!r}: no such file or directory {str(path)!r}",
-                        hint="check the path; hub datasets need the prefix 'hf:', e.g. 'hf:open-web-math/open-web-math'")
+        raise DataError(
+            f"--data {text!r}: no such file or directory {str(path)!r}",
+            hint="check the path; hub datasets need the prefix 'hf:', e.g. 'hf:open-web-math/open-web-math'",
+        )
     if path.is_file() and path.suffix.lower() not in LOCAL_SUFFIXES:
-        raise DataError(f"--data {text!r}: unsupported file type {path.suffix or '(none)'!r}",
-                        hint=f"use one of {', '.join(LOCAL_SUFFIXES)} (or a directory holding them)")
+        raise DataError(
+            f"--data {text!r}: unsupported file type {path.suffix or '(none)'!r}",
+            hint=f"use one of {', '.join(LOCAL_SUFFIXES)} (or a directory holding them)",
+        )
 
 
 def hf_parts(spec: DataSpec) -> tuple[str, str | None, str]:
     """(name, config, split) of an `hf:<name>[:<config>][@<split>]` spec; split defaults to "train"."""
-    rest = spec.source[len("hf:"):]
+    rest = spec.source[len("hf:") :]
     rest, _, split = rest.partition("@")
     name, _, config = rest.partition(":")
     if not name or "@" in split or ":" in config or (spec.source.count("@") and not split):
-        raise DataError(f"--data {spec.source!r}: expected hf:<name>[:<config>][@<split>]",
-                        hint="e.g. 'hf:open-web-math/open-web-math' or 'hf:org/name:config@validation'")
+        raise DataError(
+            f"--data {spec.source!r}: expected hf:<name>[:<config>][@<split>]",
+            hint="e.g. 'hf:open-web-math/open-web-math' or 'hf:org/name:config@validation'",
+        )
     return name, config or None, split or "train"
 
 
@@ -117,19 +129,26 @@ def arith_options(spec: DataSpec) -> dict[str, int]:
     """The generator options of `synthetic:arith[:k=v,...]`, defaults filled in and range-checked."""
     head, _, opts = spec.source.partition(":")[2].partition(":")
     if head != "arith":
-        raise DataError(f"--data {spec.source!r}: unknown synthetic generator {head!r}",
-                        hint="the only generator is 'synthetic:arith[:n=2000,min_k=1,max_k=4,seed=0]'")
+        raise DataError(
+            f"--data {spec.source!r}: unknown synthetic generator {head!r}",
+            hint="the only generator is 'synthetic:arith[:n=2000,min_k=1,max_k=4,seed=0]'",
+        )
     options = dict(ARITH_DEFAULTS)
     for item in filter(None, (part.strip() for part in opts.split(","))):
         key, eq, value = item.partition("=")
         if key.strip() not in ARITH_DEFAULTS or not eq:
-            raise DataError(f"--data {spec.source!r}: unknown option {item!r}",
-                            hint=f"options are k=v pairs with k in {', '.join(ARITH_DEFAULTS)}")
+            raise DataError(
+                f"--data {spec.source!r}: unknown option {item!r}",
+                hint=f"options are k=v pairs with k in {', '.join(ARITH_DEFAULTS)}",
+            )
         try:
             options[key.strip()] = int(value)
         except ValueError:
-            raise DataError(f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer",
-                            hint="e.g. 'synthetic:arith:n=500,max_k=6'") from None
+            raise DataError(
+                f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer",
+                hint="e.g. 'synthetic:arith:n=500,max_k=6'",
+            ) from None
+    # lazy: import cycle (modelsurgeon.data.arith imports modelsurgeon.data.spec)
     from modelsurgeon.data.arith import check_arith_options
 
     check_arith_options(spec.source, **options)
@@ -138,7 +157,7 @@ def arith_options(spec: DataSpec) -> dict[str, int]:
 
 def dm_math_options(spec: DataSpec) -> dict:
     """{module, split, n, seed} of `dm-math:<module>[:<split>][:n=..,seed=..]`, defaults filled in and checked."""
-    module, *rest = spec.source[len("dm-math:"):].split(":")
+    module, *rest = spec.source[len("dm-math:") :].split(":")
     options: dict = {"module": module.strip(), **DM_MATH_DEFAULTS}
     form = "e.g. 'dm-math:arithmetic__add_sub_multiple:train-hard:n=5000,seed=1'"
     if not options["module"] or len(rest) > 2 or (len(rest) == 2 and "=" in rest[0]):
@@ -154,12 +173,15 @@ def dm_math_options(spec: DataSpec) -> dict:
             try:
                 options[key.strip()] = int(value)
             except ValueError:
-                raise DataError(f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer",
-                                hint=form) from None
+                raise DataError(
+                    f"--data {spec.source!r}: option {key.strip()}={value!r} is not an integer", hint=form
+                ) from None
     if options["n"] < 1:
         raise DataError(f"--data {spec.source!r}: n={options['n']} problems; need at least 1", hint="e.g. n=20000")
     if options["split"] not in TRAIN_SPLITS:
-        raise DataError(f"--data {spec.source!r}: {options['split']!r} is not a training split",
-                        hint=f"train on one of {', '.join(TRAIN_SPLITS)}; the test splits are for evaluation")
+        raise DataError(
+            f"--data {spec.source!r}: {options['split']!r} is not a training split",
+            hint=f"train on one of {', '.join(TRAIN_SPLITS)}; the test splits are for evaluation",
+        )
     check_module(options["module"], options["split"])
     return options

@@ -13,16 +13,22 @@ from typing import TYPE_CHECKING
 
 from modelsurgeon.arch.layer_keys import sync_layer_keys
 from modelsurgeon.arch.registry import SUPPORTED_FAMILIES, layout_of, resolve_spec, text_config_of
-from modelsurgeon.arch.vlm import vlm_of
 from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.arch.vlm import vlm_of
 from modelsurgeon.errors import CheckpointError, PlanError
 from modelsurgeon.grow.provenance import ConfigCheck, finish_grow
 from modelsurgeon.grow.sources import Source, global_sources, open_sources, splice_problems
 from modelsurgeon.grow.tensor_jobs import output_tensors
 from modelsurgeon.io.layout import ShardLayout, plan_layout
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
-from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_output_path
-from modelsurgeon.io.writer import write_shards
+from modelsurgeon.io.writer import (
+    DEFAULT_MAX_SHARD,
+    OutTensor,
+    atomic_directory,
+    check_free_space,
+    check_output_path,
+    write_shards,
+)
 from modelsurgeon.ops.cast import cast_output
 from modelsurgeon.ops.compile import Compiled, compile_plan
 from modelsurgeon.ops.layermap import Equivalence, LayerMap, identity_map
@@ -83,6 +89,7 @@ class Prepared:
     @property
     def experts(self) -> dict | None:
         """Experts, top-k and total/active parameters of an MoE output (None for dense)."""
+        # lazy: import cycle (modelsurgeon.ops.moe imports modelsurgeon.grow.engine)
         from modelsurgeon.ops.moe import summary
 
         return summary(self.tensors, self.compiled.moe.target, self.config) if self.compiled.moe else None
@@ -132,9 +139,14 @@ def _scaling_problems(spec: ArchSpec, layouts: list[Layout], layer_map: LayerMap
         missing = _missing_branches(spec, present)
         unknown = [s for s in sorted(suffixes) if spec.role_of(s) is None and s not in present]
         if missing:
-            problems.append(f"layer {i} lacks the branch output tensor(s) for {missing} that {spec.model_type} should have")
+            problems.append(
+                f"layer {i} lacks the branch output tensor(s) for {missing} that {spec.model_type} should have"
+            )
         if unknown:
-            problems.append(f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: {unknown}")
+            problems.append(
+                f"layer {i} has tensors the {spec.model_type} table does not know, so scaling it could be wrong: "
+                f"{unknown}"
+            )
     return problems
 
 
@@ -145,8 +157,13 @@ def _missing_branches(spec: ArchSpec, present: dict[str, tuple[str, str]]) -> li
     return [b for b, br in spec.branches.items() if (br.hook or br.module) not in found]
 
 
-def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap, sources: list[Source] | None = None,
-            taken: dict[str, int] | None = None) -> dict[str, int]:  # fmt: skip
+def account(
+    ckpt: Checkpoint,
+    layout: Layout,
+    layer_map: LayerMap,
+    sources: list[Source] | None = None,
+    taken: dict[str, int] | None = None,
+) -> dict[str, int]:
     """Sort every input tensor of MODEL into copied (non-layer), used by an output layer, or
     dropped with a layer the plan leaves out; anything else would vanish silently, so it is an
     error. A splice's tensors from other models are counted apart (replaced: MODEL's non-layer
@@ -156,8 +173,10 @@ def account(ckpt: Checkpoint, layout: Layout, layer_map: LayerMap, sources: list
     dropped = {n for i, layer in enumerate(layout.layers) if i not in used for n in layer.values()}
     lost = set(ckpt.names) - set(layout.others) - in_used - dropped
     if lost:
-        raise CheckpointError(f"{len(lost)} input tensor(s) would not reach the output: {sorted(lost)[:5]}",
-                              hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+        raise CheckpointError(
+            f"{len(lost)} input tensor(s) would not reach the output: {sorted(lost)[:5]}",
+            hint="this is a bug in modelsurgeon; please report it",
+        )
     out = {"copied": len(layout.others), "in_mapped_layers": len(in_used), "dropped_with_layers": len(dropped)}
     replaced = sum(1 for k in (taken or {}).values() if k)
     foreign = {(e.model, e.source) for e in layer_map if e.model}
@@ -181,8 +200,9 @@ def _widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) 
         config[spec.tie_key] = False
 
 
-def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int,
-                   others: list[dict] | None = None) -> tuple[dict, list[str]]:  # fmt: skip
+def rewrite_config(
+    config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: int, others: list[dict] | None = None
+) -> tuple[dict, list[str]]:
     """Set the layer count and remap every per-layer config list through the layer map: the
     table's lists, and any other list with one entry per source layer. A splice's layer from
     another model takes its entry from that model's config (`others[k - 1]` for model k)."""
@@ -190,7 +210,11 @@ def rewrite_config(config: dict, spec: ArchSpec, layer_map: LayerMap, n_source: 
     new[spec.num_layers_key] = len(layer_map)
     keys = [k for k in spec.layer_lists if isinstance(config.get(k), list)]
     if n_source > 1:
-        keys += [k for k, v in config.items() if isinstance(v, list) and len(v) == n_source and k not in keys and k not in NOT_PER_LAYER]
+        keys += [
+            k
+            for k, v in config.items()
+            if isinstance(v, list) and len(v) == n_source and k not in keys and k not in NOT_PER_LAYER
+        ]
     configs = [config, *(others or [])]
     for k in keys:
         if len(config[k]) != n_source:
@@ -206,8 +230,10 @@ def _list_entry(config: dict, key: str, i: int, main: dict) -> object:
     """Entry i of a per-layer list in `config` (another model's lists must cover its layers)."""
     values = config.get(key)
     if config is not main and not (isinstance(values, list) and i < len(values)):
-        raise CheckpointError(f"config.json of another model in the splice has no per-layer '{key}' entry for layer {i}",
-                              hint=f"give every model of a splice the per-layer list '{key}'")  # fmt: skip
+        raise CheckpointError(
+            f"config.json of another model in the splice has no per-layer '{key}' entry for layer {i}",
+            hint=f"give every model of a splice the per-layer list '{key}'",
+        )
     return values[i]
 
 
@@ -218,6 +244,7 @@ def _dims(ckpt: Checkpoint, spec: ArchSpec, layout: Layout) -> Dims | None:
     down = next((n for s, n in layout.layers[0].items() if spec.role_of(s) == "down" and s.endswith(".weight")), None)
     if down is None:
         return None
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import model_dims
 
     shape = ckpt.tensors[down].shape
@@ -239,7 +266,9 @@ def _open_all(loaded: LoadedPlan, model: str | Path) -> tuple[ArchSpec, list[Sou
     return spec, sources, index, wrapper
 
 
-def _check(loaded: LoadedPlan, spec: ArchSpec, sources: list[Source], compiled: Compiled, taken: dict[str, int]) -> None:
+def _check(
+    loaded: LoadedPlan, spec: ArchSpec, sources: list[Source], compiled: Compiled, taken: dict[str, int]
+) -> None:
     """Every problem the headers show, raised at once before anything is written."""
     ckpt, layout = sources[0].ckpt, sources[0].layout
     problems = splice_problems(spec, sources, compiled.layer_map, taken) if len(sources) > 1 else []
@@ -274,8 +303,9 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: in
     if flags and compiled.layer_map != identity_map(layout.num_layers):
         equivalence = "none"
         warnings.append(f"config sets {flags}: layers compute differently at a new index, so moving them is not exact")
-    tensors, untied = output_tensors(sources, spec, compiled.layer_map, compiled.width, loaded.origin, compiled.moe,
-                                     taken)  # fmt: skip
+    tensors, untied = output_tensors(
+        sources, spec, compiled.layer_map, compiled.width, loaded.origin, compiled.moe, taken
+    )
     if compiled.width is not None:
         _widen_config(config, spec, compiled.width, untied)
         if untied:
@@ -288,8 +318,21 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: in
         tensors, config = cast_output(_read_by_source(tensors, sources), config, loaded.dtype, ckpt.load, loaded.origin)
     accounting = account(ckpt, layout, compiled.layer_map, sources, taken)
     shards = plan_layout(tensors, max_shard_size)
-    return Prepared(ckpt, spec, layout, loaded, compiled, tensors, config, remapped, equivalence, accounting, warnings,
-                    shards=shards, sources=sources)  # fmt: skip
+    return Prepared(
+        ckpt,
+        spec,
+        layout,
+        loaded,
+        compiled,
+        tensors,
+        config,
+        remapped,
+        equivalence,
+        accounting,
+        warnings,
+        shards=shards,
+        sources=sources,
+    )
 
 
 def grow(

@@ -13,8 +13,19 @@ from typing import TYPE_CHECKING
 from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import file_sha256, subdirectories, write_json
 from modelsurgeon.io.reader import Checkpoint
-from modelsurgeon.manifest import GrowStage, Manifest, OutputRecord, PlanRecord, SourceRecord, finish_output
-from modelsurgeon.manifest import layer_record, now, read_manifest, source_record, tool_version
+from modelsurgeon.manifest import (
+    GrowStage,
+    Manifest,
+    OutputRecord,
+    PlanRecord,
+    SourceRecord,
+    finish_output,
+    layer_record,
+    now,
+    read_manifest,
+    source_record,
+    tool_version,
+)
 
 if TYPE_CHECKING:
     from modelsurgeon.grow.engine import Prepared
@@ -40,7 +51,9 @@ def validate_config(config: dict, num_layers_key: str, expected_layers: int) -> 
             ) from None
     cfg = cfg.get_text_config()  # a vision-language model's layer count is its text tower's
     if getattr(cfg, num_layers_key, None) != expected_layers:
-        raise CheckpointError(f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}")
+        raise CheckpointError(
+            f"rewritten config reads {num_layers_key}={getattr(cfg, num_layers_key, None)}, expected {expected_layers}"
+        )
     return True
 
 
@@ -51,8 +64,10 @@ def check_layer_count(config: dict, num_layers_key: str, expected_layers: int) -
     json.dumps(config)
     found = config.get(num_layers_key, (config.get("text_config") or {}).get(num_layers_key))
     if found != expected_layers:
-        raise CheckpointError(f"rewritten config reads {num_layers_key}={found}, expected {expected_layers}",
-                              hint="this is a bug in modelsurgeon; please report it")  # fmt: skip
+        raise CheckpointError(
+            f"rewritten config reads {num_layers_key}={found}, expected {expected_layers}",
+            hint="this is a bug in modelsurgeon; please report it",
+        )
     return True
 
 
@@ -87,8 +102,14 @@ class ConfigCheck:
 
 def _record(ckpt: Checkpoint, model_type: str, num_layers: int) -> SourceRecord:
     """A growth input with its fingerprints (config, safetensors headers, index)."""
-    source = source_record(ckpt.path, ckpt.files, model_type=model_type, num_layers=num_layers,
-                           tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
+    source = source_record(
+        ckpt.path,
+        ckpt.files,
+        model_type=model_type,
+        num_layers=num_layers,
+        tensors=len(ckpt.tensors),
+        bytes=ckpt.total_bytes,
+    )
     if ckpt.index_path is not None:
         source = source.model_copy(update={"index_sha256": file_sha256(ckpt.index_path)})
     return source
@@ -101,20 +122,45 @@ def build_manifest(prep: Prepared, shards: int) -> Manifest:
     others = [_record(s.ckpt, prep.spec.model_type, s.layout.num_layers) for s in prep.sources[1:]]
     multi = {"models": others} if others else {}
     layer_map = [layer_record(j, e) for j, e in enumerate(prep.layer_map)]
-    stage = GrowStage(kind="grow", created=now(), plan=prep.loaded.plan.name, equivalence=prep.equivalence,
-                      layers=(prep.layout.num_layers, len(prep.layer_map)), source=source, layer_map=layer_map,
-                      **multi)  # fmt: skip
+    stage = GrowStage(
+        kind="grow",
+        created=now(),
+        plan=prep.loaded.plan.name,
+        equivalence=prep.equivalence,
+        layers=(prep.layout.num_layers, len(prep.layer_map)),
+        source=source,
+        layer_map=layer_map,
+        **multi,
+    )
     previous = read_manifest(ckpt.path)
-    plan = PlanRecord(name=prep.loaded.plan.name, origin=prep.loaded.origin, text=prep.loaded.source_text,
-                      mergekit_translation=prep.loaded.translation)  # fmt: skip
-    output = OutputRecord(tensors=len(prep.tensors), bytes=prep.bytes_out, shards=shards,
-                          num_layers=len(prep.layer_map), params=prep.params_out)  # fmt: skip
+    plan = PlanRecord(
+        name=prep.loaded.plan.name,
+        origin=prep.loaded.origin,
+        text=prep.loaded.source_text,
+        mergekit_translation=prep.loaded.translation,
+    )
+    output = OutputRecord(
+        tensors=len(prep.tensors),
+        bytes=prep.bytes_out,
+        shards=shards,
+        num_layers=len(prep.layer_map),
+        params=prep.params_out,
+    )
     return Manifest(
-        tool="modelsurgeon", version=tool_version(), source=source, plan=plan, steps=list(prep.compiled.steps),
-        equivalence=prep.equivalence, layer_map=layer_map, **multi, config_lists_remapped=prep.remapped_lists,
-        input_tensors=prep.accounting, warnings=prep.warnings, output=output,
+        tool="modelsurgeon",
+        version=tool_version(),
+        source=source,
+        plan=plan,
+        steps=list(prep.compiled.steps),
+        equivalence=prep.equivalence,
+        layer_map=layer_map,
+        **multi,
+        config_lists_remapped=prep.remapped_lists,
+        input_tensors=prep.accounting,
+        warnings=prep.warnings,
+        output=output,
         lineage=[*(previous.lineage if previous else []), stage],
-    )  # fmt: skip
+    )
 
 
 def model_card(prep: Prepared, source_card: str) -> str:
@@ -144,7 +190,9 @@ def finish_grow(prep: Prepared, tmp: Path, check: ConfigCheck) -> None:
     if skipped:  # listed in the manifest's warnings, so found before it is built
         prep.warnings.append(f"sub-directories not copied (they may hold stale weights): {skipped}")
     if not check.result():
-        prep.warnings.append(f"transformers does not know model_type {prep.spec.model_type!r}; config.json not validated")
+        prep.warnings.append(
+            f"transformers does not know model_type {prep.spec.model_type!r}; config.json not validated"
+        )
     card = prep.ckpt.path / "README.md"
     card_text = model_card(prep, card.read_text() if card.is_file() else "")
     manifest = build_manifest(prep, len(list(tmp.glob("*.safetensors"))))

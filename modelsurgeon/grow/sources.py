@@ -58,15 +58,23 @@ def open_sources(plan: Plan, main: Source, spec: ArchSpec, origin: str) -> tuple
         index[key] = len(sources)
         sources.append(Source(key, ckpt, layout))
     if problems:
-        raise PlanError(origin, problems, hint="a model in a plan is a local checkpoint directory (config.json + "
-                        "*.safetensors), relative to the current directory; download hub models first")  # fmt: skip
+        raise PlanError(
+            origin,
+            problems,
+            hint="a model in a plan is a local checkpoint directory (config.json + "
+            "*.safetensors), relative to the current directory; download hub models first",
+        )
     return sources, index
 
 
 def _config_problems(spec: ArchSpec, main: Source, other: Source) -> list[str]:
     keys = list(SHARED_KEYS) + [k for k in spec.config_keys.model_dump().values() if k]
     a, b = main.ckpt.config, other.ckpt.config
-    return [f"model {other.key!r}: config.json {k} = {b.get(k)!r}, MODEL has {a.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return [
+        f"model {other.key!r}: config.json {k} = {b.get(k)!r}, MODEL has {a.get(k)!r}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]
 
 
 def _signature(ckpt: Checkpoint, layer: dict[str, str]) -> dict[str, tuple]:
@@ -82,8 +90,11 @@ def _layer_problem(main: Source, other: Source, i: int) -> str | None:
         return None
     ref = known[min(i, len(known) - 1)]
     missing, extra = sorted(set(ref) - set(sig)), sorted(set(sig) - set(ref))
-    differ = [f"{s} {sig[s][0]}{list(sig[s][1])} (MODEL: {ref[s][0]}{list(ref[s][1])})" for s in sorted(set(sig) & set(ref))
-              if sig[s] != ref[s]]  # fmt: skip
+    differ = [
+        f"{s} {sig[s][0]}{list(sig[s][1])} (MODEL: {ref[s][0]}{list(ref[s][1])})"
+        for s in sorted(set(sig) & set(ref))
+        if sig[s] != ref[s]
+    ]
     parts = ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else []) + differ[:4]
     return f"model {other.key!r} layer {i}: " + "; ".join(parts)
 
@@ -108,8 +119,10 @@ def _global_problems(sources: list[Source], taken: dict[str, int]) -> list[str]:
         if info is None:
             problems.append(f"model {other.key!r} has no tensor {name!r} (MODEL's {name} would be replaced by it)")
         elif (info.dtype, info.shape) != (mine.dtype, mine.shape):
-            problems.append(f"model {other.key!r}: {name} is {info.dtype}{list(info.shape)}, MODEL's is "
-                            f"{mine.dtype}{list(mine.shape)}")  # fmt: skip
+            problems.append(
+                f"model {other.key!r}: {name} is {info.dtype}{list(info.shape)}, MODEL's is "
+                f"{mine.dtype}{list(mine.shape)}"
+            )
     return problems
 
 
@@ -124,7 +137,10 @@ def _tie_problems(spec: ArchSpec, sources: list[Source], taken: dict[str, int]) 
     embed_from = {taken[n] for n in taken if spec.globals.get(n.rsplit(".", 1)[0]) == "embed"}
     head_from = {taken[n] for n in taken if spec.globals.get(n.rsplit(".", 1)[0]) == "final_norm"}
     if embed_from != head_from:
-        return ["MODEL ties its output head to the input embeddings, so embeddings_from and head_from must name the same model"]
+        return [
+            "MODEL ties its output head to the input embeddings, so embeddings_from and head_from must name the "
+            "same model"
+        ]
     return []
 
 
@@ -134,8 +150,10 @@ def splice_problems(spec: ArchSpec, sources: list[Source], layer_map: LayerMap, 
     for other in sources[1:]:
         other_spec = resolve_spec(other.ckpt.config, other.ckpt.names)
         if other_spec.model_type != spec.model_type or other_spec.layer_prefix != spec.layer_prefix:
-            problems.append(f"model {other.key!r} is a {other_spec.model_type}, MODEL a {spec.model_type}: "
-                            "a splice needs one family")  # fmt: skip
+            problems.append(
+                f"model {other.key!r} is a {other_spec.model_type}, MODEL a {spec.model_type}: "
+                "a splice needs one family"
+            )
             continue
         problems += _config_problems(spec, main, other)
     if problems:  # layer-by-layer comparisons only mean something within one family and width

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from modelsurgeon.units import human_bytes, human_count
+from modelsurgeon.units import human_bytes
 
 if TYPE_CHECKING:
     from modelsurgeon.grow.engine import Prepared
@@ -44,11 +44,14 @@ def summary_table(prep: Prepared) -> Table:
     moe = prep.experts
     if moe is not None:
         t.add_row("family", f"{prep.spec.model_type} -> {prep.config['model_type']}")
-        t.add_row("experts", f"{moe['experts']} in each of {moe['moe_layers']} MoE layers, top-{moe['top_k']} per token")
+        t.add_row(
+            "experts", f"{moe['experts']} in each of {moe['moe_layers']} MoE layers, top-{moe['top_k']} per token"
+        )
         t.add_row("params per token", f"{moe['params_active']:,} active of {moe['params_total']:,} total")
     if prep.shards is not None:
         t.add_row("shards", shard_summary(prep.shards))
     if prep.width is not None:
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import tp_degrees
 
         d = prep.width.dst
@@ -62,14 +65,16 @@ def shard_summary(layout: ShardLayout) -> str:
     """How many files, and how much of the output a copy-on-write filesystem can share."""
     n = len(layout.shards)
     how = "each byte-copied run at its source offset" if layout.kind == "aligned" else "packed in order"
-    return (f"{n} file{'s' if n != 1 else ''}, {how}; {100 * layout.share:.0f}% of the bytes "
-            f"({human_bytes(layout.shareable)}) shareable with the source where the filesystem clones (XFS, btrfs)")
+    return (
+        f"{n} file{'s' if n != 1 else ''}, {how}; {100 * layout.share:.0f}% of the bytes "
+        f"({human_bytes(layout.shareable)}) shareable with the source where the filesystem clones (XFS, btrfs)"
+    )
 
 
 def _role(prep: Prepared, name: str) -> str:
     prefix = prep.spec.layer_prefix
     if name.startswith(prefix):
-        suffix = name[len(prefix):].split(".", 1)[1]
+        suffix = name[len(prefix) :].split(".", 1)[1]
         role = prep.spec.role_of(suffix) or suffix
     else:
         role = prep.spec.global_role(name) or name
@@ -91,7 +96,10 @@ def width_table(prep: Prepared) -> Table:
     before = _by_role(prep, ((n, t.shape, t.numel) for n, t in prep.ckpt.tensors.items()))
     after = _by_role(prep, ((t.name, t.shape, t.numel) for t in prep.tensors))
     s, d = prep.width.src, prep.width.dst
-    t = Table(title=f"width: hidden {s.hidden}->{d.hidden}, ffn {s.ffn}->{d.ffn}, heads {s.heads}/{s.kv_heads}->{d.heads}/{d.kv_heads} (q/kv)")
+    t = Table(
+        title=f"width: hidden {s.hidden}->{d.hidden}, ffn {s.ffn}->{d.ffn}, heads "
+        f"{s.heads}/{s.kv_heads}->{d.heads}/{d.kv_heads} (q/kv)"
+    )
     for col in ("tensor class", "shape before", "shape after", "params before", "params after"):
         t.add_column(col, justify="right")
     for role in after:

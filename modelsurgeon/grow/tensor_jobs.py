@@ -54,8 +54,9 @@ def layer_jobs(spec: ArchSpec, sources: list[Source], layer_map: LayerMap) -> li
     return jobs
 
 
-def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
-                taken: dict[str, int] | None = None) -> tuple[list[Job], bool]:  # fmt: skip
+def global_jobs(
+    sources: list[Source], spec: ArchSpec, width: WidthPlan | None, taken: dict[str, int] | None = None
+) -> tuple[list[Job], bool]:
     """Non-layer tensors (each from the source `taken` names, MODEL by default), with the
     tied-embedding rule under width growth; returns (jobs, untied)."""
     ckpt, layout, taken = sources[0].ckpt, sources[0].layout, taken or {}
@@ -63,6 +64,7 @@ def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
     tied = lm_head is not None and lm_head not in ckpt.tensors
     a, c = (1.0, 1.0)
     if width is not None:
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import tied_compensation
 
         a, c = tied_compensation(width, spec)
@@ -85,6 +87,7 @@ def global_jobs(sources: list[Source], spec: ArchSpec, width: WidthPlan | None,
 
 
 def _transform(job: Job, spec: ArchSpec, width: WidthPlan) -> Transform | None:
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import Transform, transform_for
 
     out_map, in_map, split, transposed = transform_for(job.role, job.out.endswith(".bias"), width, spec)
@@ -113,7 +116,10 @@ def _load(ckpt: Checkpoint, name: str, a: int | None, b: int | None) -> torch.Te
 
 def _folded(ckpt: Checkpoint, job: Job) -> OutTensor:
     """A depth-growth tensor: the source with its branch scale folded in, same shape and dtype."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
+
+    # lazy: modelsurgeon.ops.fold imports torch/transformers
     from modelsurgeon.ops.fold import folded_rows
 
     info = ckpt.tensors[job.src]
@@ -130,7 +136,10 @@ def make_tensor(main: Checkpoint, spec: ArchSpec, width: WidthPlan | None, job: 
     t = _transform(job, spec, width) if width is not None else None
     if t is None:
         return OutTensor(job.out, info.dtype, info.shape, info.nbytes, source=info)
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
+
+    # lazy: modelsurgeon.ops.width imports torch/transformers
     from modelsurgeon.ops.width import compute_rows
 
     _check_source_shape(job, t, info.shape)
@@ -159,13 +168,22 @@ def unknown_roles(jobs: list[Job], width: WidthPlan | None, origin: str, spec: A
         return
     unknown = sorted({j.src for j in jobs if j.role is None})
     if unknown:
-        raise PlanError(origin, [f"widen: the {spec.model_type} table has no role for tensor(s) {unknown[:6]}, so they cannot be widened"],
-                        hint="add the module to the family's table in modelsurgeon/arch/specs/")  # fmt: skip
+        raise PlanError(
+            origin,
+            [f"widen: the {spec.model_type} table has no role for tensor(s) {unknown[:6]}, so they cannot be widened"],
+            hint="add the module to the family's table in modelsurgeon/arch/specs/",
+        )
 
 
-def output_tensors(sources: list[Source], spec: ArchSpec, layer_map: LayerMap, width: WidthPlan | None, origin: str,
-                   moe: ExpertGrowth | None = None,
-                   taken: dict[str, int] | None = None) -> tuple[list[OutTensor], bool]:  # fmt: skip
+def output_tensors(
+    sources: list[Source],
+    spec: ArchSpec,
+    layer_map: LayerMap,
+    width: WidthPlan | None,
+    origin: str,
+    moe: ExpertGrowth | None = None,
+    taken: dict[str, int] | None = None,
+) -> tuple[list[OutTensor], bool]:
     """Non-layer tensors first, then each output layer; returns (tensors, untied). `sources`
     holds MODEL first, then a splice's other models, which `layer_map` and `taken` index."""
     ckpt = sources[0].ckpt

@@ -86,8 +86,13 @@ def _start_ticks(pid: int) -> int | None:
 
 def owner_record() -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "boot_id": _boot_id(),
+        "start_ticks": _start_ticks(pid),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def owner_state(owner: dict) -> tuple[bool | None, str]:
@@ -146,8 +151,10 @@ class CleanReport:
         return sum(x.bytes for x in self.removed)
 
     def summary(self) -> str:
-        parts = [f"removed {len(self.removed)} leftover temporary director{'y' if len(self.removed) == 1 else 'ies'}"
-                 f" ({format_bytes(self.freed)} freed)"]  # fmt: skip
+        parts = [
+            f"removed {len(self.removed)} leftover temporary director{'y' if len(self.removed) == 1 else 'ies'}"
+            f" ({format_bytes(self.freed)} freed)"
+        ]
         if self.restored:
             parts.append(f"restored {len(self.restored)} previous output(s) a killed --force left aside")
         if self.kept:

@@ -26,7 +26,9 @@ def converted_config(config: dict, dtype: str | None) -> dict:
     keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]  # old readers know torch_dtype
     return {**config, **{k: name for k in keys}}
 
+
 # Short spellings (mergekit, vLLM, llama.cpp, accelerate) -> the torch names used everywhere else.
+# hand-laid table: aliases grouped by target dtype (fmt: skip below)
 DTYPE_ALIASES = {
     "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
     "fp32": "float32", "f32": "float32", "float": "float32",

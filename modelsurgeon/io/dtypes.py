@@ -2,6 +2,7 @@
 
 import torch
 
+# hand-laid table: dtypes grouped by kind (fmt: skip below)
 TORCH_TO_ST = {
     torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",

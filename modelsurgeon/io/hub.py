@@ -43,8 +43,10 @@ def select_files(repo_files: list[str]) -> list[str]:
     safetensors = [f for f in top if f.endswith((".safetensors", ".safetensors.index.json"))]
     weights = safetensors or [f for f in top if BIN_WEIGHTS.match(f)]
     if not weights:
-        raise CheckpointError(f"no safetensors or .bin weights at the top level of the repository (files: {sorted(top)})",
-                              hint="pass a model repository, or a local checkpoint directory")  # fmt: skip
+        raise CheckpointError(
+            f"no safetensors or .bin weights at the top level of the repository (files: {sorted(top)})",
+            hint="pass a model repository, or a local checkpoint directory",
+        )
     aux = [f for f in top if (f.endswith(".json") and not f.endswith(".index.json")) or AUX_FILES.match(f)]
     return sorted(set(weights) | set(aux))
 
@@ -82,11 +84,15 @@ def _snapshot(text: str, repo: str, revision: str | None) -> Path:
         try:
             files = HfApi().list_repo_files(repo, revision=revision)
         except RevisionNotFoundError:
-            raise CheckpointError(f"{text}: hub model {repo} has no revision {revision!r}",
-                                  hint="use a branch, tag or commit of the repository, or drop @REVISION") from None  # fmt: skip
+            raise CheckpointError(
+                f"{text}: hub model {repo} has no revision {revision!r}",
+                hint="use a branch, tag or commit of the repository, or drop @REVISION",
+            ) from None
         except RepositoryNotFoundError:  # also gated and private repositories without a token
-            raise CheckpointError(f"{text}: no local directory of that name, and the hub has no model {repo} you can access",
-                                  hint="check the name; for a gated or private model log in (`hf auth login`) or set HF_TOKEN") from None  # fmt: skip
+            raise CheckpointError(
+                f"{text}: no local directory of that name, and the hub has no model {repo} you can access",
+                hint="check the name; for a gated or private model log in (`hf auth login`) or set HF_TOKEN",
+            ) from None
         except Exception as exc:  # noqa: BLE001 - no network, proxy, hub down: the cache may still have it
             reason = f"the hub could not be reached ({type(exc).__name__})"
     try:
@@ -98,8 +104,12 @@ def _snapshot(text: str, repo: str, revision: str | None) -> Path:
             f"{text}: not a local directory, and hub model {named} is not in the hub cache "
             f"({constants.HF_HUB_CACHE}) and cannot be downloaded: {reason}",
             hint="download it where the hub is reachable, with the same HF_HOME (`hf download " + repo + "`), or unset "
-            "HF_HUB_OFFLINE; or pass the checkpoint's directory (e.g. ./" + repo.split("/")[1] + " or an absolute path)",
+            "HF_HUB_OFFLINE; or pass the checkpoint's directory (e.g. ./"
+            + repo.split("/")[1]
+            + " or an absolute path)",
         ) from None
     except OSError as exc:  # a download cut short (network, disk): huggingface_hub resumes it on the next run
-        raise CheckpointError(f"{text}: downloading hub model {named} failed ({exc})",
-                              hint="run the command again to resume the download, or pass a local checkpoint directory") from None  # fmt: skip
+        raise CheckpointError(
+            f"{text}: downloading hub model {named} failed ({exc})",
+            hint="run the command again to resume the download, or pass a local checkpoint directory",
+        ) from None

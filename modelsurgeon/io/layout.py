@@ -138,8 +138,10 @@ def _pick(candidates: list[list[tuple[int, OutTensor]]], i: int) -> list[tuple[i
 def source_runs(tensors: list[OutTensor]) -> list[list[tuple[int, OutTensor]]]:
     """Partition the byte copies into runs, each contiguous in one source file in source order;
     items are (output index, tensor). A source tensor used twice lands in two runs."""
-    copies = sorted(((i, t) for i, t in enumerate(tensors) if t.source is not None),
-                    key=lambda it: (str(it[1].source.path), it[1].source.offset, it[1].source.nbytes, it[0]))
+    copies = sorted(
+        ((i, t) for i, t in enumerate(tensors) if t.source is not None),
+        key=lambda it: (str(it[1].source.path), it[1].source.offset, it[1].source.nbytes, it[0]),
+    )
     ends: dict[tuple[Path, int], list[list[tuple[int, OutTensor]]]] = {}
     runs: list[list[tuple[int, OutTensor]]] = []
     for i, t in copies:
@@ -178,8 +180,9 @@ def aligned_layout(tensors: list[OutTensor], max_shard_size: int) -> ShardLayout
         else:
             groups += _split(run, max_shard_size)
     placed = {i for g in groups for i, _ in g}
-    rest = sorted(rest + [(i, t) for i, t in enumerate(tensors) if t.source is None and i not in placed],
-                  key=lambda it: it[0])  # fmt: skip
+    rest = sorted(
+        rest + [(i, t) for i, t in enumerate(tensors) if t.source is None and i not in placed], key=lambda it: it[0]
+    )
     groups.sort(key=lambda g: min(i for i, _ in g))  # shard numbers follow the model's order
     sizes = [sum(t.nbytes for _, t in g) for g in groups]
     tails: list[list[tuple[int, OutTensor]]] = [[] for _ in groups]

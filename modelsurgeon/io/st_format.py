@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modelsurgeon.errors import CheckpointError
 
+# hand-laid table: one row per byte width (fmt: skip below)
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,

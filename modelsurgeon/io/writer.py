@@ -28,7 +28,6 @@ from modelsurgeon.io.layout import (
     Shard,
     ShardLayout,
     plan_layout,
-    shard_groups,
     shard_names,
 )
 from modelsurgeon.io.st_format import TensorInfo
@@ -100,6 +99,7 @@ def all_finite(value: torch.Tensor) -> bool:
 
 def _checked(t: OutTensor, value: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Refuse a computed block whose dtype/shape differ from the plan, or that is not finite."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import TORCH_TO_ST
 
     got = TORCH_TO_ST.get(value.dtype)

@@ -52,6 +52,7 @@ class _Widths:
             raise ValueError("op: widen needs the family's tensor roles, which this model's family lacks in the table")
         if step.noise is not None and self.plan is not None and self.plan.noise is not None:
             raise ValueError("noise: set noise on one widen step only")
+        # lazy: modelsurgeon.ops.width imports torch/transformers
         from modelsurgeon.ops.width import compose_plan, widen_step
 
         new, maps, cls = widen_step(step, self.dims, self.spec)
@@ -69,9 +70,16 @@ def _depth(step, n: int, models: dict[str, tuple[int, int]], sparse: bool) -> Lo
     return local
 
 
-def compile_plan(plan: Plan, n_layers: int, origin: str = "<plan>", spec: ArchSpec | None = None, dims: Dims | None = None,
-                 sparse: tuple[bool, ...] | None = None, config: dict | None = None,
-                 models: dict[str, tuple[int, int]] | None = None) -> Compiled:  # fmt: skip
+def compile_plan(
+    plan: Plan,
+    n_layers: int,
+    origin: str = "<plan>",
+    spec: ArchSpec | None = None,
+    dims: Dims | None = None,
+    sparse: tuple[bool, ...] | None = None,
+    config: dict | None = None,
+    models: dict[str, tuple[int, int]] | None = None,
+) -> Compiled:
     """Raises PlanError with each failing step's location and the valid range. A step that fails
     leaves the model's shape unknown, so later steps are checked only up to the first failure.
     `sparse` (with `config`) marks an MoE source's layers that hold experts; `models` maps each

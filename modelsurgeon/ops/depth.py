@@ -46,7 +46,9 @@ def interpolate(step: Interpolate, n: int) -> Local:
 def stack(step: Stack, n: int) -> Local:
     block = _select(step.layers, n)
     if block != list(range(block[0], block[-1] + 1)):
-        raise ValueError(f"layers: stack needs a contiguous block, got {block}; use {{from: a, to: b}} or {{middle: b}}")
+        raise ValueError(
+            f"layers: stack needs a contiguous block, got {block}; use {{from: a, to: b}} or {{middle: b}}"
+        )
     orig, copy = _copy_scales(step)
     before = [E(i) for i in range(block[0])]
     after = [E(i) for i in range(block[-1] + 1, n)]

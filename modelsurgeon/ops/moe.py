@@ -67,7 +67,9 @@ def start(spec: ArchSpec, sparse: tuple[bool, ...] | None, config: dict) -> Expe
     return ExpertGrowth(spec, spec, sparse, int(config[spec.moe.experts_key(config)]))
 
 
-def apply_step(step: Upcycle | Experts, state: ExpertGrowth | None, spec: ArchSpec, n: int) -> tuple[ExpertGrowth, Equivalence]:
+def apply_step(
+    step: Upcycle | Experts, state: ExpertGrowth | None, spec: ArchSpec, n: int
+) -> tuple[ExpertGrowth, Equivalence]:
     """Fold one MoE step into the state; ValueError('field: ...') when it does not fit."""
     if isinstance(step, Experts):
         if state is None:
@@ -85,7 +87,9 @@ def apply_step(step: Upcycle | Experts, state: ExpertGrowth | None, spec: ArchSp
     except ValueError as exc:
         raise ValueError(f"layers: {exc}") from None
     if len(chosen) < n and target.moe.dense_layers_key is None:
-        raise ValueError(f"layers: {target.model_type} has no dense layers, so every layer must be upcycled (layers: all)")
+        raise ValueError(
+            f"layers: {target.model_type} has no dense layers, so every layer must be upcycled (layers: all)"
+        )
     sparse = tuple(i in chosen for i in range(n))
     return ExpertGrowth(spec, target, sparse, None, upcycle=step), "none" if step.perturbed else "exact"
 
@@ -99,8 +103,12 @@ def upcycle_problems(growth: ExpertGrowth, config: dict, layout: Layout) -> list
         if config.get(key):
             problems.append(f"config.json sets {key}={config[key]!r}, which {t.model_type} cannot express")
     if "layer_types" in t.moe.drop_config and any(k != "full_attention" for k in config.get("layer_types") or []):
-        problems.append(f"config.json layer_types has sliding-window layers; {t.model_type} applies one window to all layers")
-    biased = sorted({s for layer in layout.layers for s in layer if s.endswith(".bias") and growth.source.role_of(s) in FFN_ROLES})
+        problems.append(
+            f"config.json layer_types has sliding-window layers; {t.model_type} applies one window to all layers"
+        )
+    biased = sorted(
+        {s for layer in layout.layers for s in layer if s.endswith(".bias") and growth.source.role_of(s) in FFN_ROLES}
+    )
     if biased:
         problems.append(f"the FFN has biases ({biased[:3]}); {t.model_type} experts have none")
     return problems
@@ -172,7 +180,9 @@ def _upcycled_layer(ckpt, growth: ExpertGrowth, j: int, jobs: list, make: Make) 
         # With a shared expert behind sigmoid(0) = 1/2, the routed experts carry the other half.
         half = (("multiply", 0.5),) if shared and job.role == "down" else ()
         for e in range(growth.experts):
-            expert = replace(job, out=_name(growth, j, t.expert_module(e, by_role[job.role]), job), folds=job.folds + half)
+            expert = replace(
+                job, out=_name(growth, j, t.expert_module(e, by_role[job.role]), job), folds=job.folds + half
+            )
             out.append(_perturbed(ckpt, make(expert), expert, up, f"{j}:{e}") if up.perturbed else make(expert))
         if shared:
             out.append(make(replace(job, out=_name(growth, j, shared[job.role], job))))
@@ -201,6 +211,7 @@ def _copied_experts(ckpt, growth: ExpertGrowth, j: int, jobs: list, make: Make) 
 
 
 def _torch_dtype(dtype: str):
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
 
     return ST_TO_TORCH[dtype]
@@ -219,6 +230,7 @@ def _whole(shape: tuple[int, ...], make_value: Callable) -> Callable:
 
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    # lazy: import cycle (modelsurgeon.io.st_format imports modelsurgeon.ops.moe)
     from modelsurgeon.io.st_format import DTYPE_SIZES
 
     n = DTYPE_SIZES[dtype]
@@ -229,6 +241,7 @@ def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
 
 def _router(name: str, shape: tuple[int, int], dtype: str, init: RouterInit) -> OutTensor:
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import router_weight
 
         return router_weight(init, shape, _torch_dtype(dtype), name)
@@ -242,6 +255,7 @@ def _copied_router(main, job, m: int) -> OutTensor:
     shape = (info.shape[0] * m, *info.shape[1:])
 
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import repeat_rows
 
         return repeat_rows(ckpt.load(job.src), m)
@@ -253,6 +267,7 @@ def _perturbed(ckpt, base: OutTensor, job, up: Upcycle, expert_key: str) -> OutT
     """The expert tensor with Drop-Upcycling and/or noise applied, made whole once."""
 
     def value():
+        # lazy: modelsurgeon.ops.moe_init imports torch/transformers
         from modelsurgeon.ops.moe_init import add_noise, drop_upcycle
 
         x = base.compute(0, base.shape[0]) if base.compute else (job.ckpt or ckpt).load(job.src)
@@ -281,6 +296,10 @@ def summary(tensors: list[OutTensor], spec: ArchSpec, config: dict) -> dict:
                 per_layer[at[0]] = per_layer.get(at[0], 0) + t.numel
     total = sum(t.numel for t in tensors)
     inactive = sum(p * (experts - top_k) for p in per_layer.values())
-    return {"experts": experts, "top_k": top_k, "moe_layers": len(layers), "params_total": total,
-            "params_active": total - inactive}  # fmt: skip
-
+    return {
+        "experts": experts,
+        "top_k": top_k,
+        "moe_layers": len(layers),
+        "params_total": total,
+        "params_active": total - inactive,
+    }

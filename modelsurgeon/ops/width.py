@@ -29,6 +29,7 @@ from modelsurgeon.ops.layermap import Equivalence
 from modelsurgeon.plan.schema import NoiseSpec, Widen, widen_target
 
 # role -> (axis of dim 0 / the output units, axis of dim 1 / the input units, input is a split)
+# hand-laid table: related roles share a row (fmt: skip below)
 ROLE_AXES: dict[str, tuple[str | None, str | None, bool]] = {
     "embed": (None, "hidden", False), "pos_embed": (None, "hidden", False), "lm_head": (None, "hidden", True),
     "q": ("q", "hidden", True), "k": ("kv", "hidden", True), "v": ("kv", "hidden", True),
@@ -83,8 +84,14 @@ def _element_maps(spec: ArchSpec, d: Dims, new: Dims) -> dict[str, AxisMap]:
         qkv = am.blocks(am.replicate(d.heads, new.heads), 3 * hd)
     else:
         qkv = am.concat([(q, d.heads * hd), (kv, d.kv_heads * hd), (kv, d.kv_heads * hd)])
-    return {"hidden": am.replicate(d.hidden, new.hidden), "ffn": ffn, "q": q, "kv": kv, "qkv": qkv,
-            "gate_up": am.concat([(ffn, d.ffn), (ffn, d.ffn)])}  # fmt: skip
+    return {
+        "hidden": am.replicate(d.hidden, new.hidden),
+        "ffn": ffn,
+        "q": q,
+        "kv": kv,
+        "qkv": qkv,
+        "gate_up": am.concat([(ffn, d.ffn), (ffn, d.ffn)]),
+    }
 
 
 def widen_step(step: Widen, d: Dims, spec: ArchSpec) -> tuple[Dims, dict[str, AxisMap], Equivalence]:
@@ -109,7 +116,9 @@ def widen_step(step: Widen, d: Dims, spec: ArchSpec) -> tuple[Dims, dict[str, Ax
     return new, _element_maps(spec, d, new), "exact" if exact else "approx"
 
 
-def compose_plan(plan: WidthPlan | None, src: Dims, new: Dims, maps: dict[str, AxisMap], noise: NoiseSpec | None) -> WidthPlan:
+def compose_plan(
+    plan: WidthPlan | None, src: Dims, new: Dims, maps: dict[str, AxisMap], noise: NoiseSpec | None
+) -> WidthPlan:
     if plan is None:
         return WidthPlan(src, new, maps, noise)
     axes = {k: am.compose(plan.axes[k], maps[k]) for k in maps}
@@ -135,7 +144,9 @@ class Transform:
         return tuple(s if s is not None else src[i] for i, s in enumerate(sizes[: len(src)])) + tuple(src[2:])
 
 
-def transform_for(role: str | None, is_bias: bool, plan: WidthPlan, spec: ArchSpec) -> tuple[AxisMap | None, AxisMap | None, bool, bool]:
+def transform_for(
+    role: str | None, is_bias: bool, plan: WidthPlan, spec: ArchSpec
+) -> tuple[AxisMap | None, AxisMap | None, bool, bool]:
     """(out map, in map, split, transposed) for a tensor of this role under the plan."""
     if role in ("q_norm", "k_norm"):
         axis = ("q" if role == "q_norm" else "kv") if spec.qk_norm == "full" else None

@@ -22,7 +22,7 @@ HINTS = {
     "name": "lower-case letters, digits, '-' and '_', starting with a letter or digit",
     "trim": "an int number of layers, or a percent string such as '25%'",
     "map": "a list of source indices, {from, to} ranges, {layer: i, scale: s, new: zero}, or another model's "
-           "layers: {model: DIR, from: a, to: b} / {model: DIR, layer: i}",
+    "layers: {model: DIR, from: a, to: b} / {model: DIR, layer: i}",
     "model": "the directory of another checkpoint of the same family and widths",
     "embeddings_from": "the directory of the checkpoint whose input embeddings the output takes (default: MODEL)",
     "head_from": "the directory of the checkpoint whose final norm and output head the output takes (default: MODEL)",
@@ -106,13 +106,30 @@ def read_yaml(text: str, origin: str, error: type[PlanError], shape: str, exampl
 
 
 def _field_names() -> set[str]:
+    # lazy: import cycle (modelsurgeon.plan.schema imports modelsurgeon.plan.load)
     from modelsurgeon.plan import schema
 
     names: set[str] = set()
-    for model in (schema.Plan, schema.Interpolate, schema.Stack, schema.Splice, schema.LayerMapStep,
-                  schema.Drop, schema.Widen, schema.NoiseSpec, schema.Upcycle, schema.Experts,
-                  schema.RouterInit, schema.DropSpec, schema.ExpertNoise, schema.MapEntry, schema.ModelRange, schema.Range, schema.Every,
-                  schema.Middle):
+    for model in (
+        schema.Plan,
+        schema.Interpolate,
+        schema.Stack,
+        schema.Splice,
+        schema.LayerMapStep,
+        schema.Drop,
+        schema.Widen,
+        schema.NoiseSpec,
+        schema.Upcycle,
+        schema.Experts,
+        schema.RouterInit,
+        schema.DropSpec,
+        schema.ExpertNoise,
+        schema.MapEntry,
+        schema.ModelRange,
+        schema.Range,
+        schema.Every,
+        schema.Middle,
+    ):
         for fname, info in model.model_fields.items():
             names.add(info.alias or fname)
     return names
@@ -158,9 +175,12 @@ def _shown(value: object) -> str:
 
 def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     """Validate plan YAML text (native or mergekit passthrough)."""
-    data, root = read_yaml(text, origin, PlanError, "name and steps", f"{doc_path('plan-format.md')} and `surgeon plan list`")
+    data, root = read_yaml(
+        text, origin, PlanError, "name and steps", f"{doc_path('plan-format.md')} and `surgeon plan list`"
+    )
     translation = dtype = None
     if "merge_method" in data or "slices" in data:
+        # lazy: import cycle (modelsurgeon.plan.mergekit imports modelsurgeon.plan.load)
         from modelsurgeon.plan.mergekit import output_dtype, translate_mergekit
 
         dtype = output_dtype(data, origin)
@@ -169,7 +189,9 @@ def parse_plan(text: str, origin: str = "<plan>") -> LoadedPlan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(origin, _problems(exc, root), hint=f"see {doc_path('plan-format.md')}; examples: `surgeon plan list`") from None
+        raise PlanError(
+            origin, _problems(exc, root), hint=f"see {doc_path('plan-format.md')}; examples: `surgeon plan list`"
+        ) from None
     return LoadedPlan(plan, text, origin, translation, dtype)
 
 

@@ -99,8 +99,11 @@ def output_dtype(data: dict, origin: str) -> str | None:
         return None
     name = str(data[key]).removeprefix("torch.")
     if name not in DTYPES:
-        raise PlanError(origin, [f"{key}: expected one of {', '.join(DTYPES)}, got {data[key]!r}"],
-                        hint="mergekit writes float32, bfloat16 or float16 checkpoints")
+        raise PlanError(
+            origin,
+            [f"{key}: expected one of {', '.join(DTYPES)}, got {data[key]!r}"],
+            hint="mergekit writes float32, bfloat16 or float16 checkpoints",
+        )
     return name
 
 
@@ -108,7 +111,9 @@ def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
     """Return (native plan data, a human-readable account of the translation)."""
     problems: list[str] = []
     if data.get("merge_method") != "passthrough":
-        problems.append(f"merge_method: only 'passthrough' translates to a growth plan, got {data.get('merge_method')!r}")
+        problems.append(
+            f"merge_method: only 'passthrough' translates to a growth plan, got {data.get('merge_method')!r}"
+        )
     slices = data.get("slices")
     if not isinstance(slices, list) or not slices:
         problems.append("slices: expected a non-empty list of slices")
@@ -118,13 +123,21 @@ def translate_mergekit(data: dict, origin: str) -> tuple[dict, str]:
         problems.append(f"keys {sorted(extra)} have no growth-plan equivalent")
     parts = [_slice_entries(i, sl, problems) for i, sl in enumerate(slices)]
     if problems:
-        raise PlanError(origin, problems, hint="only passthrough configs with one source per slice translate; "
-                        "write a native plan otherwise")  # fmt: skip
+        raise PlanError(
+            origin,
+            problems,
+            hint="only passthrough configs with one source per slice translate; write a native plan otherwise",
+        )
     entries, models = _layer_map(parts)
-    plan = {"name": "mergekit-passthrough", "description": f"translated from {origin}",
-            "steps": [{"op": "layers", "map": entries}]}  # fmt: skip
-    note = (f"translated mergekit passthrough config {origin} (source model {models[0]!r}; the MODEL "
-            f"argument is used) -> layers step with {sum(len(p) for _, p in parts)} output layers: {entries}")
+    plan = {
+        "name": "mergekit-passthrough",
+        "description": f"translated from {origin}",
+        "steps": [{"op": "layers", "map": entries}],
+    }
+    note = (
+        f"translated mergekit passthrough config {origin} (source model {models[0]!r}; the MODEL "
+        f"argument is used) -> layers step with {sum(len(p) for _, p in parts)} output layers: {entries}"
+    )
     if len(models) > 1:
         note += f"; layers from the other models {models[1:]} are read from those directories"
     if parts[-1][0] != models[0]:  # mergekit's final norm and head come from the last slice

@@ -4,9 +4,8 @@ rejected, steps discriminated by `op`."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
-
 import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,8 +33,8 @@ class Middle(_Strict):
     middle: int = Field(ge=1)
 
 
-Selection = Union[Literal["all"], list[int], Range, Every, Middle]
-BranchScale = Union[Literal["split", "sqrt"], float]
+Selection = Literal["all"] | list[int] | Range | Every | Middle
+BranchScale = Literal["split", "sqrt"] | float
 NewInit = Literal["copy", "zero"]
 
 
@@ -70,7 +69,7 @@ class Splice(_Strict):
     """SOLAR depth up-scaling: layers [0, L-trim) followed by [trim, L)."""
 
     op: Literal["splice"]
-    trim: Union[int, str]
+    trim: int | str
 
     @field_validator("trim")
     @classmethod
@@ -113,7 +112,7 @@ class LayerMapStep(_Strict):
     """An explicit output layer list."""
 
     op: Literal["layers"]
-    map: list[Union[int, Range, ModelRange, MapEntry]] = Field(min_length=1)
+    map: list[int | Range | ModelRange | MapEntry] = Field(min_length=1)
 
     @property
     def models(self) -> list[str]:
@@ -147,7 +146,10 @@ SIZE = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
 
 def widen_target(value: int | str, current: int) -> int:
-    """A widen size (hidden, ffn) as a dimension: '2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is itself."""
+    """A widen size (hidden, ffn) as a dimension.
+
+    '2x' -> 2 * current; '1.5x' -> round(1.5 * current); an int is itself.
+    """
     if isinstance(value, int):
         return value
     return round(float(SIZE.match(value).group(1)) * current)
@@ -171,9 +173,9 @@ class Widen(_Strict):
     """Grow width, function-preserving: hidden (tile), ffn (Net2WiderNet), heads (copy heads)."""
 
     op: Literal["widen"]
-    hidden: Union[int, str, None] = None
-    ffn: Union[int, str, None] = None
-    heads: Union[str, None] = None
+    hidden: int | str | None = None
+    ffn: int | str | None = None
+    heads: str | None = None
     noise: NoiseSpec | None = None
 
     _sizes = field_validator("hidden", "ffn", "heads")(_check_size)
@@ -250,7 +252,9 @@ class Experts(_Strict):
     keep_top_k: bool = False
 
 
-Step = Annotated[Union[Interpolate, Stack, Splice, LayerMapStep, Drop, Widen, Upcycle, Experts], Field(discriminator="op")]
+Step = Annotated[
+    Interpolate | Stack | Splice | LayerMapStep | Drop | Widen | Upcycle | Experts, Field(discriminator="op")
+]
 OPS = ("interpolate", "stack", "splice", "layers", "drop", "widen", "upcycle", "experts")
 
 

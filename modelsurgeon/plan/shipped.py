@@ -57,7 +57,11 @@ def _description(path: Path) -> str:
 def list_shipped(kind: str) -> list[Shipped]:
     """Every shipped file of a kind ("plan", "recipe" or "sweep"), sorted by name."""
     folder = _folder(kind)
-    paths = sorted((p for p in folder.glob("*") if p.suffix in _SUFFIXES and p.is_file()), key=lambda p: p.stem) if folder.is_dir() else []
+    paths = (
+        sorted((p for p in folder.glob("*") if p.suffix in _SUFFIXES and p.is_file()), key=lambda p: p.stem)
+        if folder.is_dir()
+        else []
+    )
     return [Shipped(kind, p.stem, p, _description(p)) for p in paths]
 
 
@@ -102,7 +106,9 @@ def shipped_table():
     for kind in KINDS:
         for s in list_shipped(kind):
             t.add_row(kind, s.name, s.description)
-    t.caption = ("use a name where a file is taken: surgeon grow MODEL --plan NAME; surgeon progressive NAME -o DIR. "
-                 f"Plan format: {doc_path('plan-format.md')}")
+    t.caption = (
+        "use a name where a file is taken: surgeon grow MODEL --plan NAME; surgeon progressive NAME -o DIR. "
+        f"Plan format: {doc_path('plan-format.md')}"
+    )
     t.caption_justify = "left"
     return t

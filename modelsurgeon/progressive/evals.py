@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelsurgeon.data import dm_math
+from modelsurgeon.data.arith import answer_nll, eval_set, greedy_replies
 from modelsurgeon.progressive.word_problems import word_problem_rows
 
 PROBLEMS_FILE = "eval_problems.jsonl"
@@ -58,32 +60,50 @@ def _load(model_dir: Path):
 def _arith_rows(model, tokenizer, spec, train_max_k: int | None) -> list[dict]:
     import torch
 
-    from modelsurgeon.data.arith import answer_nll, eval_set, greedy_replies
-
     problems = eval_set(list(range(spec.min_k, spec.max_k + 1)), spec.per_k, spec.seed)
     rows = []
     with torch.no_grad():
         for start in range(0, len(problems), 100):
-            batch = problems[start:start + 100]
+            batch = problems[start : start + 100]
             replies = greedy_replies(model, tokenizer, [p.prompt for p in batch], spec.max_new_tokens)
             nll = answer_nll(model, tokenizer, [p.prompt for p in batch], [p.answer for p in batch])
             for p, reply, loss in zip(batch, replies, nll):
                 test = "interpolation" if train_max_k is None or p.k <= train_max_k else "extrapolation"
-                rows.append({"bench": "arith", "set": test, "id": p.prompt, "answer": p.answer, "reply": reply,
-                             "length": p.k, "module": None, "correct": int(reply == p.answer), "answer_nll": loss})  # fmt: skip
+                rows.append(
+                    {
+                        "bench": "arith",
+                        "set": test,
+                        "id": p.prompt,
+                        "answer": p.answer,
+                        "reply": reply,
+                        "length": p.k,
+                        "module": None,
+                        "correct": int(reply == p.answer),
+                        "answer_nll": loss,
+                    }
+                )
     return rows
 
 
 def _dm_rows(model, tokenizer, spec: DmMathEval) -> list[dict]:
-    from modelsurgeon.data import dm_math
-    from modelsurgeon.data.arith import answer_nll
 
     rows = []
     for test, problems in dm_math.test_sets(list(spec.modules), spec.n_per_module, spec.seed).items():
         right = dm_math.exact_match(model, tokenizer, problems, batch_size=50)  # greedy, cut at newline or EOS
         nll = answer_nll(model, tokenizer, [p.prompt for p in problems], [p.answer for p in problems])
-        rows += [{"bench": "dm_math", "set": test, "id": p.question, "answer": p.answer, "length": dm_math.chain_length(p),
-                  "module": p.module, "correct": int(ok), "answer_nll": loss} for p, ok, loss in zip(problems, right, nll)]  # fmt: skip
+        rows += [
+            {
+                "bench": "dm_math",
+                "set": test,
+                "id": p.question,
+                "answer": p.answer,
+                "length": dm_math.chain_length(p),
+                "module": p.module,
+                "correct": int(ok),
+                "answer_nll": loss,
+            }
+            for p, ok, loss in zip(problems, right, nll)
+        ]
     return rows
 
 

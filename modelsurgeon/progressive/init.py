@@ -9,6 +9,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
+from modelsurgeon.data.arith import arith_tokenizer
+from modelsurgeon.data.chartok import ascii_tokenizer
+from modelsurgeon.io.reader import open_checkpoint
+from modelsurgeon.io.writer import atomic_directory
 from modelsurgeon.progressive.flops import ArchCounts, arch_counts
 
 
@@ -29,12 +33,8 @@ class InitModel(BaseModel):
 
 def load_tokenizer(spec: str, base: Path):
     if spec == "arith":
-        from modelsurgeon.data.arith import arith_tokenizer
-
         return arith_tokenizer()
     if spec == "ascii":
-        from modelsurgeon.data.chartok import ascii_tokenizer
-
         return ascii_tokenizer()
     from transformers import AutoTokenizer
 
@@ -48,8 +48,11 @@ def init_config(init: InitModel, tokenizer):
 
     if init.family not in CONFIG_MAPPING:
         raise ValueError(f"family {init.family!r} is not a transformers model_type")
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     try:
         config = CONFIG_MAPPING[init.family](**{"vocab_size": len(tokenizer), **ids, **init.config_fields})
     except (TypeError, ValueError) as exc:
@@ -78,7 +81,6 @@ def counts_of_config(config) -> ArchCounts:
 
 
 def counts_of_checkpoint(path: Path) -> ArchCounts:
-    from modelsurgeon.io.reader import open_checkpoint
 
     ckpt = open_checkpoint(path)
     spec = resolve_spec(ckpt.config, ckpt.names)
@@ -90,8 +92,6 @@ def build_init(init: InitModel, out: Path, base: Path) -> Path:
     """Write the from-scratch model and its tokenizer to `out` atomically."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from modelsurgeon.io.writer import atomic_directory
 
     tokenizer = load_tokenizer(init.tokenizer, base)
     config = init_config(init, tokenizer)

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import yaml
 
+from modelsurgeon.arch.registry import load_specs
 from modelsurgeon.errors import RecipeError, SurgeonError
+from modelsurgeon.grow.engine import prepare
 from modelsurgeon.io.hub import resolve_model
+from modelsurgeon.ops.compile import compile_plan
+from modelsurgeon.plan.load import load_plan, parse_plan
+from modelsurgeon.plan.schema import Widen
+from modelsurgeon.plan.selection import resolve_selection
 from modelsurgeon.progressive.flops import ArchCounts, StageFlops, stage_flops
 from modelsurgeon.progressive.init import InitModel, counts_of_checkpoint, counts_of_config, init_config, load_tokenizer
 from modelsurgeon.progressive.recipe import Baseline, LoadedRecipe, Stage
+from modelsurgeon.train.options import make_options
 
 
 @dataclass
@@ -87,7 +94,6 @@ def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None
 
 
 def _options(fields: dict, where: str, problems: list[str]):
-    from modelsurgeon.train.options import make_options
 
     try:
         return make_options(**fields)
@@ -118,28 +124,42 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
     trained = None
     if options.train_method.layers == "new":
         if prev is None or prev.kind != "grow":
-            problems.append(f"{where}: method {options.method} trains the layers a growth added; put it right after a grow stage")
+            problems.append(
+                f"{where}: method {options.method} trains the layers a growth added; put it right after a grow stage"
+            )
             return None
         trained = prev.new_layers
     elif options.layers is not None:
-        from modelsurgeon.plan.selection import resolve_selection
-
         try:
             trained = len(resolve_selection(options.layers, counts.n_layers))
         except ValueError as exc:
             problems.append(f"{where}: layers: {exc}")
     if options.train_method.adapter and r.init is not None and not any(s.kind == "train" for s in plan.stages):
-        problems.append(f"{where}: the start model is randomly initialised, so its first train stage must be method full (not {options.method})")
+        problems.append(
+            f"{where}: the start model is randomly initialised, so its first train stage must be method full (not "
+            f"{options.method})"
+        )
     if options.ramp_new is not None and (prev is None or prev.kind != "grow"):
         problems.append(f"{where}: ramp_new fades in the layers a growth added; put the stage right after a grow stage")
     if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
-        problems.append(f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that follows a train stage")
+        problems.append(
+            f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that "
+            f"follows a train stage"
+        )
     seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:
         problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
+
     def cost(steps: int):
-        return stage_flops(counts, steps * options.tokens_per_step(seq_len), seq_len, options.method,
-                           lora_r=options.lora_r, lora_targets=lora_targets(options, counts), trained_layers=trained)  # fmt: skip
+        return stage_flops(
+            counts,
+            steps * options.tokens_per_step(seq_len),
+            seq_len,
+            options.method,
+            lora_r=options.lora_r,
+            lora_targets=lora_targets(options, counts),
+            trained_layers=trained,
+        )
 
     steps = options.total_steps(seq_len)
     if stage.train.flops is not None:
@@ -152,11 +172,6 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
-    from modelsurgeon.arch.registry import load_specs
-    from modelsurgeon.grow.engine import prepare
-    from modelsurgeon.ops.compile import compile_plan
-    from modelsurgeon.plan.load import load_plan, parse_plan
-    from modelsurgeon.plan.schema import Widen
 
     loaded, r = plan.loaded, plan.loaded.recipe
     where = loaded.where("stages", i, "grow")
@@ -165,9 +180,13 @@ def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: 
         if g.plan is not None:
             lp = load_plan(g.plan)
         else:
-            lp = parse_plan(yaml.safe_dump({"name": f"stage-{i + 1:02d}", **g.model_extra}), f"{loaded.origin}: stages[{i}].grow")
+            lp = parse_plan(
+                yaml.safe_dump({"name": f"stage-{i + 1:02d}", **g.model_extra}), f"{loaded.origin}: stages[{i}].grow"
+            )
         if any(isinstance(s, Widen) for s in lp.plan.steps):
-            problems.append(f"{where}: recipes grow depth only (FLOPs assume layers keep their shape); remove the widen step")
+            problems.append(
+                f"{where}: recipes grow depth only (FLOPs assume layers keep their shape); remove the widen step"
+            )
             return None
         first_grow = not any(s.kind == "grow" for s in plan.stages)
         if first_grow and r.start is not None and not plan.stages:
@@ -193,13 +212,17 @@ def _baseline(plan: RecipePlan, b: Baseline, i: int, problems: list[str]) -> Pla
         config = init_config(init, load_tokenizer(init.tokenizer, Path.cwd()))
         counts = counts_of_config(config)
     except (ValueError, OSError) as exc:
-        problems.append(f"{where}.init: {exc} (a baseline is built from scratch: give init fields over the recipe's init)")
+        problems.append(
+            f"{where}.init: {exc} (a baseline is built from scratch: give init fields over the recipe's init)"
+        )
         return None
     fixed = [k for k in ("steps", "tokens") if k in b.train]
     if fixed:
         problems.append(f"{where}.train: {'/'.join(fixed)} is set by match: {b.match}; remove it")
         return None
-    options = _options({**r.defaults, "data": r.data, "method": "full", **b.train, "steps": 1}, f"{where}.train", problems)
+    options = _options(
+        {**r.defaults, "data": r.data, "method": "full", **b.train, "steps": 1}, f"{where}.train", problems
+    )
     if options is None:
         return None
     if options.method != "full":
@@ -209,9 +232,11 @@ def _baseline(plan: RecipePlan, b: Baseline, i: int, problems: list[str]) -> Pla
     per_step = stage_flops(counts, options.tokens_per_step(seq_len), seq_len, "full").total
     steps = match_steps(b.match, plan.total_flops, plan.total_tokens, per_step, options.tokens_per_step(seq_len))
     if steps < 1:
-        problems.append(f"{where}: cannot be FLOP-matched: the progressive run's {plan.total_flops:.3g} planned FLOPs "
-                        f"buy less than one {per_step:.3g}-FLOP step of this {counts.n_layers}-layer baseline "
-                        f"[hint: lengthen the stages, or shrink the baseline's batch_size/seq_len]")  # fmt: skip
+        problems.append(
+            f"{where}: cannot be FLOP-matched: the progressive run's {plan.total_flops:.3g} planned FLOPs "
+            f"buy less than one {per_step:.3g}-FLOP step of this {counts.n_layers}-layer baseline "
+            f"[hint: lengthen the stages, or shrink the baseline's batch_size/seq_len]"
+        )
         return None
     return PlannedBaseline(b, init, counts, options.model_copy(update={"steps": steps}), seq_len, per_step)
 
@@ -233,7 +258,11 @@ def plan_recipe(loaded: LoadedRecipe) -> RecipePlan:
     for i, stage in enumerate(loaded.recipe.stages):
         prev = plan.stages[-1] if plan.stages else None
         current = plan.final_counts
-        planned = _train(plan, stage, i, current, prev, problems) if stage.kind == "train" else _grow(plan, stage, i, current, problems)
+        planned = (
+            _train(plan, stage, i, current, prev, problems)
+            if stage.kind == "train"
+            else _grow(plan, stage, i, current, problems)
+        )
         if planned is None and stage.kind == "grow":
             break  # later stages depend on the layer count this one would have produced
         if planned is not None:

@@ -56,8 +56,13 @@ def accuracy_by_k(runs: dict[str, dict], train_max_k: int | None, path: Path) ->
             ks = sorted(int(k) for k in acc)
             ax.plot(ks, [acc[str(k)]["accuracy"] for k in ks], "o-", label=name)
     if train_max_k is not None:
-        ax.axvspan(train_max_k + 0.5, max(ax.get_xlim()[1], train_max_k + 1), color="orange", alpha=0.12,
-                   label=f"longer than training (k > {train_max_k})")  # fmt: skip
+        ax.axvspan(
+            train_max_k + 0.5,
+            max(ax.get_xlim()[1], train_max_k + 1),
+            color="orange",
+            alpha=0.12,
+            label=f"longer than training (k > {train_max_k})",
+        )
     ax.set_ylim(-0.02, 1.02)
     _save(fig, ax, path, "chain length k", "exact-match accuracy", "Accuracy by chain length (final models)")
     plt.close(fig)
@@ -96,7 +101,12 @@ def grad_norms(runs: dict[str, list[dict]], growth_steps: list[int], path: Path)
         for layer in range(n):
             pts = [(r["step"], r["norms"][layer]) for r in rows if layer < len(r["norms"]) and r["norms"][layer] > 0]
             if pts:
-                ax.plot(*zip(*pts), lw=0.9, color=cmap(layer / max(n - 1, 1)), label=f"layer {layer}" if layer in (0, n - 1) else None)
+                ax.plot(
+                    *zip(*pts),
+                    lw=0.9,
+                    color=cmap(layer / max(n - 1, 1)),
+                    label=f"layer {layer}" if layer in (0, n - 1) else None,
+                )
         if name == "progressive":
             _growth_lines(ax, growth_steps)
         ax.set_yscale("log")

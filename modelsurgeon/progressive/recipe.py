@@ -49,7 +49,8 @@ LR_POLICIES: dict[str, dict] = {
 }
 RECIPE_HINTS = {
     "stages": "each stage is `train: {...}` (train-stage options) or `grow: {...}` (a plan or plan: FILE)",
-    "trigger": "a list of {steps: N} | {tokens: N} | {plateau: {window, min_rel_improvement, patience}} | {du_token_rule: {}}",
+    "trigger": "a list of {steps: N} | {tokens: N} | {plateau: {window, min_rel_improvement, patience}} "
+    "| {du_token_rule: {}}",
     "match": "flops (same training FLOPs as the whole progressive run) or tokens",
     "lr_policy": "rewarm | keep_peak | wsd",
 }
@@ -171,11 +172,15 @@ def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
 
 def parse_recipe(text: str, origin: str = "<recipe>") -> LoadedRecipe:
     """Validate recipe YAML text against the schema (no files or models are read yet)."""
-    data, root = read_yaml(text, origin, RecipeError, "name, data and stages", f"{doc_path('progressive.md')} and `surgeon plan list`")
+    data, root = read_yaml(
+        text, origin, RecipeError, "name, data and stages", f"{doc_path('progressive.md')} and `surgeon plan list`"
+    )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(origin, _problems(exc, root), hint=f"see {doc_path('progressive.md')}; examples: `surgeon plan list`") from None
+        raise RecipeError(
+            origin, _problems(exc, root), hint=f"see {doc_path('progressive.md')}; examples: `surgeon plan list`"
+        ) from None
     return LoadedRecipe(recipe, text, origin, root)
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from modelsurgeon.data.spec import arith_options, parse_data_spec
 from modelsurgeon.progressive import plots
 from modelsurgeon.progressive.monitor import read_jsonl
 from modelsurgeon.progressive.planning import RecipePlan
@@ -17,7 +18,6 @@ PLOTS = ("loss_vs_flops.png", "accuracy_by_k.png", "params_over_time.png", "grad
 
 def train_max_k(data: list[str]) -> int | None:
     """The longest chain in the training data (synthetic:arith specs), or None."""
-    from modelsurgeon.data.spec import arith_options, parse_data_spec
 
     ks = [arith_options(s)["max_k"] for s in map(parse_data_spec, data) if s.source.startswith("synthetic:arith")]
     return max(ks) if ks else None
@@ -39,12 +39,18 @@ def _run_summary(records: list[dict], k_max: int | None) -> dict:
     short = _mean_acc(acc, lambda k: k_max is None or k <= k_max)
     long = _mean_acc(acc, lambda k: k_max is not None and k > k_max)
     return {
-        "flops": sum(r["flops"] for r in records), "tokens": sum(r["tokens"] for r in records),
-        "wall_s": round(sum(r["wall_s"] for r in records), 2), "layers": records[-1]["layers"] if records else 0,
+        "flops": sum(r["flops"] for r in records),
+        "tokens": sum(r["tokens"] for r in records),
+        "wall_s": round(sum(r["wall_s"] for r in records), 2),
+        "layers": records[-1]["layers"] if records else 0,
         "params": records[-1]["params"] if records else 0,
-        "final_train_loss": last.get("final_train_loss"), "final_eval_loss": last.get("final_eval_loss"),
-        "accuracy_by_k": acc, "accuracy_trained_k": short, "accuracy_longer_k": long, "tests": last.get("tests") or {},
-    }  # fmt: skip
+        "final_train_loss": last.get("final_train_loss"),
+        "final_eval_loss": last.get("final_eval_loss"),
+        "accuracy_by_k": acc,
+        "accuracy_trained_k": short,
+        "accuracy_longer_k": long,
+        "tests": last.get("tests") or {},
+    }
 
 
 def _compare(name: str, a: dict | None, b: dict | None, what: str) -> str:
@@ -58,7 +64,10 @@ def _compare(name: str, a: dict | None, b: dict | None, what: str) -> str:
     elif abs(diff) <= 2 * se:
         side = f"the difference ({diff:+.3f}) is within two standard errors ({2 * se:.3f}): not resolved by this eval"
     else:
-        side = f"{'progressive' if diff > 0 else name} is higher by {abs(diff):.3f} (more than two standard errors, {2 * se:.3f})"
+        side = (
+            f"{'progressive' if diff > 0 else name} is higher by {abs(diff):.3f} (more than two standard "
+            f"errors, {2 * se:.3f})"
+        )
     return f"exact-match accuracy on {what}: progressive {a[0]:.3f} vs {name} {b[0]:.3f} (n = {a[1]} / {b[1]}); {side}."
 
 
@@ -68,12 +77,20 @@ def verdict(runs: dict[str, dict], k_max: int | None) -> list[str]:
     for name, b in runs.items():
         if name == "progressive":
             continue
-        parts = [f"**{name}** ({b['layers']} layers, {b['flops']:.3g} FLOPs = {b['flops'] / max(p['flops'], 1):.3f}x the progressive run's {p['flops']:.3g}):"]
+        parts = [
+            f"**{name}** ({b['layers']} layers, {b['flops']:.3g} FLOPs = {b['flops'] / max(p['flops'], 1):.3f}x "
+            f"the progressive run's {p['flops']:.3g}):"
+        ]
         if p["final_eval_loss"] is not None and b["final_eval_loss"] is not None:
             d = p["final_eval_loss"] - b["final_eval_loss"]
             who = "equal" if d == 0 else ("lower for progressive" if d < 0 else f"lower for {name}")
-            parts.append(f"final eval loss progressive {p['final_eval_loss']:.4f} vs {name} {b['final_eval_loss']:.4f} ({who}, by {abs(d):.4f}).")
-        parts.append(_compare(name, p["accuracy_trained_k"], b["accuracy_trained_k"], f"trained chain lengths (k <= {k_max})"))
+            parts.append(
+                f"final eval loss progressive {p['final_eval_loss']:.4f} vs {name} {b['final_eval_loss']:.4f} "
+                f"({who}, by {abs(d):.4f})."
+            )
+        parts.append(
+            _compare(name, p["accuracy_trained_k"], b["accuracy_trained_k"], f"trained chain lengths (k <= {k_max})")
+        )
         parts.append(_compare(name, p["accuracy_longer_k"], b["accuracy_longer_k"], f"longer chains (k > {k_max})"))
         lines.append(" ".join(x for x in parts if x))
     return lines or ["No baseline in this recipe, so there is no comparison at equal compute."]
@@ -115,7 +132,9 @@ def _cumulate(records: list[dict]) -> list[dict]:
         extra = {}
         if r["kind"] == "train":
             rows = read_jsonl(Path(r["model"]) / "metrics.jsonl")
-            extra["initial_eval_loss"] = next((x["eval_loss"] for x in rows if x["step"] == 0 and "eval_loss" in x), None)
+            extra["initial_eval_loss"] = next(
+                (x["eval_loss"] for x in rows if x["step"] == 0 and "eval_loss" in x), None
+            )
         out.append({**r, **extra, "cum_flops": total})
     return out
 
@@ -132,13 +151,19 @@ def write_report(run_dir: Path, plan: RecipePlan, records: list[dict], baselines
     plots.accuracy_by_k({n: v["accuracy_by_k"] for n, v in runs.items()}, k_max, run_dir / PLOTS[1])
     plots.params_over_time(records, {n: b[0] for n, b in base.items()}, run_dir / PLOTS[2])
     grads, growth_steps = _grad_rows(records)
-    plots.grad_norms({"progressive": grads, **{n: _grad_rows(b)[0] for n, b in base.items()}}, growth_steps, run_dir / PLOTS[3])
+    plots.grad_norms(
+        {"progressive": grads, **{n: _grad_rows(b)[0] for n, b in base.items()}}, growth_steps, run_dir / PLOTS[3]
+    )
     summary = {
-        "recipe": r.name, "recipe_file": plan.loaded.origin, "train_max_k": k_max,
+        "recipe": r.name,
+        "recipe_file": plan.loaded.origin,
+        "train_max_k": k_max,
         "stages": [_portable(s, run_dir) for s in records],
         "baselines": {n: _portable(b[0], run_dir) for n, b in base.items()},
-        "runs": runs, "verdict": verdict(runs, k_max), "plots": list(PLOTS),
-    }  # fmt: skip
+        "runs": runs,
+        "verdict": verdict(runs, k_max),
+        "plots": list(PLOTS),
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.md").write_text(render(summary, plan, str(run_dir)))
     return summary

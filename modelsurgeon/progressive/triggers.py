@@ -51,7 +51,9 @@ class Trigger(_Strict):
     def _one(self) -> Trigger:
         chosen = [k for k in type(self).model_fields if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError(f"a trigger sets exactly one of steps, tokens, plateau, du_token_rule (got {chosen or 'none'})")
+            raise ValueError(
+                f"a trigger sets exactly one of steps, tokens, plateau, du_token_rule (got {chosen or 'none'})"
+            )
         return self
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelsurgeon.errors import DataError
+
 BENCH = "word_problems"
 TEST_SET = "heldout"
 PROMPT = "Question: {question}\nAnswer:"
@@ -44,20 +46,22 @@ class WordProblemEval(BaseModel):
 
 def read_problems(spec: WordProblemEval) -> list[dict]:
     """The problems, in file order (the first `limit`); a clear error names a bad line."""
-    from modelsurgeon.errors import DataError
 
     path = Path(spec.path)
     if not path.is_file():
-        raise DataError(f"word problems file {path} not found",
-                        hint="build it with: python scripts/make_handbook_data.py --out DIR")  # fmt: skip
+        raise DataError(
+            f"word problems file {path} not found", hint="build it with: python scripts/make_handbook_data.py --out DIR"
+        )
     problems = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         row = json.loads(line)
         if not {"id", "question", "answer"} <= set(row) or numeric(str(row["answer"])) is None:
-            raise DataError(f"{path}:{n}: expected {{id, question, answer}} with a numeric answer, got keys {sorted(row)}",
-                            hint="one JSON object per line, e.g. {\"id\": \"gsm-0\", \"question\": \"...\", \"answer\": \"18\"}")  # fmt: skip
+            raise DataError(
+                f"{path}:{n}: expected {{id, question, answer}} with a numeric answer, got keys {sorted(row)}",
+                hint='one JSON object per line, e.g. {"id": "gsm-0", "question": "...", "answer": "18"}',
+            )
         problems.append(row)
     return problems[: spec.limit] if spec.limit else problems
 
@@ -111,9 +115,16 @@ def _replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # left padding: replies start together
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             num_beams=1, pad_token_id=pad, eos_token_id=eos,
-                             stopping_criteria=StoppingCriteriaList([_stopper(tokenizer, width)]))  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            stopping_criteria=StoppingCriteriaList([_stopper(tokenizer, width)]),
+        )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [t.split("\n\n", 1)[0].strip() for t in texts]
 
@@ -123,9 +134,19 @@ def word_problem_rows(model, tokenizer, spec: WordProblemEval) -> list[dict]:
     problems = read_problems(spec)
     rows = []
     for start in range(0, len(problems), spec.batch_size):
-        batch = problems[start:start + spec.batch_size]
+        batch = problems[start : start + spec.batch_size]
         prompts = [PROMPT.format(question=p["question"].strip()) for p in batch]
         for p, reply in zip(batch, _replies(model, tokenizer, prompts, spec.max_new_tokens)):
-            rows.append({"bench": BENCH, "set": TEST_SET, "id": str(p["id"]), "answer": str(p["answer"]), "reply": reply,
-                         "length": None, "module": None, "correct": int(is_correct(reply, p["answer"]))})  # fmt: skip
+            rows.append(
+                {
+                    "bench": BENCH,
+                    "set": TEST_SET,
+                    "id": str(p["id"]),
+                    "answer": str(p["answer"]),
+                    "reply": reply,
+                    "length": None,
+                    "module": None,
+                    "correct": int(is_correct(reply, p["answer"])),
+                }
+            )
     return rows

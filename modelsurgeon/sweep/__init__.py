@@ -3,8 +3,11 @@ commands to run it anywhere (`--emit-commands`, `sweep report`)."""
 
 from importlib import import_module
 
-_API = {"run_sweep": ("execute", "run_sweep"), "emit": ("execute", "emit_commands"),
-        "report_dir": ("report", "write_sweep_report")}  # fmt: skip
+_API = {
+    "run_sweep": ("execute", "run_sweep"),
+    "emit": ("execute", "emit_commands"),
+    "report_dir": ("report", "write_sweep_report"),
+}
 
 
 def __getattr__(name: str):

@@ -46,11 +46,17 @@ def loss_at(curve: list[tuple[float, float]], x: float | None) -> float | None:
 def run_values(r: RunResult, target: float | None, wall: float | None = None) -> dict[str, float | None]:
     """The per-run numbers the statistics are taken over (accuracies as acc:<bench>:<set>, mean
     answer losses as nll:<bench>:<set>); `wall`: the sweep's equal wall time (see equal_wall)."""
+
     def to_target(curve):
         return flops_to_target([x for x, _ in curve], [y for _, y in curve], target) if target is not None else None
 
-    out = {"final_eval_loss": r.final_eval_loss, "flops_to_target": to_target(r.curve), "tokens": r.tokens,
-           "flops": r.flops, "wall_s": r.wall_s}  # fmt: skip
+    out = {
+        "final_eval_loss": r.final_eval_loss,
+        "flops_to_target": to_target(r.curve),
+        "tokens": r.tokens,
+        "flops": r.flops,
+        "wall_s": r.wall_s,
+    }
     if r.wall_curve:
         out["wall_to_target"] = to_target(r.wall_curve)
         out["loss_at_equal_wall"] = loss_at(r.wall_curve, wall)
@@ -99,13 +105,20 @@ def arm_stats(runs: list[RunResult], target: float | None, samples: int, wall: f
         if any(key in r.nll for r in runs):
             nll_lengths[key] = _by_length(runs, key, "nll")
     reached = sum(v["flops_to_target"] is not None for v in values)
-    return {"seeds": sorted(r.seed for r in runs), "t": stats, "pooled_accuracy": pooled, "accuracy_by_length": lengths,
-            "answer_loss_by_length": nll_lengths, "reached_target": reached,
-            "per_seed": {r.seed: v for r, v in zip(runs, values)}}  # fmt: skip
+    return {
+        "seeds": sorted(r.seed for r in runs),
+        "t": stats,
+        "pooled_accuracy": pooled,
+        "accuracy_by_length": lengths,
+        "answer_loss_by_length": nll_lengths,
+        "reached_target": reached,
+        "per_seed": {r.seed: v for r, v in zip(runs, values)},
+    }
 
 
-def compare(arm: list[RunResult], base: list[RunResult], target: float | None, samples: int,
-            wall: float | None = None) -> dict:  # fmt: skip
+def compare(
+    arm: list[RunResult], base: list[RunResult], target: float | None, samples: int, wall: float | None = None
+) -> dict:
     """Arm minus baseline: paired by seed (t) for every number, and paired by seed and problem
     (two-way bootstrap) for pooled accuracies; 'not resolved' whenever the interval holds 0."""
     a = {r.seed: run_values(r, target, wall) for r in arm}
@@ -121,8 +134,11 @@ def compare(arm: list[RunResult], base: list[RunResult], target: float | None, s
         ids = _common_ids(both, key) if both else []
         if not ids:
             continue
-        d = bootstrap_difference(_matrix([r for r in arm if r.seed in seeds], key, seeds, ids),
-                                 _matrix([r for r in base if r.seed in seeds], key, seeds, ids), samples)  # fmt: skip
+        d = bootstrap_difference(
+            _matrix([r for r in arm if r.seed in seeds], key, seeds, ids),
+            _matrix([r for r in base if r.seed in seeds], key, seeds, ids),
+            samples,
+        )
         out["bootstrap"][key] = {**d.as_dict(), "verdict": verdict_words(d)}
     return out
 
@@ -137,10 +153,18 @@ def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
     for arm in manifest.arms:
         for base in arm.pairs if arm.kind == "grown" else []:
             if by_arm[arm.name] and by_arm.get(base):
-                comparisons[f"{arm.name} vs {base}"] = {"arm": arm.name, "baseline": base,
-                                                        **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples, wall)}  # fmt: skip
-    return {"target_loss": target, "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
-            "equal_wall_s": wall, "arms_stats": arms, "comparisons": comparisons}  # fmt: skip
+                comparisons[f"{arm.name} vs {base}"] = {
+                    "arm": arm.name,
+                    "baseline": base,
+                    **compare(by_arm[arm.name], by_arm[base], target, manifest.bootstrap_samples, wall),
+                }
+    return {
+        "target_loss": target,
+        "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
+        "equal_wall_s": wall,
+        "arms_stats": arms,
+        "comparisons": comparisons,
+    }
 
 
 def finite(x) -> bool:

@@ -40,7 +40,7 @@ class RunResult(BaseModel):
 
     @property
     def answer_loss(self) -> dict[str, float]:
-        """"bench:set" -> mean teacher-forced answer loss over its problems."""
+        """ "bench:set" -> mean teacher-forced answer loss over its problems."""
         return {k: sum(v.values()) / len(v) for k, v in self.nll.items() if v}
 
 
@@ -89,10 +89,21 @@ def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
     correct, lengths, nll = _problems(run_dir, stages)
     curve, wall_curve = _curves(run_dir, stages)
     return RunResult(
-        arm=arm, seed=seed, dir=rel, flops=run["flops"], tokens=run["tokens"], wall_s=run["wall_s"],
-        layers=run["layers"], params=run["params"], final_train_loss=run["final_train_loss"],
+        arm=arm,
+        seed=seed,
+        dir=rel,
+        flops=run["flops"],
+        tokens=run["tokens"],
+        wall_s=run["wall_s"],
+        layers=run["layers"],
+        params=run["params"],
+        final_train_loss=run["final_train_loss"],
         final_eval_loss=run["final_eval_loss"],
         accuracy={k: sum(v.values()) / len(v) for k, v in correct.items() if v},
-        n={k: len(v) for k, v in correct.items()}, curve=curve, wall_curve=wall_curve, correct=correct, lengths=lengths,
+        n={k: len(v) for k, v in correct.items()},
+        curve=curve,
+        wall_curve=wall_curve,
+        correct=correct,
+        lengths=lengths,
         nll=nll,
-    )  # fmt: skip
+    )

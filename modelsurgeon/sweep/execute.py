@@ -16,9 +16,11 @@ from pathlib import Path
 import yaml
 
 from modelsurgeon.errors import OutputError, SweepError, TrainInterrupted
+from modelsurgeon.progressive import run_recipe
 from modelsurgeon.sweep.collect import is_done
 from modelsurgeon.sweep.expand import Job, SweepManifest, expand
 from modelsurgeon.sweep.patch import seeded
+from modelsurgeon.sweep.report import tuning_table, write_sweep_report
 from modelsurgeon.sweep.schema import load_sweep
 from modelsurgeon.sweep.tune import tuned_recipe
 from modelsurgeon.threads import pin_threads, pinned_threads, threads_per_worker
@@ -30,8 +32,11 @@ RECIPE_FILE = "recipe.yaml"  # the name `surgeon progressive` gives its own copy
 def read_manifest(out_dir: Path) -> SweepManifest:
     path = out_dir / MANIFEST_FILE
     if not path.is_file():
-        raise SweepError(str(out_dir), [f"no {MANIFEST_FILE}: not a sweep directory"],
-                         hint="run `surgeon sweep SWEEP.yaml -o DIR` (or --emit-commands) first")  # fmt: skip
+        raise SweepError(
+            str(out_dir),
+            [f"no {MANIFEST_FILE}: not a sweep directory"],
+            hint="run `surgeon sweep SWEEP.yaml -o DIR` (or --emit-commands) first",
+        )
     return SweepManifest.model_validate_json(path.read_text())
 
 
@@ -45,11 +50,16 @@ def claim(out_dir: Path, source_text: str, manifest: SweepManifest, reuse: bool,
         if force:
             shutil.rmtree(out_dir)
         elif not reuse:
-            raise OutputError(f"sweep directory {out_dir} already exists and is not empty",
-                              hint="continue it with --resume, pick another -o, or start over with --force")  # fmt: skip
+            raise OutputError(
+                f"sweep directory {out_dir} already exists and is not empty",
+                hint="continue it with --resume, pick another -o, or start over with --force",
+            )
         elif not _same(read_manifest(out_dir), manifest):
-            raise SweepError(str(out_dir), ["its sweep.json differs from this sweep's expansion (the sweep file or its recipe changed)"],
-                             hint="use the same sweep and recipe, another -o, or --force to start over")  # fmt: skip
+            raise SweepError(
+                str(out_dir),
+                ["its sweep.json differs from this sweep's expansion (the sweep file or its recipe changed)"],
+                hint="use the same sweep and recipe, another -o, or --force to start over",
+            )
         else:
             return
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,12 +87,17 @@ def write_recipe(out_dir: Path, job: Job, data: dict) -> Path:
     path = out_dir / job.dir / RECIPE_FILE
     if path.is_file():
         if yaml.safe_load(path.read_text()) != data:
-            raise SweepError(str(path), ["this run's recipe differs from the sweep's expansion"],
-                             hint="the sweep or its recipe changed since the run started; use another -o or --force")  # fmt: skip
+            raise SweepError(
+                str(path),
+                ["this run's recipe differs from the sweep's expansion"],
+                hint="the sweep or its recipe changed since the run started; use another -o or --force",
+            )
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# {job.arm}, seed {job.seed} ({job.phase}): expanded by surgeon sweep; run with\n" \
-             f"# surgeon progressive {path.resolve()} -o {path.parent.resolve()} --resume\n"  # fmt: skip
+    header = (
+        f"# {job.arm}, seed {job.seed} ({job.phase}): expanded by surgeon sweep; run with\n"
+        f"# surgeon progressive {path.resolve()} -o {path.parent.resolve()} --resume\n"
+    )
     tmp = path.with_name(f".{RECIPE_FILE}.tmp")
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
     os.replace(tmp, path)
@@ -97,7 +112,6 @@ def command(out_dir: Path, job: Job, threads: int | None) -> str:
 
 def run_job(recipe: str, run_dir: str) -> float:
     """One run (in a worker or in this process): `surgeon progressive RECIPE -o RUN_DIR --resume`."""
-    from modelsurgeon.progressive import run_recipe
 
     start = time.perf_counter()
     run_recipe(recipe, run_dir, resume=True)
@@ -125,8 +139,9 @@ def execute(out_dir: Path, jobs: list[Job], workers: int, threads: int, console=
                 except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
                     failures.append(f"{job.dir}: {type(exc).__name__}: {exc}")
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=pin_threads,
-                                 initargs=(threads,)) as pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=pin_threads, initargs=(threads,)
+        ) as pool:
             futures = {pool.submit(run_job, *args[j.dir]): j for j in todo}
             pending, done_n = set(futures), 0
             while pending:
@@ -138,12 +153,13 @@ def execute(out_dir: Path, jobs: list[Job], workers: int, threads: int, console=
                         failures.append(f"{job.dir}: {type(f.exception()).__name__}: {f.exception()}")
                     _say(console, f"[{done_n}/{len(todo)}] {job.dir}: {'failed' if f.exception() else 'done'}")
     if failures:
-        raise SweepError(str(out_dir), failures, hint="fix the cause, then rerun with --resume (finished runs are kept)")
+        raise SweepError(
+            str(out_dir), failures, hint="fix the cause, then rerun with --resume (finished runs are kept)"
+        )
 
 
 def tuning_choices(out_dir: Path, manifest: SweepManifest) -> dict[str, list[float]]:
     """Chosen multipliers of every tuned arm whose grid has finished (report.tuning_table's choice)."""
-    from modelsurgeon.sweep.report import tuning_table
 
     return {arm: t["chosen"]["multipliers"] for arm, t in tuning_table(out_dir, manifest).items() if t["chosen"]}
 
@@ -161,16 +177,25 @@ def _write_phase(out_dir: Path, manifest: SweepManifest, phase: str) -> list[Job
     for job in jobs:
         data = job_recipe(manifest, job, chosen)
         if data is None:
-            raise SweepError(job.dir, ["the tuning grid of this arm has not finished"], hint="run the tuning commands first")
+            raise SweepError(
+                job.dir, ["the tuning grid of this arm has not finished"], hint="run the tuning commands first"
+            )
         write_recipe(out_dir, job, data)
     return jobs
 
 
-def run_sweep(sweep_path, out_dir, *, workers: int = 1, threads: int | None = None, resume: bool = False,
-              force: bool = False, console=None) -> dict:  # fmt: skip
+def run_sweep(
+    sweep_path,
+    out_dir,
+    *,
+    workers: int = 1,
+    threads: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    console=None,
+) -> dict:
     """Expand and check SWEEP, run every run in OUT_DIR (grids first), write the report; return
     summary.json's data. Raises SweepError (before anything runs, or listing failed runs)."""
-    from modelsurgeon.sweep.report import write_sweep_report
 
     out_dir = Path(out_dir)
     manifest = prepare(Path(sweep_path), out_dir, resume, force)
@@ -187,8 +212,10 @@ def emit_commands(sweep_path, out_dir, *, threads: int | None = None, force: boo
     manifest = prepare(Path(sweep_path), out_dir, True, force)
     grid = _write_phase(out_dir, manifest, "tuning")
     if any(not is_done(out_dir / j.dir) for j in grid):
-        note = (f"tuning phase: {len(grid)} grid runs; when they have finished, run the same --emit-commands again "
-                f"for the {sum(j.phase == 'run' for j in manifest.jobs)} runs that use the chosen values")  # fmt: skip
+        note = (
+            f"tuning phase: {len(grid)} grid runs; when they have finished, run the same --emit-commands again "
+            f"for the {sum(j.phase == 'run' for j in manifest.jobs)} runs that use the chosen values"
+        )
         return [command(out_dir, j, threads) for j in grid], note
     runs = _write_phase(out_dir, manifest, "run")
     note = f"{len(runs)} runs; then `surgeon sweep report {out_dir}` aggregates whatever has finished"

@@ -18,9 +18,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from modelsurgeon.errors import RecipeError, SurgeonError, SweepError
+from modelsurgeon.data.spec import parse_data_spec
+from modelsurgeon.errors import DataError, RecipeError, SurgeonError, SweepError
 from modelsurgeon.plan.load import read_yaml
 from modelsurgeon.plan.shipped import resolve_shipped
+from modelsurgeon.progressive.planning import plan_recipe
+from modelsurgeon.progressive.recipe import parse_recipe
 from modelsurgeon.sweep.patch import SEED_STRIDE, absolute_paths, apply_patch, seed_values, seeded
 from modelsurgeon.sweep.schema import LoadedSweep, Tuning
 from modelsurgeon.sweep.tune import grid_label, tuned_recipe
@@ -74,8 +77,6 @@ class SweepManifest(BaseModel):
 
 def _check(data: dict, label: str, problems: list[str]):
     """Validate one expanded recipe (schema, then the stage plan); its problems prefixed by `label`."""
-    from modelsurgeon.progressive.planning import plan_recipe
-    from modelsurgeon.progressive.recipe import parse_recipe
 
     try:
         return plan_recipe(parse_recipe(yaml.safe_dump(data, sort_keys=False), label))
@@ -87,8 +88,6 @@ def _check(data: dict, label: str, problems: list[str]):
 
 
 def _check_data_specs(data: dict, label: str, problems: list[str]) -> None:
-    from modelsurgeon.data.spec import parse_data_spec
-    from modelsurgeon.errors import DataError
 
     specs = list(data.get("data") or [])
     for stage in data.get("stages") or []:
@@ -110,7 +109,9 @@ def _grown_arms(loaded: LoadedSweep, base: dict, problems: list[str]) -> list[Ar
     for combo in itertools.product(*(list(s.axes[a]) for a in names)):
         data = copy.deepcopy(common)
         for axis, value in zip(names, combo):
-            problems += [f"{loaded.where('axes', axis, value, p)}: {m}" for p, m in _patch(data, s.axes[axis][value] or {})]
+            problems += [
+                f"{loaded.where('axes', axis, value, p)}: {m}" for p, m in _patch(data, s.axes[axis][value] or {})
+            ]
         name = ",".join(f"{a}={v}" for a, v in zip(names, combo)) or str(base.get("name", "recipe"))
         arms.append(Arm(name=name, kind="grown", axes=dict(zip(names, combo)), tuned=list(s.tune), template=data))
     return arms
@@ -126,12 +127,20 @@ def _baseline_recipe(arm: Arm, planned, sweep_name: str) -> dict:
     t, b = arm.template, planned.spec
     init = {**(t.get("init") or {}), **b.init}
     train = {"method": "full", **b.train, "steps": planned.options.steps}
-    return {"name": f"{sweep_name}-{b.name}"[:80], "description": f"{b.name}: from scratch, {b.match}-matched ({train['steps']} steps)",
-            "init": init, "data": t["data"], "eval": t.get("eval", {}), "defaults": t.get("defaults", {}),
-            "stages": [{"train": train}]}  # fmt: skip
+    return {
+        "name": f"{sweep_name}-{b.name}"[:80],
+        "description": f"{b.name}: from scratch, {b.match}-matched ({train['steps']} steps)",
+        "init": init,
+        "data": t["data"],
+        "eval": t.get("eval", {}),
+        "defaults": t.get("defaults", {}),
+        "stages": [{"train": train}],
+    }
 
 
-def _baseline_arms(loaded: LoadedSweep, grown: list[Arm], plans: dict, problems: list[str]) -> tuple[list[Arm], list[Arm]]:
+def _baseline_arms(
+    loaded: LoadedSweep, grown: list[Arm], plans: dict, problems: list[str]
+) -> tuple[list[Arm], list[Arm]]:
     """Baseline arms (deduplicated by recipe) and the grown arms with `pairs` filled in."""
     found: dict[str, dict] = {}  # recipe json -> {"spec": name, "recipe", "arms": [...]}
     for arm in grown:
@@ -160,17 +169,27 @@ def _without_baselines(data: dict) -> dict:
 
 
 def _seed_problems(data: dict, label: str) -> list[str]:
-    return [f"{label}: {where} = {v}: sweep seeds shift every seed by seed x {SEED_STRIDE}, so recipe seeds must be in "
-            f"0..{SEED_STRIDE - 1} (else two sweep seeds could share a stream)"
-            for where, v in seed_values(data) if not 0 <= int(v) < SEED_STRIDE]  # fmt: skip
+    return [
+        f"{label}: {where} = {v}: sweep seeds shift every seed by seed x {SEED_STRIDE}, so recipe seeds must be in "
+        f"0..{SEED_STRIDE - 1} (else two sweep seeds could share a stream)"
+        for where, v in seed_values(data)
+        if not 0 <= int(v) < SEED_STRIDE
+    ]
 
 
 def _jobs(arm: Arm, seeds: list[int], tuning: Tuning) -> list[Job]:
     jobs = []
     if arm.tuned:
         for mults in itertools.product(tuning.multipliers(), repeat=len(arm.tuned)):
-            jobs.append(Job(arm=arm.name, seed=tuning.seed, dir=f"tuning/{arm.name}/{grid_label(mults)}",
-                            phase="tuning", multipliers=list(mults)))  # fmt: skip
+            jobs.append(
+                Job(
+                    arm=arm.name,
+                    seed=tuning.seed,
+                    dir=f"tuning/{arm.name}/{grid_label(mults)}",
+                    phase="tuning",
+                    multipliers=list(mults),
+                )
+            )
     jobs += [Job(arm=arm.name, seed=s, dir=f"runs/{arm.name}/seed-{s}", phase="run") for s in seeds]
     return jobs
 
@@ -182,9 +201,14 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
     base_dir = base_dir or Path.cwd()
     recipe_path = resolve_shipped(s.recipe, "recipe")
     if recipe_path is None:
-        raise SweepError(loaded.origin, [f"{loaded.where('recipe')}: recipe {s.recipe} not found"],
-                         hint="recipe: a path relative to the current directory or a shipped recipe's name, e.g. seed-idea")  # fmt: skip
-    data, _ = read_yaml(recipe_path.read_text(), str(recipe_path), SweepError, "a recipe", "plans/recipes/seed-idea.yaml")
+        raise SweepError(
+            loaded.origin,
+            [f"{loaded.where('recipe')}: recipe {s.recipe} not found"],
+            hint="recipe: a path relative to the current directory or a shipped recipe's name, e.g. seed-idea",
+        )
+    data, _ = read_yaml(
+        recipe_path.read_text(), str(recipe_path), SweepError, "a recipe", "plans/recipes/seed-idea.yaml"
+    )
     if s.baselines == "none":
         data = _without_baselines(data)
     grown = _grown_arms(loaded, absolute_paths(data, base_dir), problems)
@@ -208,8 +232,19 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
             if data is not None:
                 _check(seeded(data, s.tuning.seed), f"arm {arm.name}, grid {grid_label(mults)}", problems)
     if problems:
-        raise SweepError(loaded.origin, list(dict.fromkeys(problems)), hint="fix these before anything trains; nothing was written")
+        raise SweepError(
+            loaded.origin, list(dict.fromkeys(problems)), hint="fix these before anything trains; nothing was written"
+        )
     jobs = [j for arm in arms for j in _jobs(arm, s.seeds, s.tuning)]
-    return SweepManifest(name=s.name, description=s.description, sweep_file=loaded.origin, recipe_file=s.recipe,
-                         seeds=s.seeds, tuning=s.tuning, target_loss=s.target_loss,
-                         bootstrap_samples=s.bootstrap_samples, arms=arms, jobs=jobs)  # fmt: skip
+    return SweepManifest(
+        name=s.name,
+        description=s.description,
+        sweep_file=loaded.origin,
+        recipe_file=s.recipe,
+        seeds=s.seeds,
+        tuning=s.tuning,
+        target_loss=s.target_loss,
+        bootstrap_samples=s.bootstrap_samples,
+        arms=arms,
+        jobs=jobs,
+    )

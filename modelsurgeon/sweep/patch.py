@@ -62,8 +62,10 @@ def _step(holder, key, parts: list[str], pos: int, implicit: str, shown: str) ->
             return [(node, i) for i in range(len(node))], pos + 1
         if _INDEX.match(part) and -len(node) <= int(part) < len(node):
             return [(node, int(part))], pos + 1
-        raise PatchError(f"{shown}: {'.'.join(parts[:pos]) or 'the recipe'} is a list of {len(node)}; "
-                         f"{part!r} is not an index in it (or *)")  # fmt: skip
+        raise PatchError(
+            f"{shown}: {'.'.join(parts[:pos]) or 'the recipe'} is a list of {len(node)}; "
+            f"{part!r} is not an index in it (or *)"
+        )
     if isinstance(node, dict):
         if part not in node and pos + 1 < len(parts):
             node[part] = {}  # a missing mapping on the way: the recipe check judges the key
@@ -144,7 +146,9 @@ def _data_specs(data: dict) -> list[tuple[str, str]]:
     for i, stage in enumerate(data.get("stages") or []):
         train = stage.get("train") if isinstance(stage, dict) else None
         if isinstance(train, dict):
-            specs += [(f"stages[{i}].train.data[{j}]", s) for j, s in enumerate(train.get("data") or []) if isinstance(s, str)]
+            specs += [
+                (f"stages[{i}].train.data[{j}]", s) for j, s in enumerate(train.get("data") or []) if isinstance(s, str)
+            ]
     return specs
 
 

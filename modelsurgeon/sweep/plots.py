@@ -79,7 +79,10 @@ def flops_to_target(arms: dict[str, dict], path: Path) -> None:
     plt = _plt()
     colour = _colours(list(arms))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for ax, key, label in ((axes[0], "flops_to_target", "FLOPs to the target loss"), (axes[1], "wall_s", "wall time (s)")):
+    for ax, key, label in (
+        (axes[0], "flops_to_target", "FLOPs to the target loss"),
+        (axes[1], "wall_s", "wall time (s)"),
+    ):
         for x, (name, a) in enumerate(arms.items()):
             values = [v[key] for v in a["per_seed"].values() if v.get(key) is not None]
             ax.plot([x + 0.15] * len(values), values, ".", ms=6, alpha=0.6, color=colour[name])

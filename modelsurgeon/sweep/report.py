@@ -19,8 +19,20 @@ from modelsurgeon.sweep.report_md import render
 from modelsurgeon.sweep.tune import choose
 
 PLOTS = ("loss_vs_flops.png", "accuracy_by_length.png", "flops_to_target.png", "answer_loss_by_length.png")
-BASE_COLUMNS = ("arm", "kind", "seed", "dir", "layers", "params", "flops", "tokens", "wall_s", "final_train_loss",
-                "final_eval_loss", "flops_to_target")  # fmt: skip
+BASE_COLUMNS = (
+    "arm",
+    "kind",
+    "seed",
+    "dir",
+    "layers",
+    "params",
+    "flops",
+    "tokens",
+    "wall_s",
+    "final_train_loss",
+    "final_eval_loss",
+    "flops_to_target",
+)
 
 
 def _tuned_values(run_dir: Path, paths: list[str]) -> dict[str, list]:
@@ -42,9 +54,19 @@ def tuning_table(out_dir: Path, manifest: SweepManifest) -> dict[str, dict]:
         points = []
         for job in (j for j in manifest.jobs if j.arm == arm.name and j.phase == "tuning"):
             run_dir = out_dir / job.dir
-            loss = json.loads((run_dir / DONE).read_text())["runs"]["progressive"]["final_eval_loss"] if is_done(run_dir) else None
-            points.append({"dir": job.dir, "multipliers": job.multipliers, "values": _tuned_values(run_dir, arm.tuned),
-                           "val_loss": float("nan") if is_done(run_dir) and loss is None else loss})  # fmt: skip
+            loss = (
+                json.loads((run_dir / DONE).read_text())["runs"]["progressive"]["final_eval_loss"]
+                if is_done(run_dir)
+                else None
+            )
+            points.append(
+                {
+                    "dir": job.dir,
+                    "multipliers": job.multipliers,
+                    "values": _tuned_values(run_dir, arm.tuned),
+                    "val_loss": float("nan") if is_done(run_dir) and loss is None else loss,
+                }
+            )
         table[arm.name] = {"paths": arm.tuned, "seed": manifest.tuning.seed, "points": points, "chosen": choose(points)}
     return table
 
@@ -55,10 +77,22 @@ def _rows(manifest: SweepManifest, results, target, wall) -> list[dict]:
     rows = []
     for r in results:
         v = run_values(r, target, wall)
-        row = {"arm": r.arm, "kind": kinds[r.arm], "seed": r.seed, "dir": r.dir, "layers": r.layers, "params": r.params,
-               "flops": r.flops, "tokens": r.tokens, "wall_s": r.wall_s, "final_train_loss": r.final_train_loss,
-               "final_eval_loss": r.final_eval_loss, "flops_to_target": v["flops_to_target"],
-               "wall_to_target": v.get("wall_to_target"), "loss_at_equal_wall": v.get("loss_at_equal_wall")}  # fmt: skip
+        row = {
+            "arm": r.arm,
+            "kind": kinds[r.arm],
+            "seed": r.seed,
+            "dir": r.dir,
+            "layers": r.layers,
+            "params": r.params,
+            "flops": r.flops,
+            "tokens": r.tokens,
+            "wall_s": r.wall_s,
+            "final_train_loss": r.final_train_loss,
+            "final_eval_loss": r.final_eval_loss,
+            "flops_to_target": v["flops_to_target"],
+            "wall_to_target": v.get("wall_to_target"),
+            "loss_at_equal_wall": v.get("loss_at_equal_wall"),
+        }
         row.update({f"acc:{k}": r.accuracy.get(k) for k in keys})
         row.update({f"nll:{k}": r.answer_loss.get(k) for k in keys})
         row.update({f"n:{k}": r.n.get(k) for k in keys})
@@ -76,6 +110,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_sweep_report(out_dir: Path) -> dict:
     """Aggregate every finished run of DIR; write results.csv, summary.json, report.md, plots."""
+    # lazy: import cycle (modelsurgeon.sweep.execute imports modelsurgeon.sweep.report)
     from modelsurgeon.sweep.execute import read_manifest
 
     out_dir = Path(out_dir)
@@ -85,12 +120,20 @@ def write_sweep_report(out_dir: Path) -> dict:
     stats = aggregate(manifest, results)
     rows = _rows(manifest, results, stats["target_loss"], stats["equal_wall_s"])
     summary = {
-        "sweep": manifest.name, "description": manifest.description, "sweep_file": manifest.sweep_file,
-        "recipe_file": manifest.recipe_file, "seeds": manifest.seeds, "finished": len(results), "expected": len(runs),
+        "sweep": manifest.name,
+        "description": manifest.description,
+        "sweep_file": manifest.sweep_file,
+        "recipe_file": manifest.recipe_file,
+        "seeds": manifest.seeds,
+        "finished": len(results),
+        "expected": len(runs),
         "missing": [j.dir for j in runs if not is_done(out_dir / j.dir)],
         "arms": [a.model_dump(exclude={"template"}) for a in manifest.arms],
-        "tuning": tuning_table(out_dir, manifest), **stats, "runs": rows, "plots": list(PLOTS),
-    }  # fmt: skip
+        "tuning": tuning_table(out_dir, manifest),
+        **stats,
+        "runs": rows,
+        "plots": list(PLOTS),
+    }
     _write_csv(out_dir / "results.csv", rows)
     plots.loss_vs_flops(manifest, results, stats["target_loss"], out_dir / PLOTS[0])
     plots.accuracy_by_length(stats["arms_stats"], out_dir / PLOTS[1])

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import math
 
-LABELS = {"final_eval_loss": "final eval loss", "flops_to_target": "FLOPs to target", "tokens": "tokens",
-          "flops": "training FLOPs", "wall_s": "wall time (s)", "wall_to_target": "wall time to target (s)",
-          "loss_at_equal_wall": "eval loss at equal wall time"}  # fmt: skip
+LABELS = {
+    "final_eval_loss": "final eval loss",
+    "flops_to_target": "FLOPs to target",
+    "tokens": "tokens",
+    "flops": "training FLOPs",
+    "wall_s": "wall time (s)",
+    "wall_to_target": "wall time to target (s)",
+    "loss_at_equal_wall": "eval loss at equal wall time",
+}
 
 
 def _num(x, fmt: str) -> str:
@@ -55,20 +61,32 @@ def _stat_rows(summary: dict) -> list[str]:
     for name, a in arms.items():
         cells = [_ci(a["t"][k], _fmt_for(k)) if k in a["t"] else "-" for k in keys]
         out.append(f"| {name} | {len(a['seeds'])} | " + " | ".join(cells) + " |")
-    intro = "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval (seeds and problems resampled):"
+    intro = (
+        "Exact match pooled over seeds and test problems, with a two-way bootstrap 95% interval "
+        "(seeds and problems resampled):"
+    )
     pooled = ["", intro, "", "| arm | test set | accuracy [95% CI] | problems x seeds |", "|---|---|---|---|"]
     for name, a in arms.items():
         pooled += [f"| {name} | {k} | {_ci(s, '.3f')} | {s['n']} |" for k, s in a["pooled_accuracy"].items()]
-    source = "set by the sweep" if summary["target_loss_source"] == "sweep" else "the highest of the runs' best losses, so every run reaches it"
+    source = (
+        "set by the sweep"
+        if summary["target_loss_source"] == "sweep"
+        else "the highest of the runs' best losses, so every run reaches it"
+    )
     counts = ", ".join(f"{n} {a['reached_target']}/{len(a['seeds'])}" for n, a in arms.items())
-    reached = (f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
-               f"({source}), linear between evaluations. Runs reaching it: {counts}.")  # fmt: skip
+    reached = (
+        f"FLOPs to target: the first point where the eval loss reaches {_num(summary['target_loss'], '.4f')} "
+        f"({source}), linear between evaluations. Runs reaching it: {counts}."
+    )
     wall = summary.get("equal_wall_s")
-    matched = ("" if wall is None else
-               f"Wall-clock matched: the eval loss of every run at {wall:.1f} s of its own training time (the earliest "
-               "of the runs' last evaluations; stage load, training and save, and the surgery, but not the test-set "
-               "scoring between stages), linear between evaluations; wall time to target is the same clock. Wall "
-               "times are one machine's, with the sweep's workers sharing it: compare arms of one sweep only.")  # fmt: skip
+    matched = (
+        ""
+        if wall is None
+        else f"Wall-clock matched: the eval loss of every run at {wall:.1f} s of its own training time (the earliest "
+        "of the runs' last evaluations; stage load, training and save, and the surgery, but not the test-set "
+        "scoring between stages), linear between evaluations; wall time to target is the same clock. Wall "
+        "times are one machine's, with the sweep's workers sharing it: compare arms of one sweep only."
+    )
     return [*out, *pooled, "", reached, "", matched]
 
 
@@ -78,10 +96,14 @@ def _diff_rows(summary: dict) -> list[str]:
     out = ["| comparison | number | difference (arm - baseline) [95% CI] | seeds | verdict |", "|---|---|---|---|---|"]
     for name, c in summary["comparisons"].items():
         for k, d in c["t"].items():
-            out.append(f"| {name} | {_label(k)} (paired t over seeds) | {_ci(d, _fmt_for(k))} | {d['n']} | {d['verdict']} |")
+            out.append(
+                f"| {name} | {_label(k)} (paired t over seeds) | {_ci(d, _fmt_for(k))} | {d['n']} | {d['verdict']} |"
+            )
         for k, d in c["bootstrap"].items():
-            out.append(f"| {name} | exact match {k} (paired bootstrap, seeds x problems) | {_ci(d, '.3f')} | "
-                       f"{len(c['seeds'])} | {d['verdict']} |")  # fmt: skip
+            out.append(
+                f"| {name} | exact match {k} (paired bootstrap, seeds x problems) | {_ci(d, '.3f')} | "
+                f"{len(c['seeds'])} | {d['verdict']} |"
+            )
     return out
 
 
@@ -93,14 +115,21 @@ def _tuning_rows(summary: dict) -> list[str]:
         for p in t["points"]:
             chosen = "**yes**" if t["chosen"] and p["dir"] == t["chosen"]["dir"] else ""
             values = "; ".join(f"{k} = {', '.join(_num(x, '.3g') for x in v)}" for k, v in p["values"].items())
-            out.append(f"| {arm} | {p['dir'].rsplit('/', 1)[-1]} | {values} | {_num(p['val_loss'], '.4f')} | {chosen} |")
+            out.append(
+                f"| {arm} | {p['dir'].rsplit('/', 1)[-1]} | {values} | {_num(p['val_loss'], '.4f')} | {chosen} |"
+            )
         ends = [p["dir"] for p in (t["points"][0], t["points"][-1])]
         if t["chosen"] and len(t["paths"]) == 1 and t["chosen"]["dir"] in ends:
-            edge = "the choice is at the edge of the grid: the best value may lie beyond it; widen tuning.factor or tuning.points"
+            edge = (
+                "the choice is at the edge of the grid: the best value may lie beyond it; "
+                "widen tuning.factor or tuning.points"
+            )
             out.append(f"| {arm} | ({edge}) | | | |")
     seed = next(iter(summary["tuning"].values()))["seed"]
-    out.append(f"\nGrid points trained at tuning seed {seed} (not a reported seed), with the arm's budget; chosen by "
-               "final validation loss (train-stage's held-out share of the training data), never the test problems.")
+    out.append(
+        f"\nGrid points trained at tuning seed {seed} (not a reported seed), with the arm's budget; chosen by "
+        "final validation loss (train-stage's held-out share of the training data), never the test problems."
+    )
     return out
 
 
@@ -127,17 +156,46 @@ NOTES = """## How to read this report
 
 
 def render(summary: dict, out_dir: str) -> str:
-    made = (f"Produced by: `surgeon sweep {summary['sweep_file']} -o {out_dir}` (base recipe `{summary['recipe_file']}`); "
-            f"`surgeon sweep report {out_dir}` rewrites it from the finished runs.")  # fmt: skip
+    made = (
+        f"Produced by: `surgeon sweep {summary['sweep_file']} -o {out_dir}` (base recipe `{summary['recipe_file']}`); "
+        f"`surgeon sweep report {out_dir}` rewrites it from the finished runs."
+    )
     missing = f" Missing: {', '.join(summary['missing'])}." if summary["missing"] else ""
-    lines = [f"# Sweep report: {summary['sweep']}", "", summary["description"].strip(), "", made, "",
-             f"Finished runs: {summary['finished']} of {summary['expected']} (seeds {summary['seeds']}).{missing}", "",
-             "## Arms", "", *_arm_rows(summary), "",
-             "## Results per arm (mean [95% CI] over seeds)", "", *_stat_rows(summary), "",
-             "## Against the baseline (paired by seed)", "", *_diff_rows(summary), "",
-             "## Tuning", "", *_tuning_rows(summary), "",
-             "## Plots", "", "![loss vs FLOPs](loss_vs_flops.png)", "",
-             "![accuracy by chain length](accuracy_by_length.png)", "", "![FLOPs to target](flops_to_target.png)", "",
-             "![answer loss by chain length](answer_loss_by_length.png)", "",
-             NOTES]  # fmt: skip
+    lines = [
+        f"# Sweep report: {summary['sweep']}",
+        "",
+        summary["description"].strip(),
+        "",
+        made,
+        "",
+        f"Finished runs: {summary['finished']} of {summary['expected']} (seeds {summary['seeds']}).{missing}",
+        "",
+        "## Arms",
+        "",
+        *_arm_rows(summary),
+        "",
+        "## Results per arm (mean [95% CI] over seeds)",
+        "",
+        *_stat_rows(summary),
+        "",
+        "## Against the baseline (paired by seed)",
+        "",
+        *_diff_rows(summary),
+        "",
+        "## Tuning",
+        "",
+        *_tuning_rows(summary),
+        "",
+        "## Plots",
+        "",
+        "![loss vs FLOPs](loss_vs_flops.png)",
+        "",
+        "![accuracy by chain length](accuracy_by_length.png)",
+        "",
+        "![FLOPs to target](flops_to_target.png)",
+        "",
+        "![answer loss by chain length](answer_loss_by_length.png)",
+        "",
+        NOTES,
+    ]
     return "\n".join(lines)

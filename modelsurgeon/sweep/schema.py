@@ -105,12 +105,19 @@ def parse_sweep(text: str, origin: str = "<sweep>") -> LoadedSweep:
     try:
         sweep = Sweep.model_validate(data)
     except ValidationError as exc:
-        problems = [problem(root, tuple(e["loc"]), e["msg"].replace("Value error, ", ""), SWEEP_HINTS) for e in exc.errors()]
-        raise SweepError(origin, list(dict.fromkeys(problems)), hint="see docs/sweep.md or plans/sweeps/*.yaml") from None
+        problems = [
+            problem(root, tuple(e["loc"]), e["msg"].replace("Value error, ", ""), SWEEP_HINTS) for e in exc.errors()
+        ]
+        raise SweepError(
+            origin, list(dict.fromkeys(problems)), hint="see docs/sweep.md or plans/sweeps/*.yaml"
+        ) from None
     if sweep.seeds and sweep.tuning.seed in sweep.seeds and (sweep.baselines == "tuned" or sweep.tune):
         where = yaml_where(root, ("tuning", "seed"))
-        raise SweepError(origin, [f"{where}: tuning seed {sweep.tuning.seed} is one of the reported seeds {sweep.seeds}"],
-                         hint="tuning runs must not double as reported runs: pick a tuning seed outside seeds")  # fmt: skip
+        raise SweepError(
+            origin,
+            [f"{where}: tuning seed {sweep.tuning.seed} is one of the reported seeds {sweep.seeds}"],
+            hint="tuning runs must not double as reported runs: pick a tuning seed outside seeds",
+        )
     return LoadedSweep(sweep, text, origin, root)
 
 

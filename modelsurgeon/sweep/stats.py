@@ -150,8 +150,9 @@ def bootstrap_accuracy(correct: np.ndarray, samples: int = 2000, seed: int = 0, 
     return _percentile(float(correct.mean()), draws, correct.size, level)
 
 
-def bootstrap_difference(arm: np.ndarray, baseline: np.ndarray, samples: int = 2000, seed: int = 0,
-                         level: float = LEVEL) -> Interval:  # fmt: skip
+def bootstrap_difference(
+    arm: np.ndarray, baseline: np.ndarray, samples: int = 2000, seed: int = 0, level: float = LEVEL
+) -> Interval:
     """Pooled accuracy of `arm` minus `baseline` (both seeds x problems, rows and columns aligned),
     resampling the same seeds and problems on both sides."""
     arm, baseline = np.asarray(arm, dtype=float), np.asarray(baseline, dtype=float)

@@ -10,6 +10,7 @@ import copy
 import math
 
 from modelsurgeon.sweep.patch import PatchError, targets
+from modelsurgeon.train.methods import METHODS
 
 
 def grid_label(mults) -> str:
@@ -20,7 +21,6 @@ def grid_label(mults) -> str:
 def _centre(holder: dict, key: str, data: dict) -> float | None:
     """The value a train stage trains with: its own, else the recipe's defaults, else (lr) the
     train-stage default for its method."""
-    from modelsurgeon.train.methods import METHODS
 
     defaults = data.get("defaults") or {}
     value = holder.get(key, defaults.get(key))
@@ -45,7 +45,9 @@ def tuned_recipe(arm, mults: list[float], problems: list[str]) -> dict | None:
         for holder, key in found:
             centre = _centre(holder, key, data) if isinstance(holder, dict) else None
             if centre is None or centre <= 0:
-                problems.append(f"arm {arm.name}: tune: {path} has no positive value to centre the grid on; set it in the recipe")
+                problems.append(
+                    f"arm {arm.name}: tune: {path} has no positive value to centre the grid on; set it in the recipe"
+                )
                 ok = False
                 continue
             holder[key] = float(f"{centre * m:.6g}")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from modelsurgeon.io.atomic import STOP_SIGNALS
+from modelsurgeon.progress import Progress
+
 # Trainer log keys -> metrics.jsonl keys.
 TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
 
@@ -71,7 +74,6 @@ class InterruptCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        from modelsurgeon.io.atomic import STOP_SIGNALS
 
         previous: dict = {}
 
@@ -115,9 +117,10 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from modelsurgeon.progress import Progress
 
-        self.progress = Progress(self.label, total=state.max_steps, completed=state.global_step, unit="step", console=self.console)
+        self.progress = Progress(
+            self.label, total=state.max_steps, completed=state.global_step, unit="step", console=self.console
+        )
         self.progress.__enter__()
         self._t0, self._step0 = time.perf_counter(), state.global_step
 
@@ -129,7 +132,11 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is None or not logs:
             return
         rate = (state.global_step - self._step0) * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
-        fields = {k.replace("learning_rate", "lr"): float(logs[k]) for k in ("loss", "eval_loss", "learning_rate") if k in logs}
+        fields = {
+            k.replace("learning_rate", "lr"): float(logs[k])
+            for k in ("loss", "eval_loss", "learning_rate")
+            if k in logs
+        }
         self.progress.update(**fields, **{"tok/s": f"{rate:,.0f}"})
 
     def on_train_end(self, args, state, control, **kwargs):

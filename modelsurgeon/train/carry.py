@@ -83,16 +83,20 @@ def _read_state(opt_dir: Path) -> dict:
         )
     state = read_json_object(path, hint="the optimizer state is corrupt; use --carry-optimizer reset")
     if not isinstance(state.get("step"), int) or state.get("naming") not in ("checkpoint", "peft"):
-        raise CheckpointError(f"{path}: expected {{\"step\": int, \"naming\": \"checkpoint\"|\"peft\", ...}}",
-                              hint="the optimizer state was not written by train-stage; use --carry-optimizer reset")  # fmt: skip
+        raise CheckpointError(
+            f'{path}: expected {{"step": int, "naming": "checkpoint"|"peft", ...}}',
+            hint="the optimizer state was not written by train-stage; use --carry-optimizer reset",
+        )
     return state
 
 
 def _grow_manifest(grown: Checkpoint, policy: str) -> Manifest:
     manifest = read_manifest(grown.path)
     if manifest is None or not manifest.layer_map:
-        raise MissingManifestError(f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
-                              hint="carry optimizer state only into a model written by `surgeon grow`; otherwise use reset")  # fmt: skip
+        raise MissingManifestError(
+            f"{grown.path}: no {MANIFEST} layer map, so parent moments cannot be mapped to its layers",
+            hint="carry optimizer state only into a model written by `surgeon grow`; otherwise use reset",
+        )
     if manifest.widened:
         raise TrainError(
             f"{grown.path} was widened, and {MANIFEST} does not record which new units copy which old ones, "
@@ -125,7 +129,8 @@ def _check_parent(opt_dir: Path, grown: Checkpoint, origins: dict[str, Origin], 
             continue
         if origin.source not in parent.tensors or not same_bytes(parent.load(origin.source), grown.load(name)):
             raise TrainError(
-                f"the optimizer state in {opt_dir} belongs to {parent_dir}, but {grown.path} was grown from {source_path} "
+                f"the optimizer state in {opt_dir} belongs to {parent_dir}, but {grown.path} was grown from "
+                f"{source_path} "
                 f"(its '{name}' is not a copy of the parent's '{origin.source}')",
                 hint="pass the optimizer/ directory of the checkpoint that `surgeon grow` read",
             )
@@ -139,8 +144,10 @@ def moment_origins(grown: Checkpoint, layer_map: list[LayerRecord] | list[dict],
     spec = resolve_spec(grown.config, grown.names)
     layout = layout_of(spec, grown.config, grown.names, str(grown.path))
     if len(layer_map) != layout.num_layers:
-        raise CheckpointError(f"{grown.path}: {MANIFEST} maps {len(layer_map)} layers, the weights have {layout.num_layers}",
-                              hint=f"{MANIFEST} does not describe these weights")  # fmt: skip
+        raise CheckpointError(
+            f"{grown.path}: {MANIFEST} maps {len(layer_map)} layers, the weights have {layout.num_layers}",
+            hint=f"{MANIFEST} does not describe these weights",
+        )
     origins = {name: Origin(name) for name in layout.others}
     for j, layer in enumerate(layout.layers):
         source, c = layer_map[j].source, layer_map[j].scale
@@ -161,7 +168,9 @@ def _fresh(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
     return {"exp_avg": zeros, "exp_avg_sq": zeros.clone(), "step": torch.tensor(0.0)}
 
 
-def _load_moments(opt_dir: Path, ckpt: Checkpoint, param_names: list[str], origins: dict[str, Origin], step: int) -> dict[str, dict[str, torch.Tensor]]:
+def _load_moments(
+    opt_dir: Path, ckpt: Checkpoint, param_names: list[str], origins: dict[str, Origin], step: int
+) -> dict[str, dict[str, torch.Tensor]]:
     import torch
     from safetensors import safe_open
 
@@ -177,10 +186,15 @@ def _load_moments(opt_dir: Path, ckpt: Checkpoint, param_names: list[str], origi
                 m, v = (fh.get_tensor(k).float() for k in keys)
                 if tuple(m.shape) != shape or tuple(v.shape) != shape:
                     raise CheckpointError(
-                        f"{opt_dir}: moments of '{origin.source}' are {list(m.shape)}, '{name}' in {ckpt.path} is {list(shape)}",
+                        f"{opt_dir}: moments of '{origin.source}' are {list(m.shape)}, '{name}' in {ckpt.path} is "
+                        f"{list(shape)}",
                         hint="the optimizer state belongs to another model; use --carry-optimizer reset",
                     )
-                out[name] = {"exp_avg": m * origin.factor, "exp_avg_sq": v * origin.factor**2, "step": torch.tensor(float(step))}
+                out[name] = {
+                    "exp_avg": m * origin.factor,
+                    "exp_avg_sq": v * origin.factor**2,
+                    "step": torch.tensor(float(step)),
+                }
     return out
 
 
@@ -205,7 +219,8 @@ def carry_state(
     state = _read_state(opt_dir)
     if state["naming"] == "peft":
         raise TrainError(
-            f"{opt_dir} holds LoRA adapter moments; the adapter was merged, and a new adapter has nothing they belong to",
+            f"{opt_dir} holds LoRA adapter moments; the adapter was merged, and a new adapter has nothing they "
+            f"belong to",
             hint="use --carry-optimizer reset after a LoRA stage",
         )
     ckpt = open_checkpoint(grown)
@@ -214,18 +229,24 @@ def carry_state(
     _check_parent(opt_dir, ckpt, origins, manifest.source.path)
     unknown = [n for n in param_names if n not in ckpt.tensors]
     if unknown:
-        raise TrainError(f"{len(unknown)} parameter name(s) are not tensors of {ckpt.path}, e.g. {unknown[:3]}",
-                         hint="pass merged-checkpoint names (named_parameters() of the plain model, not of a peft model)")  # fmt: skip
+        raise TrainError(
+            f"{len(unknown)} parameter name(s) are not tensors of {ckpt.path}, e.g. {unknown[:3]}",
+            hint="pass merged-checkpoint names (named_parameters() of the plain model, not of a peft model)",
+        )
     out = _load_moments(opt_dir, ckpt, param_names, origins, state["step"])
     sourced = [n for n in param_names if origins[n].source is not None]
     if sourced and not any(n in out for n in sourced):
-        raise CheckpointError(f"{opt_dir}: no moments for any of the {len(param_names)} parameters' source tensors",
-                              hint="the optimizer state belongs to another model or method; use --carry-optimizer reset")  # fmt: skip
+        raise CheckpointError(
+            f"{opt_dir}: no moments for any of the {len(param_names)} parameters' source tensors",
+            hint="the optimizer state belongs to another model or method; use --carry-optimizer reset",
+        )
     return out
 
 
 def install_state(
-    optimizer: torch.optim.Optimizer, named_params: Iterable[tuple[str, torch.nn.Parameter]], carried: dict[str, dict[str, torch.Tensor]]
+    optimizer: torch.optim.Optimizer,
+    named_params: Iterable[tuple[str, torch.nn.Parameter]],
+    carried: dict[str, dict[str, torch.Tensor]],
 ) -> int:
     """Put carried moments into an Adam/AdamW optimizer's state before its first step; return
     how many parameters got state. Moments take each parameter's device and dtype (as torch's
@@ -241,10 +262,16 @@ def install_state(
             if entry is None:
                 continue
             if tuple(entry["exp_avg"].shape) != tuple(p.shape):
-                raise TrainError(f"carried moments for '{by_id[id(p)]}' are {list(entry['exp_avg'].shape)}, the parameter is {list(p.shape)}",
-                                 hint="carry_state was given names of another model")  # fmt: skip
-            state = {"step": entry["step"].to(torch.float32).to(p.device if on_device else "cpu"),
-                     "exp_avg": entry["exp_avg"].to(p.device, p.dtype), "exp_avg_sq": entry["exp_avg_sq"].to(p.device, p.dtype)}  # fmt: skip
+                raise TrainError(
+                    f"carried moments for '{by_id[id(p)]}' are {list(entry['exp_avg'].shape)}, the parameter is "
+                    f"{list(p.shape)}",
+                    hint="carry_state was given names of another model",
+                )
+            state = {
+                "step": entry["step"].to(torch.float32).to(p.device if on_device else "cpu"),
+                "exp_avg": entry["exp_avg"].to(p.device, p.dtype),
+                "exp_avg_sq": entry["exp_avg_sq"].to(p.device, p.dtype),
+            }
             if group.get("amsgrad"):
                 state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
             optimizer.state[p] = state

@@ -26,8 +26,15 @@ from modelsurgeon.errors import CheckpointError
 from modelsurgeon.io.hf_files import file_sha256
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint, read_json_object
 from modelsurgeon.io.st_format import TensorInfo, read_header
-from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, OutTensor, atomic_directory, check_free_space, check_no_overlap
-from modelsurgeon.io.writer import check_output_path, write_shards
+from modelsurgeon.io.writer import (
+    DEFAULT_MAX_SHARD,
+    OutTensor,
+    atomic_directory,
+    check_free_space,
+    check_no_overlap,
+    check_output_path,
+    write_shards,
+)
 from modelsurgeon.manifest import MANIFEST, MergeLoraStage, extend_lineage, finish_output, read_manifest, source_record
 from modelsurgeon.progress import announce_total
 
@@ -84,15 +91,21 @@ class Adapter:
 
 def _read_adapter_config(adapter: Path) -> dict:
     if not adapter.is_dir():
-        raise CheckpointError(f"{adapter}: not a directory", hint="pass the directory peft's save_pretrained wrote as ADAPTER")
+        raise CheckpointError(
+            f"{adapter}: not a directory", hint="pass the directory peft's save_pretrained wrote as ADAPTER"
+        )
     cfg_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
     if not cfg_path.is_file():
-        raise CheckpointError(f"{adapter}: no {ADAPTER_CONFIG}",
-                              hint="ADAPTER must be a peft adapter directory (adapter_config.json + adapter_model.safetensors)")  # fmt: skip
+        raise CheckpointError(
+            f"{adapter}: no {ADAPTER_CONFIG}",
+            hint="ADAPTER must be a peft adapter directory (adapter_config.json + adapter_model.safetensors)",
+        )
     if not weights.is_file():
         pickled = (adapter / "adapter_model.bin").is_file()
-        raise CheckpointError(f"{adapter}: no {ADAPTER_WEIGHTS}{' (only adapter_model.bin)' if pickled else ''}",
-                              hint="save the adapter with peft's save_pretrained (safe_serialization=True, the default)")  # fmt: skip
+        raise CheckpointError(
+            f"{adapter}: no {ADAPTER_WEIGHTS}{' (only adapter_model.bin)' if pickled else ''}",
+            hint="save the adapter with peft's save_pretrained (safe_serialization=True, the default)",
+        )
     return read_json_object(cfg_path, hint="re-save the adapter")
 
 
@@ -119,12 +132,16 @@ def _scaling(config: dict, module: str, rank: int, problems: list[str]) -> float
     r = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
     if r != rank or not isinstance(alpha, (int, float)):
-        problems.append(f"module '{module}' has rank {rank} in the weights, but adapter_config.json gives r={r}, lora_alpha={alpha}")
+        problems.append(
+            f"module '{module}' has rank {rank} in the weights, but adapter_config.json gives r={r}, lora_alpha={alpha}"
+        )
         return None
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
-def _group_keys(tensors: dict[str, TensorInfo], problems: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+def _group_keys(
+    tensors: dict[str, TensorInfo], problems: list[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Sort adapter keys into LoRA parts per module ({"A", "B", "bias"}) and full tensors."""
     parts: dict[str, dict[str, str]] = {}
     full: dict[str, str] = {}
@@ -157,9 +174,14 @@ def _transposed(base: Checkpoint, config: dict) -> Callable[[str], bool]:
     return lambda module: spec.transposed_linears and module in in_layers
 
 
-def _pair(module: str, part: dict[str, str], adapter: Adapter, base: Checkpoint, transposed: bool, problems: list[str]) -> LoraPair | None:
+def _pair(
+    module: str, part: dict[str, str], adapter: Adapter, base: Checkpoint, transposed: bool, problems: list[str]
+) -> LoraPair | None:
     if "A" not in part or "B" not in part:
-        problems.append(f"module '{module}': the adapter has lora_{'B' if 'A' in part else 'A'} but not lora_{'A' if 'A' in part else 'B'}")
+        problems.append(
+            f"module '{module}': the adapter has lora_{'B' if 'A' in part else 'A'} but not "
+            f"lora_{'A' if 'A' in part else 'B'}"
+        )
         return None
     a, b = adapter.tensors[part["A"]].shape, adapter.tensors[part["B"]].shape
     weight = f"{module}.weight"
@@ -172,7 +194,10 @@ def _pair(module: str, part: dict[str, str], adapter: Adapter, base: Checkpoint,
     want = (a[1], b[0]) if transposed else (b[0], a[1])
     have = base.tensors[weight].shape
     if have != want:
-        problems.append(f"module '{module}': B @ A{'.T' if transposed else ''} is {list(want)}, but BASE's '{weight}' is {list(have)}")
+        problems.append(
+            f"module '{module}': B @ A{'.T' if transposed else ''} is {list(want)}, but BASE's '{weight}' is "
+            f"{list(have)}"
+        )
         return None
     bias = part.get("bias")
     if bias is not None and base.tensors.get(f"{module}.bias") is None:
@@ -204,13 +229,18 @@ def read_adapter(adapter: str | Path, base: Checkpoint) -> Adapter:
         if name not in base.tensors:
             problems.append(f"adapter tensor '{key}' is not a LoRA tensor and BASE has no tensor '{name}' to replace")
         elif base.tensors[name].shape != tensors[key].shape:
-            problems.append(f"adapter tensor '{key}' is {list(tensors[key].shape)}, BASE's '{name}' is {list(base.tensors[name].shape)}")
+            problems.append(
+                f"adapter tensor '{key}' is {list(tensors[key].shape)}, BASE's '{name}' is "
+                f"{list(base.tensors[name].shape)}"
+            )
         else:
             result.replaced[name] = key
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise CheckpointError(f"{path}: the adapter cannot be merged into {base.path}:\n{lines}",
-                              hint="merge an adapter trained on BASE (same model and module names), with plain LoRA")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: the adapter cannot be merged into {base.path}:\n{lines}",
+            hint="merge an adapter trained on BASE (same model and module names), with plain LoRA",
+        )
     return result
 
 
@@ -228,9 +258,12 @@ def _delta_rows(pair: LoraPair, adapter: Adapter) -> Callable[[int, int], torch.
     return rows
 
 
-def _computed(base: Checkpoint, name: str, adapter: Adapter, delta: Callable[[int, int], torch.Tensor] | None) -> OutTensor:
+def _computed(
+    base: Checkpoint, name: str, adapter: Adapter, delta: Callable[[int, int], torch.Tensor] | None
+) -> OutTensor:
     """BASE's tensor, or the adapter's full copy of it, plus the LoRA delta if any; float32
     arithmetic, cast back to BASE's dtype."""
+    # lazy: modelsurgeon.io.dtypes imports torch/transformers
     from modelsurgeon.io.dtypes import ST_TO_TORCH
 
     info = base.tensors[name]
@@ -287,7 +320,8 @@ def _refuse_double_merge(base: Checkpoint, stage: MergeLoraStage) -> None:
     lineage = manifest.lineage if manifest is not None else []
     if any(isinstance(s, MergeLoraStage) and s.adapter_sha256 == stage.adapter_sha256 for s in lineage):
         raise CheckpointError(
-            f"{base.path} already has this adapter merged (its {MANIFEST} lineage lists it); merging again would apply it twice",
+            f"{base.path} already has this adapter merged (its {MANIFEST} lineage lists it); merging again would "
+            f"apply it twice",
             hint="merge the adapter into the checkpoint it was trained on, not into a merged output",
         )
 
@@ -321,8 +355,19 @@ def merge_lora(
     announce_total(progress, sum(t.nbytes for t in tensors))
     with atomic_directory(out) as tmp:
         write_shards(tmp, tensors, max_shard_size, progress)
-        source = source_record(ckpt.path, ckpt.files, model_type=ckpt.config.get("model_type"),
-                               tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
+        source = source_record(
+            ckpt.path,
+            ckpt.files,
+            model_type=ckpt.config.get("model_type"),
+            tensors=len(ckpt.tensors),
+            bytes=ckpt.total_bytes,
+        )
         finish_output(tmp, ckpt.path, extend_lineage(read_manifest(ckpt.path), stage, source))
-    return {"out": str(out), "merged": len(lora.pairs), "replaced": len(lora.replaced),
-            "copied": sum(t.source is not None for t in tensors), "tensors": len(tensors), "bytes": ckpt.total_bytes}  # fmt: skip
+    return {
+        "out": str(out),
+        "merged": len(lora.pairs),
+        "replaced": len(lora.replaced),
+        "copied": sum(t.source is not None for t in tensors),
+        "tensors": len(tensors),
+        "bytes": ckpt.total_bytes,
+    }

@@ -20,7 +20,12 @@ from modelsurgeon.train.methods.registry import unknown_method
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
 CarryPolicy = Literal["reset", "copy", "scale"]
 # Transformers' scheduler names for ours; WSD is "warmup_stable_decay".
-SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup", "wsd": "warmup_stable_decay"}
+SCHEDULER_NAMES = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+    "wsd": "warmup_stable_decay",
+}
 WARMUP_FRACTION = 0.05  # of the steps, without --warmup
 MAX_SEQ_LEN = 1024  # without --seq-len: this, or the model's positions if fewer
 SELECTION_FORMS = "all, 0,5,-1, '{from: 8, to: 24}', '{every: 4}' or '{middle: 4}' (as in plans)"

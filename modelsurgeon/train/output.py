@@ -49,8 +49,10 @@ class MergedWeights:
         try:
             module = self.model.get_submodule(module_name)
         except AttributeError:
-            raise TrainError(f"checkpoint tensor '{name}' has no module '{module_name}' in the loaded model",
-                             hint="the checkpoint's tensor names differ from transformers' module names; please report it") from None  # fmt: skip
+            raise TrainError(
+                f"checkpoint tensor '{name}' has no module '{module_name}' in the loaded model",
+                hint="the checkpoint's tensor names differ from transformers' module names; please report it",
+            ) from None
         if isinstance(module, LoraLayer):
             base = getattr(module.get_base_layer(), attr)
             if attr == "weight" and ADAPTER in module.lora_A:
@@ -88,8 +90,16 @@ def save_optimizer(directory: Path, moments: dict, optimizer, scheduler, *, step
         tensors[f"{name}.exp_avg"] = avg.detach().float().cpu().contiguous()
         tensors[f"{name}.exp_avg_sq"] = avg_sq.detach().float().cpu().contiguous()
     save_file(tensors, str(directory / "optimizer.safetensors"), metadata={"format": "pt"})
-    meta = {"step": step, "method": method, "naming": naming, "lr_scheduler": scheduler.state_dict() if scheduler else None,
-            "betas": list(group["betas"]), "eps": group["eps"], "weight_decay": group["weight_decay"], "lr": group.get("initial_lr", group["lr"])}  # fmt: skip
+    meta = {
+        "step": step,
+        "method": method,
+        "naming": naming,
+        "lr_scheduler": scheduler.state_dict() if scheduler else None,
+        "betas": list(group["betas"]),
+        "eps": group["eps"],
+        "weight_decay": group["weight_decay"],
+        "lr": group.get("initial_lr", group["lr"]),
+    }
     (directory / "state.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return len(tensors) // 2
 
@@ -120,21 +130,30 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
 
 def stage_source(ckpt: Checkpoint, model_type: str, num_layers: int) -> SourceRecord:
     """The record of MODEL, the stage's input."""
-    return source_record(ckpt.path, ckpt.files, model_type=model_type, num_layers=num_layers,
-                         tensors=len(ckpt.tensors), bytes=ckpt.total_bytes)  # fmt: skip
+    return source_record(
+        ckpt.path,
+        ckpt.files,
+        model_type=model_type,
+        num_layers=num_layers,
+        tensors=len(ckpt.tensors),
+        bytes=ckpt.total_bytes,
+    )
 
 
 def model_card(src: Path, stage: dict) -> str:
     card = src / "README.md"
     old = card.read_text().rstrip() + "\n" if card.is_file() else f"# {src.name}, trained\n"
     loss = stage["final_eval_loss"]
-    return old + f"""
+    return (
+        old
+        + f"""
 ## Training stage with modelsurgeon
 
-`surgeon train-stage --method {stage['method']}`: {stage['steps']} steps, {stage['tokens']:,} tokens on
-{', '.join(stage['data'])}; {stage['trainable_params']:,} trainable parameters; final eval loss
-{loss if loss is None else f'{loss:.4f}'}. Metrics in `metrics.jsonl` and `loss.png`; provenance in `surgeon.json`.
+`surgeon train-stage --method {stage["method"]}`: {stage["steps"]} steps, {stage["tokens"]:,} tokens on
+{", ".join(stage["data"])}; {stage["trainable_params"]:,} trainable parameters; final eval loss
+{loss if loss is None else f"{loss:.4f}"}. Metrics in `metrics.jsonl` and `loss.png`; provenance in `surgeon.json`.
 """
+    )
 
 
 def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: SourceRecord, title: str) -> list[str]:
@@ -149,7 +168,13 @@ def finish_files(tmp: Path, ckpt: Checkpoint, work: Path, stage: dict, source: S
     return skipped
 
 
-def write_weights(tmp: Path, ckpt: Checkpoint, changed: set[str], model: torch.nn.Module, max_shard_size: int,
-                  folds: dict[str, tuple[str, float]] | None = None) -> None:
+def write_weights(
+    tmp: Path,
+    ckpt: Checkpoint,
+    changed: set[str],
+    model: torch.nn.Module,
+    max_shard_size: int,
+    folds: dict[str, tuple[str, float]] | None = None,
+) -> None:
     folds = folds or {}
     write_shards(tmp, weight_tensors(ckpt, changed | set(folds), MergedWeights(model, folds)), max_shard_size)

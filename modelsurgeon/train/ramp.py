@@ -42,9 +42,11 @@ def plan_ramp(steps: int | None, model_dir: Path, spec: ArchSpec, layout: Layout
     if steps is None:
         return None
     if not spec.branches:
-        raise TrainError(f"ramp_new: the residual branches of model_type {spec.model_type!r} are not in the "
-                         "architecture table, so the new layers' branch outputs cannot be scaled",
-                         hint="drop ramp_new (--ramp-new-steps), or add the family's branches to arch/specs")
+        raise TrainError(
+            f"ramp_new: the residual branches of model_type {spec.model_type!r} are not in the "
+            "architecture table, so the new layers' branch outputs cannot be scaled",
+            hint="drop ramp_new (--ramp-new-steps), or add the family's branches to arch/specs",
+        )
     layers = new_layers(model_dir)
     modules, folds = [], {}
     for i in layers:
@@ -52,9 +54,11 @@ def plan_ramp(steps: int | None, model_dir: Path, spec: ArchSpec, layout: Layout
         modules += sorted({f"{spec.layer_prefix}{i}.{suffix.rsplit('.', 1)[0]}" for suffix in found})
         folds.update({layout.layers[i][suffix]: fold for suffix, (_, fold) in found.items()})
     if not modules:
-        raise TrainError(f"ramp_new: the new layers {layers} of {model_dir} have none of the branch tensors "
-                         f"of {spec.model_type} ({', '.join(b.module for b in spec.branches.values())})",
-                         hint="drop ramp_new (--ramp-new-steps)")
+        raise TrainError(
+            f"ramp_new: the new layers {layers} of {model_dir} have none of the branch tensors "
+            f"of {spec.model_type} ({', '.join(b.module for b in spec.branches.values())})",
+            hint="drop ramp_new (--ramp-new-steps)",
+        )
     return RampPlan(steps, modules, folds)
 
 
@@ -79,9 +83,10 @@ class BranchRamp:
                 found[key] = module
         missing = sorted(wanted - set(found))
         if missing:
-            raise TrainError(f"ramp_new: the loaded model has no module {missing[0]}",
-                             hint="the checkpoint's tensor names differ from transformers' module names; "
-                                  "please report it")
+            raise TrainError(
+                f"ramp_new: the loaded model has no module {missing[0]}",
+                hint="the checkpoint's tensor names differ from transformers' module names; please report it",
+            )
         self._handles = [m.register_forward_hook(self._scale_output) for m in found.values()]
 
     def _scale_output(self, module, args, output):

@@ -27,11 +27,15 @@ def check_engine(share_duplicates: bool) -> None:
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise TrainError("the accelerate config selects DeepSpeed, but the deepspeed package is not installed",
-                         hint="pip install deepspeed (it needs a CUDA toolchain), or use an FSDP config")  # fmt: skip
+        raise TrainError(
+            "the accelerate config selects DeepSpeed, but the deepspeed package is not installed",
+            hint="pip install deepspeed (it needs a CUDA toolchain), or use an FSDP config",
+        )
     if (deepspeed or fsdp) and share_duplicates:
-        raise TrainError("--share-duplicates ties one tensor to several layers, which FSDP and DeepSpeed cannot shard",
-                         hint="drop --share-duplicates under FSDP/DeepSpeed (sharding spreads the memory anyway)")
+        raise TrainError(
+            "--share-duplicates ties one tensor to several layers, which FSDP and DeepSpeed cannot shard",
+            hint="drop --share-duplicates under FSDP/DeepSpeed (sharding spreads the memory anyway)",
+        )
 
 
 def is_sharded(trainer) -> bool:
@@ -57,6 +61,7 @@ def adam_moments(model: torch.nn.Module, optimizer) -> Moments:
 def _fsdp_moments(trainer) -> Moments:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import unwrapped_optimizer
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -75,11 +80,14 @@ def gather(trainer, rebuild: Callable[[], torch.nn.Module]) -> Gathered | None:
     model = rebuild()
     result = model.load_state_dict({k: v.to("cpu") for k, v in state.items()}, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise TrainError(f"the gathered state dict does not fit the model: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}",
-                         hint="a bug in modelsurgeon's FSDP/DeepSpeed support; please report it with the "
-                         "accelerate config")
+        raise TrainError(
+            f"the gathered state dict does not fit the model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}",
+            hint="a bug in modelsurgeon's FSDP/DeepSpeed support; please report it with the accelerate config",
+        )
     if moments is None:
-        log.warning("DeepSpeed partitions AdamW state its own way: OUT/optimizer/ is not written "
-                    "(--carry-optimizer needs it; the Trainer checkpoints for --resume are unaffected)")
+        log.warning(
+            "DeepSpeed partitions AdamW state its own way: OUT/optimizer/ is not written "
+            "(--carry-optimizer needs it; the Trainer checkpoints for --resume are unaffected)"
+        )
     return Gathered(model, moments)

@@ -75,7 +75,9 @@ def _layer_sources(ckpt: Checkpoint) -> dict[str, tuple[int, str]]:
             f"{ckpt.path}: {MANIFEST} maps {len(layer_map)} layers but the checkpoint has {layout.num_layers}",
             hint=f"{MANIFEST} does not describe these weights; restore the one `surgeon grow` wrote",
         )
-    return {name: (layer_map[j].source, suffix) for j, layer in enumerate(layout.layers) for suffix, name in layer.items()}
+    return {
+        name: (layer_map[j].source, suffix) for j, layer in enumerate(layout.layers) for suffix, name in layer.items()
+    }
 
 
 def _empty_model(path: Path, dtype: torch.dtype) -> PreTrainedModel:
@@ -151,8 +153,10 @@ def load_shared(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[P
     model.tie_weights()
     missing = [n for n, p in model.named_parameters(remove_duplicate=False) if p.is_meta]
     if missing:
-        raise CheckpointError(f"{ckpt.path}: the weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[:3]}",
-                              hint="the checkpoint is incomplete or config.json belongs to another model")  # fmt: skip
+        raise CheckpointError(
+            f"{ckpt.path}: the weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[:3]}",
+            hint="the checkpoint is incomplete or config.json belongs to another model",
+        )
     for p in model.parameters():
         if len(users.get(id(p), [])) > 1:
             p.requires_grad_(False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modelsurgeon.arch.registry import layout_of, resolve_spec
 from modelsurgeon.arch.spec import ArchSpec, Layout
+from modelsurgeon.data import build_blocks, parse_data_spec
 from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupted
 from modelsurgeon.io.reader import Checkpoint, open_checkpoint
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
@@ -24,7 +25,7 @@ from modelsurgeon.threads import pin_for_launcher
 from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
 from modelsurgeon.train.options import TrainOptions
 from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
-from modelsurgeon.train.sharded import check_engine, gather, is_sharded
+from modelsurgeon.train.sharded import adam_moments, check_engine, gather, is_sharded
 
 # Options that may change between an interrupted run and its --resume (intervals only).
 RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
@@ -79,7 +80,10 @@ class StageResult:
 
         t = Table(title=f"train-stage {self.method} -> {self.out}", show_header=False)
         t.add_row("steps / tokens", f"{self.steps:,} / {self.tokens:,} (seq {self.seq_len})")
-        t.add_row("trainable params", f"{self.trainable:,} of {self.total_params:,} ({100 * self.trainable / max(self.total_params, 1):.2f}%)")
+        t.add_row(
+            "trainable params",
+            f"{self.trainable:,} of {self.total_params:,} ({100 * self.trainable / max(self.total_params, 1):.2f}%)",
+        )
         t.add_row("train loss first -> last", f"{fmt(self.first_loss)} -> {fmt(self.final_loss)}")
         t.add_row("eval loss start -> end", f"{fmt(self.initial_eval_loss)} -> {fmt(self.final_eval_loss)}")
         t.add_row("time / throughput", f"{self.seconds:.1f} s / {self.tokens_per_s:,.0f} tokens/s")
@@ -124,27 +128,37 @@ def _run_record(model: Path, options: TrainOptions, world_size: int) -> dict:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    opts = [f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}" for k in sorted(set(old["options"]) | set(new["options"]))
-            if old["options"].get(k) != new["options"].get(k) and k not in RESUMABLE_CHANGES]  # fmt: skip
+    opts = [
+        f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}"
+        for k in sorted(set(old["options"]) | set(new["options"]))
+        if old["options"].get(k) != new["options"].get(k) and k not in RESUMABLE_CHANGES
+    ]
     return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in ("model", "world_size") if old.get(k) != new[k]] + opts
 
 
 def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | None:
     """Create or reuse the work directory; return the checkpoint to resume from (or None)."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
 
     if resume:
         found = last_checkpoint(work)
         if found is None or not (work / "run.json").is_file():
-            raise TrainError(f"--resume: no Trainer checkpoint in {work}", hint="run without --resume to start the stage")
+            raise TrainError(
+                f"--resume: no Trainer checkpoint in {work}", hint="run without --resume to start the stage"
+            )
         changed = _differences(json.loads((work / "run.json").read_text()), record)
         if changed:
-            raise TrainError(f"--resume: this command differs from the interrupted run ({', '.join(changed)})",
-                             hint="resume with the same model, data, options and number of processes, or start over with --force")  # fmt: skip
+            raise TrainError(
+                f"--resume: this command differs from the interrupted run ({', '.join(changed)})",
+                hint="resume with the same model, data, options and number of processes, or start over with --force",
+            )
         return found
     if last_checkpoint(work) is not None and not force:
-        raise TrainError(f"an interrupted run of this stage left checkpoints in {work}",
-                         hint="continue it with --resume, or start over with --force (deletes them)")  # fmt: skip
+        raise TrainError(
+            f"an interrupted run of this stage left checkpoints in {work}",
+            hint="continue it with --resume, or start over with --force (deletes them)",
+        )
     shutil.rmtree(work, ignore_errors=True)  # no checkpoint (a run that failed early), or --force
     work.mkdir(parents=True)
     (work / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -154,28 +168,37 @@ def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | No
 def _check_inputs(model: Path, options: TrainOptions) -> None:
     """What can be checked without the training stack: every --data spec (local paths exist,
     options parse) and that MODEL has tokenizer files."""
-    from modelsurgeon.data import parse_data_spec
 
     for spec in options.data:
         parse_data_spec(spec)
     if not any((model / name).is_file() for name in TOKENIZER_FILES):
-        raise TrainError(f"{model}: no tokenizer files ({', '.join(TOKENIZER_FILES)})",
-                         hint="copy the tokenizer files of the model MODEL was made from into MODEL")  # fmt: skip
+        raise TrainError(
+            f"{model}: no tokenizer files ({', '.join(TOKENIZER_FILES)})",
+            hint="copy the tokenizer files of the model MODEL was made from into MODEL",
+        )
 
 
 def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: int, max_tokens: int):
     from transformers import AutoTokenizer
 
-    from modelsurgeon.data import build_blocks, parse_data_spec
-
     specs = [parse_data_spec(s) for s in options.data]
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise TrainError(f"{model}: no usable tokenizer ({exc})",
-                         hint="copy the tokenizer files of the model MODEL was made from into MODEL") from None  # fmt: skip
-    return build_blocks(specs, tokenizer, seq_len, max_tokens=max_tokens, eval_fraction=options.eval_fraction,
-                        seed=options.seed, text_field=options.text_field, max_positions=_max_positions(ckpt.config))  # fmt: skip
+        raise TrainError(
+            f"{model}: no usable tokenizer ({exc})",
+            hint="copy the tokenizer files of the model MODEL was made from into MODEL",
+        ) from None
+    return build_blocks(
+        specs,
+        tokenizer,
+        seq_len,
+        max_tokens=max_tokens,
+        eval_fraction=options.eval_fraction,
+        seed=options.seed,
+        text_field=options.text_field,
+        max_positions=_max_positions(ckpt.config),
+    )
 
 
 def _max_positions(config: dict) -> int | None:
@@ -192,6 +215,7 @@ def _load_model(model: Path, options: TrainOptions, setup: _Setup):
     dtype = getattr(torch, method.base_dtype(options.bf16))
     shared = None
     if options.share_duplicates:
+        # lazy: modelsurgeon.train.shared imports torch/transformers
         from modelsurgeon.train.shared import load_shared
 
         base, info = load_shared(model, dtype)
@@ -207,6 +231,7 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
     """AdamW moments from the parent stage, mapped through MODEL's layer map (T2's carry_state)."""
     if options.carry_optimizer in (None, "reset"):
         return None
+    # lazy: modelsurgeon.train.carry imports torch/transformers
     from modelsurgeon.train.carry import carry_state
 
     parent = options.optimizer_from
@@ -214,8 +239,10 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
         manifest = read_manifest(model_dir)
         source = manifest.source.path if manifest is not None else None
         if source is None:
-            raise MissingManifestError(f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
-                             hint="pass the parent stage's OUT/optimizer with --optimizer-from")  # fmt: skip
+            raise MissingManifestError(
+                f"--carry-optimizer: {model_dir} has no surgeon.json naming the checkpoint it was grown from",
+                hint="pass the parent stage's OUT/optimizer with --optimizer-from",
+            )
         parent = Path(source) / "optimizer"
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     return carry_state(Path(parent), model_dir, names, options.carry_optimizer)
@@ -223,24 +250,46 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
 
 def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, resumed: bool) -> dict:
     return {
-        "kind": "train", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "method": options.method, **setup.plan.describe(), "data": options.data,
+        "kind": "train",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "method": options.method,
+        **setup.plan.describe(),
+        "data": options.data,
         "data_stats": json.loads(json.dumps(result.data_stats, default=str)),
-        "steps": result.steps, "tokens": result.tokens, "seq_len": result.seq_len, "seed": options.seed,
-        "trainable_params": result.trainable, "total_params": result.total_params,
-        "initial_eval_loss": result.initial_eval_loss, "final_train_loss": result.final_loss,
-        "final_eval_loss": result.final_eval_loss, "resumed": resumed, "shared": result.shared,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "seq_len": result.seq_len,
+        "seed": options.seed,
+        "trainable_params": result.trainable,
+        "total_params": result.total_params,
+        "initial_eval_loss": result.initial_eval_loss,
+        "final_train_loss": result.final_loss,
+        "final_eval_loss": result.final_eval_loss,
+        "resumed": resumed,
+        "shared": result.shared,
         "options": options.model_dump(mode="json"),
-    }  # fmt: skip
+    }
 
 
-def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: Path, stage: dict, max_shard_size: int,
-           folds: dict | None = None, moments: dict | None = None) -> None:
+def _write(
+    out: Path,
+    setup: _Setup,
+    net,
+    trainer,
+    options: TrainOptions,
+    work: Path,
+    stage: dict,
+    max_shard_size: int,
+    folds: dict | None = None,
+    moments: dict | None = None,
+) -> None:
     """Write OUT from the unsharded `net`; `moments` (gathered under FSDP) replace reading the
     optimizer's own state, which is sharded there; None with a sharded run: no optimizer/."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import unwrapped_optimizer
+
+    # lazy: modelsurgeon.train.output imports torch/transformers
     from modelsurgeon.train.output import finish_files, save_optimizer, stage_source, write_weights
-    from modelsurgeon.train.sharded import adam_moments, is_sharded
 
     method = options.train_method
     base = method.trained_model(net)
@@ -250,16 +299,28 @@ def _write(out: Path, setup: _Setup, net, trainer, options: TrainOptions, work: 
     if moments is None and not is_sharded(trainer):
         moments = adam_moments(net, optimizer)
     with atomic_directory(out) as tmp:
-        write_weights(tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size, folds)
+        write_weights(
+            tmp, setup.ckpt, changed_tensors(setup.plan, setup.spec, setup.layout), base, max_shard_size, folds
+        )
         method.save_extras(net, tmp)
         if moments is not None:
-            save_optimizer(tmp / "optimizer", moments, optimizer, scheduler, step=stage["steps"], method=method.name,
-                           naming=method.optimizer_naming)  # fmt: skip
-        finish_files(tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps")
+            save_optimizer(
+                tmp / "optimizer",
+                moments,
+                optimizer,
+                scheduler,
+                step=stage["steps"],
+                method=method.name,
+                naming=method.optimizer_naming,
+            )
+        finish_files(
+            tmp, setup.ckpt, work, stage, source, f"{setup.ckpt.path.name}: {options.method}, {stage['steps']} steps"
+        )
 
 
 def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> Path | None:
     """One process creates or checks the work directory; all learn the checkpoint to resume from."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
 
     with probe.main_process_first(local=False):
@@ -268,10 +329,22 @@ def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> P
         return last_checkpoint(work) if resume else None
 
 
-def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | None, total: int,
-           carried: dict | None, callbacks: list, overrides: dict):  # fmt: skip
+def _train(
+    net,
+    data,
+    options: TrainOptions,
+    work: Path,
+    resume_from: Path | None,
+    total: int,
+    carried: dict | None,
+    callbacks: list,
+    overrides: dict,
+):
     """Run the Trainer (a stop signal: checkpoint and TrainInterrupted); return it and the seconds it ran."""
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import make_trainer, training_arguments
+
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import InterruptCallback
 
     interrupt = InterruptCallback()
@@ -284,9 +357,12 @@ def _train(net, data, options: TrainOptions, work: Path, resume_from: Path | Non
         import signal
 
         name = signal.Signals(interrupt.signum).name
-        raise TrainInterrupted(f"training interrupted by {name} at step {interrupt.stopped_at} of {total}; "
-                               f"a resumable checkpoint is in {work}",
-                               hint="run the same command again with --resume to continue", signum=interrupt.signum)
+        raise TrainInterrupted(
+            f"training interrupted by {name} at step {interrupt.stopped_at} of {total}; "
+            f"a resumable checkpoint is in {work}",
+            hint="run the same command again with --resume to continue",
+            signum=interrupt.signum,
+        )
     return trainer, time.perf_counter() - start
 
 
@@ -312,7 +388,10 @@ def train_stage(
     setup = _setup(model, options)
     _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
     pin_for_launcher()  # N processes of a launcher share the cores instead of each taking all of them
+    # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint, training_arguments
+
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
 
     seq_len = options.sequence_length(_max_positions(setup.ckpt.config))
@@ -338,15 +417,36 @@ def train_stage(
         raise
     done = trainer.state.global_step - (int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0)
     trainable, total_params = trainable_params(net)
-    result = StageResult(out, options.method, trainer.state.global_step, trainer.state.global_step * per_step, seq_len,
-                         trainable, total_params, seconds, done * per_step / max(seconds, 1e-9),
-                         read_metrics(work / "metrics.jsonl"), dict(data.stats), shared)  # fmt: skip
+    result = StageResult(
+        out,
+        options.method,
+        trainer.state.global_step,
+        trainer.state.global_step * per_step,
+        seq_len,
+        trainable,
+        total_params,
+        seconds,
+        done * per_step / max(seconds, 1e-9),
+        read_metrics(work / "metrics.jsonl"),
+        dict(data.stats),
+        shared,
+    )
     gathered = gather(trainer, lambda: _load_model(model, options, setup)[0]) if is_sharded(trainer) else None
     if trainer.is_world_process_zero():
         check_output_path(out, model, force)
         stage = _stage_record(options, setup, result, resume_from is not None)
-        _write(out, setup, gathered.model if gathered else net, trainer, options, work, stage, max_shard_size,
-               ramp.folds() if ramp else None, gathered.moments if gathered else None)  # fmt: skip
+        _write(
+            out,
+            setup,
+            gathered.model if gathered else net,
+            trainer,
+            options,
+            work,
+            stage,
+            max_shard_size,
+            ramp.folds() if ramp else None,
+            gathered.moments if gathered else None,
+        )
         shutil.rmtree(work, ignore_errors=True)
         result.written = True
     trainer.accelerator.wait_for_everyone()

@@ -14,13 +14,24 @@ import torch
 from modelsurgeon.arch.layer_keys import layer_key_findings
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.io.dtype_rules import alias_help, canonical_dtype
-from modelsurgeon.verify.checks import BOUNDS, approx_checks, exact_checks, finite_check, layer_key_check, load_check, program_check, structure_check
+from modelsurgeon.verify.checks import (
+    BOUNDS,
+    approx_checks,
+    exact_checks,
+    finite_check,
+    layer_key_check,
+    load_check,
+    program_check,
+    structure_check,
+)
 from modelsurgeon.verify.claims import Claims, Structure, compare_dtype, read_claims, read_structure, structure_problems
 from modelsurgeon.verify.compare import alignment, greedy_stats, layer_drift, logit_stats, logprob_delta, perplexity
 from modelsurgeon.verify.experts import expert_problems
+from modelsurgeon.verify.program import can_run, run_program
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
+from modelsurgeon.verify.vllm_engine import find_vllm_python, run_vllm
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,7 +42,9 @@ DEFAULT_POSITIONS = 2048  # when config.json names no limit
 
 
 def _positions(s: Structure) -> int:
-    return next((int(s.ckpt.config[k]) for k in POSITION_KEYS if isinstance(s.ckpt.config.get(k), int)), DEFAULT_POSITIONS)
+    return next(
+        (int(s.ckpt.config[k]) for k in POSITION_KEYS if isinstance(s.ckpt.config.get(k), int)), DEFAULT_POSITIONS
+    )
 
 
 def _prompt_texts(prompts: str | Path | Sequence[str] | None) -> list[str]:
@@ -89,13 +102,17 @@ def _torch_checks(
     if not layer_map:
         report.notes.append("no usable layer map: per-layer hidden-state diagnosis skipped")
     report.metrics.update(
-        logits=dataclasses.asdict(stats), greedy=dataclasses.asdict(greedy),
-        perplexity={"source": ppl[0], "grown": ppl[1]}, layer_drift=[dataclasses.asdict(d) for d in drift],
-    )  # fmt: skip
+        logits=dataclasses.asdict(stats),
+        greedy=dataclasses.asdict(greedy),
+        perplexity={"source": ppl[0], "grown": ppl[1]},
+        layer_drift=[dataclasses.asdict(d) for d in drift],
+    )
     if claims.equivalence == "exact":
         report.checks += exact_checks(b, stats, greedy, drift, layer_map)
     else:
-        report.checks += approx_checks(b, stats, greedy, ppl, drift, layer_map, gating=claims.equivalence == "approx" and report.strict)
+        report.checks += approx_checks(
+            b, stats, greedy, ppl, drift, layer_map, gating=claims.equivalence == "approx" and report.strict
+        )
     _program_check(report, s_run, g_run, layer_map, tol)
 
 
@@ -117,7 +134,6 @@ def _program_check(report: VerifyReport, s_run: ModelRun, g_run: ModelRun, layer
 
 
 def _vllm_checks(report: VerifyReport, runs: dict[str, ModelRun], out: Structure, ids, python: str) -> None:
-    from modelsurgeon.verify.vllm_engine import run_vllm
 
     b = BOUNDS[report.dtype]
     max_len = min(_positions(out), max(len(i) for i in ids) + report.max_new_tokens)
@@ -126,7 +142,9 @@ def _vllm_checks(report: VerifyReport, runs: dict[str, ModelRun], out: Structure
     report.timings["vllm_subprocess"] = run.wall_s
     loaded = run.ok and not run.weight_warnings
     detail = run.error or "; ".join(run.weight_warnings)
-    report.checks.append(Check("vLLM loads GROWN", loaded, "yes" if loaded else "no", "every weight loaded", detail=detail))
+    report.checks.append(
+        Check("vLLM loads GROWN", loaded, "yes" if loaded else "no", "every weight loaded", detail=detail)
+    )
     if not run.ok:
         return
     refs = [("GROWN", runs["grown"])] + ([("SOURCE", runs["source"])] if report.equivalence == "exact" else [])
@@ -135,15 +153,32 @@ def _vllm_checks(report: VerifyReport, runs: dict[str, ModelRun], out: Structure
         g = greedy_stats(ref.greedy, run.tokens, ref.greedy_logits, b.engine_tol(scale))
         delta, where = logprob_delta(ref.logits, ids, run.prompt_logprobs)
         key = name.lower()
-        report.vllm.update({f"agreement_vs_{key}": g.agreement, f"first_divergence_vs_{key}": g.first_divergence,
-                            f"max_logprob_delta_vs_{key}": delta})  # fmt: skip
-        diverged = next((f"prompt {p} diverges at token {d}" for p, d in enumerate(g.first_divergence) if d is not None), "")
+        report.vllm.update(
+            {
+                f"agreement_vs_{key}": g.agreement,
+                f"first_divergence_vs_{key}": g.first_divergence,
+                f"max_logprob_delta_vs_{key}": delta,
+            }
+        )
+        diverged = next(
+            (f"prompt {p} diverges at token {d}" for p, d in enumerate(g.first_divergence) if d is not None), ""
+        )
         report.checks += [
-            Check(f"vLLM greedy = transformers greedy on {name}", all(g.tie_at_divergence),
-                  f"{g.identical}/{g.prompts} identical", "identical (near-ties excepted)", detail=diverged),
-            Check(f"vLLM prompt log-probs = transformers on {name}", delta <= b.engine_logprob, f"{delta:.2e}",
-                  f"<= {b.engine_logprob:g}", detail=f"largest at prompt {where[0]}, position {where[1]}" if delta > b.engine_logprob else ""),
-        ]  # fmt: skip
+            Check(
+                f"vLLM greedy = transformers greedy on {name}",
+                all(g.tie_at_divergence),
+                f"{g.identical}/{g.prompts} identical",
+                "identical (near-ties excepted)",
+                detail=diverged,
+            ),
+            Check(
+                f"vLLM prompt log-probs = transformers on {name}",
+                delta <= b.engine_logprob,
+                f"{delta:.2e}",
+                f"<= {b.engine_logprob:g}",
+                detail=f"largest at prompt {where[0]}, position {where[1]}" if delta > b.engine_logprob else "",
+            ),
+        ]
 
 
 def _program(src: Structure, layer_map, ids, dev: torch.device):
@@ -151,15 +186,15 @@ def _program(src: Structure, layer_map, ids, dev: torch.device):
     outputs, or the reason it cannot run."""
 
     def run(model):
-        from modelsurgeon.verify.program import can_run, run_program
 
         return can_run(src, model) or run_program(model, src, layer_map, ids, dev)
 
     return run
 
 
-def _run_models(report: VerifyReport, src: Structure, out: Structure, ids, dev: torch.device, problems: list[str],
-                layer_map) -> dict[str, ModelRun]:  # fmt: skip
+def _run_models(
+    report: VerifyReport, src: Structure, out: Structure, ids, dev: torch.device, problems: list[str], layer_map
+) -> dict[str, ModelRun]:
     """One model in memory at a time (or one layer, with layerwise)."""
     runs: dict[str, ModelRun] = {}
     dtype = DTYPES[report.dtype]
@@ -171,7 +206,9 @@ def _run_models(report: VerifyReport, src: Structure, out: Structure, ids, dev: 
         if report.layerwise or report.engine == "vllm" or not layer_map:
             runs["source"] = run(src.ckpt.path, src, ids, report.max_new_tokens, dtype, dev)
         else:
-            runs["source"] = run_full(src.ckpt.path, src, ids, report.max_new_tokens, dtype, dev, also=_program(src, layer_map, ids, dev))
+            runs["source"] = run_full(
+                src.ckpt.path, src, ids, report.max_new_tokens, dtype, dev, also=_program(src, layer_map, ids, dev)
+            )
     runs["grown"] = run(out.ckpt.path, out, ids, report.max_new_tokens, DTYPES[report.dtype], dev, problems)
     for name, r in runs.items():
         report.timings.update({f"{name}_load": r.load_s, f"{name}_run": r.run_s})
@@ -204,8 +241,6 @@ def verify_checkpoint(
     _validate(engine, dtype, max_new_tokens)
     start = time.perf_counter()
     if engine != "torch":  # before minutes of transformers work, not after
-        from modelsurgeon.verify.vllm_engine import find_vllm_python
-
         vllm_python = find_vllm_python(vllm_python)
     src, out = read_structure(Path(source)), read_structure(Path(grown))
     claims = read_claims(src, out, expect)
@@ -214,20 +249,47 @@ def verify_checkpoint(
     experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
     max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
     if max_prompt < MIN_TOKENS:
-        raise VerifyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions")
+        raise VerifyError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions"
+        )
     ids = tokenize(src.ckpt.path, out.ckpt.path, _prompt_texts(prompts), max_prompt)
     dev = pick_device(device)
-    report = VerifyReport(str(source), str(grown), claims.equivalence, claims.origin, engine, dtype, str(dev), layerwise,
-                          len(ids), sum(map(len, ids)), max_new_tokens, strict, notes=list(claims.notes))  # fmt: skip
+    report = VerifyReport(
+        str(source),
+        str(grown),
+        claims.equivalence,
+        claims.origin,
+        engine,
+        dtype,
+        str(dev),
+        layerwise,
+        len(ids),
+        sum(map(len, ids)),
+        max_new_tokens,
+        strict,
+        notes=list(claims.notes),
+    )
     layer_map = _diagnosis_map(claims, src, out, report.notes)
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
-    report.checks.append(layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none"))
+    report.checks.append(
+        layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none")
+    )
     if out.spec.moe is not None and claims.equivalence == "exact":
-        report.checks.append(Check("experts and router rows copied", not experts, "yes" if not experts else "no",
-                                   "every expert its source's", True, "; ".join(experts)))  # fmt: skip
+        report.checks.append(
+            Check(
+                "experts and router rows copied",
+                not experts,
+                "yes" if not experts else "no",
+                "every expert its source's",
+                True,
+                "; ".join(experts),
+            )
+        )
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
-    report.checks.append(finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()}))
+    report.checks.append(
+        finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()})
+    )
     if engine != "vllm":
         _torch_checks(report, runs, claims, src, layer_map, ids)
     if engine != "torch":

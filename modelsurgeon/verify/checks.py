@@ -69,7 +69,10 @@ def first_divergent(drift: list[LayerDrift], tol: float) -> LayerDrift | None:
 
 def describe_divergence(d: LayerDrift, layer_map: list[tuple[int, float]] | None) -> str:
     src = "the source's embeddings" if d.source_layer < 0 else f"source layer {d.source_layer}'s"
-    return f"{_layer_name(d.grown_layer, layer_map)} is the first whose output differs from {src} (relative error {d.rel_error:.2e})"
+    return (
+        f"{_layer_name(d.grown_layer, layer_map)} is the first whose output differs from {src} (relative error "
+        f"{d.rel_error:.2e})"
+    )
 
 
 def largest_jump(drift: list[LayerDrift], layer_map: list[tuple[int, float]] | None) -> str:
@@ -97,24 +100,42 @@ def exact_checks(b: Bounds, s: LogitStats, g: GreedyStats, drift: list[LayerDrif
     greedy_ok = all(t for t in g.tie_at_divergence)
     return [
         Check("max |dlogit|", s.max_abs <= tol, f"{s.max_abs:.2e}", f"<= {tol:.1e}", detail=where),
-        Check("top-1 agreement", real_flips == 0, f"{s.top1:.4f}", "1 (near-ties excepted)",
-              detail=f"{real_flips} position(s) disagree" if real_flips else ""),
-        Check("greedy tokens", greedy_ok, f"{g.identical}/{g.prompts} identical", "identical (near-ties excepted)",
-              detail="" if greedy_ok else _greedy_text(g)),
-        Check("hidden states per layer", bad_layer is None,
-              f"max rel {max((d.rel_error for d in drift), default=0):.1e}", f"<= {b.hidden_rtol:.0e}",
-              detail=describe_divergence(bad_layer, layer_map) if bad_layer else ""),
-    ]  # fmt: skip
+        Check(
+            "top-1 agreement",
+            real_flips == 0,
+            f"{s.top1:.4f}",
+            "1 (near-ties excepted)",
+            detail=f"{real_flips} position(s) disagree" if real_flips else "",
+        ),
+        Check(
+            "greedy tokens",
+            greedy_ok,
+            f"{g.identical}/{g.prompts} identical",
+            "identical (near-ties excepted)",
+            detail="" if greedy_ok else _greedy_text(g),
+        ),
+        Check(
+            "hidden states per layer",
+            bad_layer is None,
+            f"max rel {max((d.rel_error for d in drift), default=0):.1e}",
+            f"<= {b.hidden_rtol:.0e}",
+            detail=describe_divergence(bad_layer, layer_map) if bad_layer else "",
+        ),
+    ]
 
 
-def approx_checks(b: Bounds, s: LogitStats, g: GreedyStats, ppl: tuple[float, float], drift, layer_map, gating: bool) -> list[Check]:
+def approx_checks(
+    b: Bounds, s: LogitStats, g: GreedyStats, ppl: tuple[float, float], drift, layer_map, gating: bool
+) -> list[Check]:
     ratio = ppl[1] / ppl[0]
     worst = max((d.rel_error for d in drift), default=0.0)
     return [
         Check("mean KL(source||grown)", s.mean_kl <= b.max_kl, f"{s.mean_kl:.4f}", f"<= {b.max_kl}", gating),
         Check("top-1 agreement", s.top1 >= b.min_top1, f"{s.top1:.4f}", f">= {b.min_top1}", gating),
         Check("perplexity ratio", ratio <= b.max_ppl_ratio, f"{ratio:.3f}", f"<= {b.max_ppl_ratio}", gating),
-        Check("greedy tokens", g.identical == g.prompts, f"{g.agreement:.2f} agree", "reported", False, _greedy_text(g)),
+        Check(
+            "greedy tokens", g.identical == g.prompts, f"{g.agreement:.2f} agree", "reported", False, _greedy_text(g)
+        ),
         Check("hidden-state drift", True, f"max rel {worst:.1e}", "reported", False, largest_jump(drift, layer_map)),
     ]
 
@@ -125,8 +146,14 @@ def finite_check(values: dict[str, bool]) -> Check:
 
 
 def structure_check(problems: list[str], gating: bool) -> Check:
-    return Check("config lists follow the layer map", not problems, "yes" if not problems else "no", "remapped",
-                 gating, "; ".join(problems))  # fmt: skip
+    return Check(
+        "config lists follow the layer map",
+        not problems,
+        "yes" if not problems else "no",
+        "remapped",
+        gating,
+        "; ".join(problems),
+    )
 
 
 def layer_key_check(findings: list[tuple[str, bool]], gating: bool) -> Check:
@@ -134,14 +161,26 @@ def layer_key_check(findings: list[tuple[str, bool]], gating: bool) -> Check:
     value would beat fails; a pattern no value expresses is reported."""
     fixable = [text for text, can_fix in findings if can_fix]
     got = "yes" if not findings else ("no" if fixable else "best possible")
-    return Check("config scalars agree with layer lists", not fixable, got, "agree", gating,
-                 "; ".join(text for text, _ in findings))  # fmt: skip
+    return Check(
+        "config scalars agree with layer lists",
+        not fixable,
+        got,
+        "agree",
+        gating,
+        "; ".join(text for text, _ in findings),
+    )
 
 
 def load_check(warnings: dict[str, list[str]], strict: bool) -> Check:
     found = [f"{k}: {w}" for k, ws in warnings.items() for w in ws]
-    return Check("transformers load warnings", not found, str(len(found)), "none" if strict else "reported (--strict fails)",
-                 strict, "; ".join(found)[:500])  # fmt: skip
+    return Check(
+        "transformers load warnings",
+        not found,
+        str(len(found)),
+        "none" if strict else "reported (--strict fails)",
+        strict,
+        "; ".join(found)[:500],
+    )
 
 
 def program_check(b: Bounds, s: LogitStats, drift: list[LayerDrift], layer_map, gating: bool) -> Check:
@@ -150,5 +189,8 @@ def program_check(b: Bounds, s: LogitStats, drift: list[LayerDrift], layer_map, 
     ok = s.max_abs <= tol and bad is None
     detail = ""
     if bad is not None:
-        detail = f"{_layer_name(bad.grown_layer, layer_map)} is the first whose output differs from the program (relative error {bad.rel_error:.2e})"
+        detail = (
+            f"{_layer_name(bad.grown_layer, layer_map)} is the first whose output differs from the program "
+            f"(relative error {bad.rel_error:.2e})"
+        )
     return Check("GROWN = layer map run on SOURCE", ok, f"{s.max_abs:.2e}", f"<= {tol:.1e}", gating, detail)

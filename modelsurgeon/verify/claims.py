@@ -57,7 +57,9 @@ _RANK = {"exact": 0, "approx": 1, "none": 2}
 
 def path_class(stages: list[Stage]) -> Equivalence:
     """The class a path of lineage stages promises: its weakest stage's."""
-    classes = [s.equivalence if isinstance(s, GrowStage) else "exact" if s.kind == "convert" else "none" for s in stages]
+    classes = [
+        s.equivalence if isinstance(s, GrowStage) else "exact" if s.kind == "convert" else "none" for s in stages
+    ]
     return max(classes, key=_RANK.__getitem__, default="exact")
 
 
@@ -84,16 +86,21 @@ def read_claims(source: Structure, grown: Structure, expect: str | None) -> Clai
         if expect is None:
             raise MissingManifestError(
                 f"{grown.ckpt.path} has no {MANIFEST}, so its equivalence class is unknown",
-                hint="pass --expect exact|approx|none (exact: same outputs as SOURCE; approx: close; none: report only)",
+                hint="pass --expect exact|approx|none (exact: same outputs as SOURCE; approx: close; none: report "
+                "only)",
             )
         same = source.num_layers == grown.num_layers
         return Claims(expect, "--expect", [(i, 1.0) for i in range(grown.num_layers)] if same else None)
     if manifest.multi_model:  # layers of other checkpoints: SOURCE cannot run GROWN's program
-        note = (f"GROWN is a splice of {1 + len(manifest.models)} models ({MANIFEST} models: "
-                f"{[m.path for m in manifest.models]}): the layer-map program check and the hidden-state "
-                "alignment need every layer's own model, so they are not checkable against one SOURCE")  # fmt: skip
+        note = (
+            f"GROWN is a splice of {1 + len(manifest.models)} models ({MANIFEST} models: "
+            f"{[m.path for m in manifest.models]}): the layer-map program check and the hidden-state "
+            "alignment need every layer's own model, so they are not checkable against one SOURCE"
+        )
         if expect is None and manifest.equivalence not in CLASSES:
-            raise VerifyError(f"{MANIFEST} has no valid 'equivalence' ({manifest.equivalence!r})", hint="pass --expect CLASS")
+            raise VerifyError(
+                f"{MANIFEST} has no valid 'equivalence' ({manifest.equivalence!r})", hint="pass --expect CLASS"
+            )
         return Claims(expect or manifest.equivalence, "--expect" if expect else MANIFEST, None, [note])
     found = lineage_path(manifest, headers_sha256(source.ckpt.files), grown.num_layers)
     if found is None:
@@ -136,12 +143,16 @@ def structure_problems(source: Structure, grown: Structure, layer_map: list[tupl
 def _list_problem(key: str, got, want: list, layer_map: list[tuple[int, float]]) -> str:
     if not isinstance(got, list) or len(got) != len(want):
         size = len(got) if isinstance(got, list) else "no"
-        return f"config.json '{key}' has {size} entries, expected {len(want)} (one per grown layer, remapped from SOURCE)"
+        return (
+            f"config.json '{key}' has {size} entries, expected {len(want)} (one per grown layer, remapped from SOURCE)"
+        )
     bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
     j = bad[0]
-    return (f"config.json '{key}' differs at grown layers {bad}: e.g. '{key}'[{j}] is {got[j]!r} but grown layer {j} "
-            f"is a copy of source layer {layer_map[j][0]}, whose entry is {want[j]!r}; the list was not remapped "
-            f"through the layer map")  # fmt: skip
+    return (
+        f"config.json '{key}' differs at grown layers {bad}: e.g. '{key}'[{j}] is {got[j]!r} but grown layer {j} "
+        f"is a copy of source layer {layer_map[j][0]}, whose entry is {want[j]!r}; the list was not remapped "
+        f"through the layer map"
+    )
 
 
 # safetensors dtype -> the dtype verify runs at (float64 weights run at float32)

@@ -31,10 +31,15 @@ def logit_stats(src: list[torch.Tensor], out: list[torch.Tensor], tol: float) ->
     margin = a.gather(-1, pa[:, None]) - a.gather(-1, pb[:, None])
     ties = int((differ & (margin[:, 0] <= tol)).sum())
     return LogitStats(
-        max_abs=(a - b).abs().max().item(), mean_abs=(a - b).abs().mean().item(), mean_kl=kl.mean().item(),
-        top1=1.0 - differ.float().mean().item(), top1_ties=ties, positions=a.shape[0],
-        logit_scale=a.abs().max().item(), first_diff=_first_diff(src, out, tol),
-    )  # fmt: skip
+        max_abs=(a - b).abs().max().item(),
+        mean_abs=(a - b).abs().mean().item(),
+        mean_kl=kl.mean().item(),
+        top1=1.0 - differ.float().mean().item(),
+        top1_ties=ties,
+        positions=a.shape[0],
+        logit_scale=a.abs().max().item(),
+        first_diff=_first_diff(src, out, tol),
+    )
 
 
 def _first_diff(src: list[torch.Tensor], out: list[torch.Tensor], tol: float) -> tuple[int, int] | None:
@@ -55,14 +60,18 @@ def perplexity(logits: list[torch.Tensor], prompts: list[list[int]]) -> float:
     return math.exp(nll / n)
 
 
-def logprob_delta(logits: list[torch.Tensor], prompts: list[list[int]], other: list[list[float | None]]) -> tuple[float, tuple[int, int] | None]:
+def logprob_delta(
+    logits: list[torch.Tensor], prompts: list[list[int]], other: list[list[float | None]]
+) -> tuple[float, tuple[int, int] | None]:
     """Max |log p(token i | prefix)| difference between our logits and another engine's
     prompt log-probs, and the (prompt, position) where it is largest."""
     worst, where = 0.0, None
     for p, (x, ids, lp) in enumerate(zip(logits, prompts, other)):
         ours = x[:-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
         given = [v if v is not None else float("nan") for v in lp[1 : len(ids)]]
-        theirs = torch.tensor(given + [float("nan")] * (len(ids) - 1 - len(given)), dtype=torch.float32)  # unscored: inf
+        theirs = torch.tensor(
+            given + [float("nan")] * (len(ids) - 1 - len(given)), dtype=torch.float32
+        )  # unscored: inf
         delta = (ours - theirs).abs().nan_to_num(float("inf"))
         i = int(delta.argmax())
         if float(delta[i]) > worst or where is None:
@@ -129,7 +138,9 @@ def fold_width(h: torch.Tensor, width: int) -> torch.Tensor:
     return h.reshape(*h.shape[:-1], n, width).mean(-2)
 
 
-def layer_drift(src: list[list[torch.Tensor]], out: list[list[torch.Tensor]], pairs: list[tuple[int, int]]) -> list[LayerDrift]:
+def layer_drift(
+    src: list[list[torch.Tensor]], out: list[list[torch.Tensor]], pairs: list[tuple[int, int]]
+) -> list[LayerDrift]:
     """Relative error of the grown stream against the source stream at each aligned pair.
     hidden[p][k+1] is the output of layer k, hidden[p][0] the embeddings."""
     drift = []

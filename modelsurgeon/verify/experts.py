@@ -22,7 +22,9 @@ def _same(got: torch.Tensor, want: torch.Tensor, role: str, halved: bool) -> boo
 def _source_tensor(source: Structure, s: int, suffix: str, e: int, role: str, factor: int | None) -> str | None:
     layer = source.layout.layers[s]
     if factor is None:  # upcycled: the dense FFN tensor of the same role
-        return next((n for sfx, n in layer.items() if source.spec.role_of(sfx) == role and sfx.endswith(".weight")), None)
+        return next(
+            (n for sfx, n in layer.items() if source.spec.role_of(sfx) == role and sfx.endswith(".weight")), None
+        )
     moe = source.spec.moe
     inner = suffix[len(moe.expert_module(e, "")) :]
     return layer.get(moe.expert_module(e // factor, inner))
@@ -33,11 +35,16 @@ def _router_problems(source: Structure, grown: Structure, j: int, s: int, factor
     got = grown.ckpt.load(grown.layout.layers[j][name])
     want = source.ckpt.load(source.layout.layers[s][name]).repeat_interleave(factor, dim=0)
     bad = [r for r in range(min(len(got), len(want))) if not torch.equal(got[r], want[r])]
-    return [f"grown layer {j} router: the row of expert {r} differs from source layer {s} expert {r // factor}'s row "
-            f"(max |diff| {_max_diff(got[r], want[r]):.3g}); copied experts need copied router rows" for r in bad]  # fmt: skip
+    return [
+        f"grown layer {j} router: the row of expert {r} differs from source layer {s} expert {r // factor}'s row "
+        f"(max |diff| {_max_diff(got[r], want[r]):.3g}); copied experts need copied router rows"
+        for r in bad
+    ]
 
 
-def expert_problems(source: Structure, grown: Structure, layer_map: list[tuple[int, float]] | None, equivalence: str) -> list[str]:
+def expert_problems(
+    source: Structure, grown: Structure, layer_map: list[tuple[int, float]] | None, equivalence: str
+) -> list[str]:
     """Experts (and router rows) an exact growth should have copied but did not."""
     moe = grown.spec.moe
     if moe is None or equivalence != "exact" or not layer_map or len(layer_map) != grown.num_layers:
@@ -60,7 +67,11 @@ def expert_problems(source: Structure, grown: Structure, layer_map: list[tuple[i
             got = grown.ckpt.load(name)
             want = source.ckpt.load(src) if src else None
             if want is None or not _same(got, want, role, halved):
-                diff = f"max |diff| {_max_diff(got, want):.3g}" if want is not None and got.shape == want.shape else "shape"
+                diff = (
+                    f"max |diff| {_max_diff(got, want):.3g}"
+                    if want is not None and got.shape == want.shape
+                    else "shape"
+                )
                 problems.append(f"grown layer {j} expert {e}: {suffix} differs from source layer {s} '{src}' ({diff})")
         if factor and f"{moe.router}.weight" in grown.layout.layers[j]:
             problems += _router_problems(source, grown, j, s, factor)

@@ -76,7 +76,9 @@ def _key_renamer(model: nn.Module):
 class LayerwiseModel:
     """A causal LM whose decoder layers live on disk until they run."""
 
-    def __init__(self, path: Path, structure: Structure, dtype: torch.dtype, device: torch.device, problems: list[str] = ()) -> None:
+    def __init__(
+        self, path: Path, structure: Structure, dtype: torch.dtype, device: torch.device, problems: list[str] = ()
+    ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.structure, self.dtype, self.device = structure, dtype, device
@@ -90,7 +92,9 @@ class LayerwiseModel:
         layers = self.model.get_submodule(structure.layers_module)
         self.layers = list(layers)  # the real layers stay on meta until they run
         if len(self.layers) != structure.num_layers:
-            raise VerifyError(f"{path}: the model has {len(self.layers)} layers but the weights hold {structure.num_layers}")
+            raise VerifyError(
+                f"{path}: the model has {len(self.layers)} layers but the weights hold {structure.num_layers}"
+            )
         self.tape = _Tape(len(self.layers))
         for i in range(len(layers)):
             layers[i] = _Stub(i, self.tape)
@@ -135,14 +139,21 @@ class LayerwiseModel:
         layer = self.layers[i]
         ckpt = self.structure.ckpt
         prefix = f"{self.structure.layers_module}.{i}."
-        state = {self.rename(name).removeprefix(prefix): self._cast(ckpt.load(name)) for name in self.structure.layout.layers[i].values()}
+        state = {
+            self.rename(name).removeprefix(prefix): self._cast(ckpt.load(name))
+            for name in self.structure.layout.layers[i].values()
+        }
         try:
             layer.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
-            raise VerifyError(f"{ckpt.path}: layer {i} does not match the model built from config.json: {exc}") from None
+            raise VerifyError(
+                f"{ckpt.path}: layer {i} does not match the model built from config.json: {exc}"
+            ) from None
         left = [n for n, t in [*layer.named_parameters(), *layer.named_buffers()] if t.is_meta]
         if left:
-            raise VerifyError(f"layer-at-a-time mode cannot initialise {left} of layer {i}", hint="run without --layerwise")
+            raise VerifyError(
+                f"layer-at-a-time mode cannot initialise {left} of layer {i}", hint="run without --layerwise"
+            )
         return layer
 
     def _record(self, ids: list[int]) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
@@ -157,12 +168,16 @@ class LayerwiseModel:
     def _head(self, ids: list[int], final: torch.Tensor) -> torch.Tensor:
         self.tape.final = final
         try:
-            return self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits[0].float().cpu()
+            return (
+                self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits[0].float().cpu()
+            )
         finally:
             self.tape.final = None
 
     @torch.no_grad()
-    def forward(self, prompts: list[list[int]], record: list[list[torch.Tensor]] | None = None, last_only: bool = False) -> list[torch.Tensor]:
+    def forward(
+        self, prompts: list[list[int]], record: list[list[torch.Tensor]] | None = None, last_only: bool = False
+    ) -> list[torch.Tensor]:
         """Logits [T, vocab] per prompt ([1, vocab] with last_only); with `record`, append each
         prompt's embeddings and layer outputs ([T, hidden], float32, CPU) to record[p]."""
         hidden, calls = map(list, zip(*(self._record(ids) for ids in prompts)))
@@ -181,8 +196,15 @@ class LayerwiseModel:
         return [self._head(ids, h[:, -1:] if last_only else h) for ids, h in zip(prompts, hidden)]
 
 
-def run_layerwise(path: Path, structure: Structure, prompts: list[list[int]], n_new: int, dtype: torch.dtype,
-                  device: torch.device, problems: list[str] = ()) -> ModelRun:  # fmt: skip
+def run_layerwise(
+    path: Path,
+    structure: Structure,
+    prompts: list[list[int]],
+    n_new: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    problems: list[str] = (),
+) -> ModelRun:
     """Like runner.run_full, one layer in memory at a time. Without a KV cache, each greedy
     step reruns every layer on the prompt plus the tokens so far (n_new passes over the weights)."""
     start = time.perf_counter()
@@ -204,7 +226,14 @@ def run_layerwise(path: Path, structure: Structure, prompts: list[list[int]], n_
             seqs[p].append(greedy[p][-1])
         if step + 1 < n_new:
             last = [x[-1] for x in model.forward(seqs, last_only=True)]
-    run = ModelRun(path, logits, hidden, greedy, [torch.stack(r) if r else torch.empty(0) for r in rows],
-                   load_s=load_s, load_warnings=model.warnings)  # fmt: skip
+    run = ModelRun(
+        path,
+        logits,
+        hidden,
+        greedy,
+        [torch.stack(r) if r else torch.empty(0) for r in rows],
+        load_s=load_s,
+        load_warnings=model.warnings,
+    )
     run.run_s = time.perf_counter() - start - load_s
     return run

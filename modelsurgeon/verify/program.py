@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelsurgeon.verify.claims import Structure
+from modelsurgeon.verify.runner import layer_outputs
 
 LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -96,10 +97,14 @@ def as_program(model: nn.Module, structure: Structure, layer_map: list[tuple[int
 
 
 @torch.no_grad()
-def run_program(model: nn.Module, structure: Structure, layer_map: list[tuple[int, float]], prompts: list[list[int]],
-                device: torch.device) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:  # fmt: skip
+def run_program(
+    model: nn.Module,
+    structure: Structure,
+    layer_map: list[tuple[int, float]],
+    prompts: list[list[int]],
+    device: torch.device,
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """Logits [T, vocab] and hidden states (embeddings, then every program layer's output) per prompt."""
-    from modelsurgeon.verify.runner import layer_outputs
 
     logits, hidden = [], []
     with as_program(model, structure, layer_map):

@@ -24,7 +24,9 @@ def read_prompts(path: str | Path) -> list[str]:
     its first non-empty line parses as a JSON object). Blank lines are skipped."""
     path = Path(path)
     if not path.is_file():
-        raise VerifyError(f"{path}: no such prompts file", hint="pass a text file (one prompt per line) or JSONL with a 'text' field")
+        raise VerifyError(
+            f"{path}: no such prompts file", hint="pass a text file (one prompt per line) or JSONL with a 'text' field"
+        )
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     if not lines:
         raise VerifyError(f"{path}: no prompts in the file", hint="write one prompt per line")
@@ -35,7 +37,9 @@ def read_prompts(path: str | Path) -> list[str]:
         try:
             text = json.loads(line)["text"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise VerifyError(f"{path}:{n}: not a JSON object with a 'text' field", hint='write lines like {"text": "..."}') from None
+            raise VerifyError(
+                f"{path}:{n}: not a JSON object with a 'text' field", hint='write lines like {"text": "..."}'
+            ) from None
         if not isinstance(text, str) or not text:
             raise VerifyError(f"{path}:{n}: 'text' must be a non-empty string")
         prompts.append(text)

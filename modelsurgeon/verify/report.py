@@ -57,14 +57,18 @@ class VerifyReport:
         """The logit comparison and the verdict in one line (what `grow --dry-run --drift` prints)."""
         lg = self.metrics["logits"]
         verdict = "pass" if self.passed else "FAIL (" + ", ".join(c.name for c in self.failures) + ")"
-        return (f"max |dlogit| {lg['max_abs']:.3g}, KL {lg['mean_kl']:.4g} nats/token, top-1 {lg['top1']:.3f} "
-                f"over {lg['positions']} positions; {self.equivalence} checks: {verdict}")
+        return (
+            f"max |dlogit| {lg['max_abs']:.3g}, KL {lg['mean_kl']:.4g} nats/token, top-1 {lg['top1']:.3f} "
+            f"over {lg['positions']} positions; {self.equivalence} checks: {verdict}"
+        )
 
     def raise_if_failed(self) -> None:
         """Raises VerifyError naming every failed check and where it failed."""
         if self.passed:
             return
-        lines = "\n".join(f"  - {c.name}: {c.value} (expected {c.bound}){'; ' + c.detail if c.detail else ''}" for c in self.failures)
+        lines = "\n".join(
+            f"  - {c.name}: {c.value} (expected {c.bound}){'; ' + c.detail if c.detail else ''}" for c in self.failures
+        )
         diagnosis = [c.detail for c in self.checks if c.name == "hidden-state drift" and c.detail]
         lines += "".join(f"\n  diagnosis: {d}" for d in diagnosis)
         raise VerifyError(
@@ -96,20 +100,39 @@ def _summary_rows(report: VerifyReport) -> list[tuple[str, str]]:
     if "logits" in m:
         lg, g, p = m["logits"], m["greedy"], m["perplexity"]
         rows += [
-            ("max / mean |dlogit|", f"{lg['max_abs']:.3g} / {lg['mean_abs']:.3g} (logits up to {lg['logit_scale']:.3g})"),
+            (
+                "max / mean |dlogit|",
+                f"{lg['max_abs']:.3g} / {lg['mean_abs']:.3g} (logits up to {lg['logit_scale']:.3g})",
+            ),
             ("KL(source || grown)", f"{lg['mean_kl']:.4g} nats/token"),
             ("top-1 agreement", f"{lg['top1']:.4f} over {lg['positions']} positions"),
-            ("greedy agreement", f"{g['agreement']:.3f} ({g['identical']}/{g['prompts']} identical, first divergence {g['first_divergence']})"),
+            (
+                "greedy agreement",
+                f"{g['agreement']:.3f} ({g['identical']}/{g['prompts']} identical, first divergence "
+                f"{g['first_divergence']})",
+            ),
             ("perplexity", f"{p['source']:.4g} -> {p['grown']:.4g}"),
         ]
     if m.get("layer_drift"):
         worst = max(m["layer_drift"], key=lambda d: d["rel_error"])
         where = f" at grown layer {worst['grown_layer']}" if worst["rel_error"] > 0 else ""
-        rows.append(("layer drift", f"max {worst['rel_error']:.2e}{where} over {len(m['layer_drift'])} aligned layer outputs (relative)"))
+        rows.append(
+            (
+                "layer drift",
+                f"max {worst['rel_error']:.2e}{where} over {len(m['layer_drift'])} aligned layer outputs (relative)",
+            )
+        )
     v = report.vllm
     if v:
         agree = ", ".join(f"{k.split('_vs_')[1]} {v[k]:.3f}" for k in v if k.startswith("agreement_vs_"))
-        rows.append(("vLLM", f"{v['version']}: load {v['load_s']:.1f}s, {v['tokens_per_s']:.1f} tokens/s, agreement {agree}" if v["ok"] else f"failed: {v['error']}"))
+        rows.append(
+            (
+                "vLLM",
+                f"{v['version']}: load {v['load_s']:.1f}s, {v['tokens_per_s']:.1f} tokens/s, agreement {agree}"
+                if v["ok"]
+                else f"failed: {v['error']}",
+            )
+        )
     rows.append(("time", ", ".join(f"{k} {t:.1f}s" for k, t in report.timings.items())))
     rows += [("note", n) for n in report.notes]
     return rows

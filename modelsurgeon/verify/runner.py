@@ -56,7 +56,9 @@ def captured_warnings():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield records
-        records.extend(str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+        records.extend(
+            str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -106,7 +108,11 @@ def layer_outputs(model: torch.nn.Module, structure: Structure, sink: list[torch
     def grab(t):
         return (t[0] if isinstance(t, tuple) else t)[0].detach().float().cpu()
 
-    hooks = [layers[0].register_forward_pre_hook(lambda m, args, kwargs: sink.append(grab(args[0] if args else kwargs["hidden_states"])), with_kwargs=True)]
+    hooks = [
+        layers[0].register_forward_pre_hook(
+            lambda m, args, kwargs: sink.append(grab(args[0] if args else kwargs["hidden_states"])), with_kwargs=True
+        )
+    ]
     hooks += [layer.register_forward_hook(lambda m, i, o: sink.append(grab(o))) for layer in layers]
     try:
         yield
@@ -129,7 +135,9 @@ def _prompt_and_greedy(model, structure: Structure, ids: list[int], n_new: int, 
         rows.append(row)
         if step + 1 == n_new:
             break
-        out = model(input_ids=torch.tensor([[tokens[-1]]], device=device), past_key_values=out.past_key_values, use_cache=True)
+        out = model(
+            input_ids=torch.tensor([[tokens[-1]]], device=device), past_key_values=out.past_key_values, use_cache=True
+        )
         row = out.logits[0, -1].float().cpu()
     return logits, hidden, tokens, torch.stack(rows) if rows else torch.empty(0, logits.shape[-1])
 
@@ -139,8 +147,16 @@ def run_failure(path: Path, exc: Exception, problems: list[str] = ()) -> VerifyE
     return _failure(path, "loads but does not run", f"{type(exc).__name__}: {str(exc).strip()[:300]}", problems, hint)
 
 
-def run_full(path: Path, structure: Structure, prompts: list[list[int]], n_new: int, dtype: torch.dtype,
-             device: torch.device, problems: list[str] = (), also=None) -> ModelRun:  # fmt: skip
+def run_full(
+    path: Path,
+    structure: Structure,
+    prompts: list[list[int]],
+    n_new: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    problems: list[str] = (),
+    also=None,
+) -> ModelRun:
     """Load the whole model, run the prompts, free it. `also(model)`, when given, runs on the
     loaded model before it is freed; its result lands in run.extra."""
     start = time.perf_counter()

@@ -88,24 +88,42 @@ def _save_log(log: list[str]) -> str:
     return fh.name
 
 
-def run_vllm(model: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str, python: str, max_model_len: int) -> VllmRun:
+def run_vllm(
+    model: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str, python: str, max_model_len: int
+) -> VllmRun:
     """Greedy tokens for each prompt from vLLM on `model`; failures come back as ok=False."""
-    request = {"model": str(Path(model).resolve()), "prompts": prompts, "max_new_tokens": max_new_tokens,
-               "dtype": dtype, "max_model_len": max_model_len}  # fmt: skip
+    request = {
+        "model": str(Path(model).resolve()),
+        "prompts": prompts,
+        "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
+        "max_model_len": max_model_len,
+    }
     start = time.perf_counter()
     try:
-        proc = subprocess.run([python, str(WORKER)], input=json.dumps(request), capture_output=True, text=True,
-                              timeout=TIMEOUT_S, env=_child_env())  # fmt: skip
+        proc = subprocess.run(
+            [python, str(WORKER)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env=_child_env(),
+        )
     except subprocess.TimeoutExpired:
         return VllmRun(False, python, error=f"vLLM did not finish within {TIMEOUT_S}s")
     log = (proc.stdout + "\n" + proc.stderr).splitlines()
     run = VllmRun(False, python, wall_s=time.perf_counter() - start)
     run.weight_warnings = [ln.strip()[:300] for ln in log if UNINITIALISED.search(ln)]
-    result = next((ln[len(MARKER):] for ln in reversed(log) if ln.startswith(MARKER)), None)
+    result = next((ln[len(MARKER) :] for ln in reversed(log) if ln.startswith(MARKER)), None)
     if result is None:
         run.error = f"{_root_cause(log) or f'exit code {proc.returncode}'} (full log: {_save_log(log)})"
         return run
     data = json.loads(result)
-    run.ok, run.tokens, run.prompt_logprobs, run.version = True, data["tokens"], data["prompt_logprobs"], data["vllm_version"]
+    run.ok, run.tokens, run.prompt_logprobs, run.version = (
+        True,
+        data["tokens"],
+        data["prompt_logprobs"],
+        data["vllm_version"],
+    )
     run.load_s, run.generate_s, run.tokens_per_s = data["load_s"], data["generate_s"], data["tokens_per_s"]
     return run

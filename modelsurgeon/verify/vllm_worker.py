@@ -29,8 +29,13 @@ def _generate(llm, prompts: list[list[int]], max_new_tokens: int, score: bool = 
     # position by position (transformers' side does the same). Greedy tokens of small random
     # models barely depend on the context, so the prompt log-probs are what shows a layer
     # computed differently (e.g. a sliding window applied to the wrong layers).
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=True, detokenize=False,
-                            prompt_logprobs=0 if score else None)  # fmt: skip
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=max_new_tokens,
+        ignore_eos=True,
+        detokenize=False,
+        prompt_logprobs=0 if score else None,
+    )
     start = time.perf_counter()
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     seconds = time.perf_counter() - start
@@ -47,17 +52,27 @@ def main() -> None:
 
     start = time.perf_counter()
     llm = LLM(
-        model=request["model"], dtype=request["dtype"], enforce_eager=True, seed=0,
-        max_model_len=request["max_model_len"], skip_tokenizer_init=True,
+        model=request["model"],
+        dtype=request["dtype"],
+        enforce_eager=True,
+        seed=0,
+        max_model_len=request["max_model_len"],
+        skip_tokenizer_init=True,
         enable_prefix_caching=False,  # cached prefixes would skip the prompt log-probs
-    )  # fmt: skip
+    )
     load_s = time.perf_counter() - start
     _generate(llm, request["prompts"][:1], 1)  # warm-up, so the timing below is steady state
     tokens, _, gen_s = _generate(llm, request["prompts"], request["max_new_tokens"])
     _, logprobs, _ = _generate(llm, request["prompts"], 1, score=True)
     n = sum(len(t) for t in tokens)
-    result = {"vllm_version": vllm.__version__, "load_s": load_s, "generate_s": gen_s,
-              "tokens_per_s": n / gen_s if gen_s > 0 else 0.0, "tokens": tokens, "prompt_logprobs": logprobs}  # fmt: skip
+    result = {
+        "vllm_version": vllm.__version__,
+        "load_s": load_s,
+        "generate_s": gen_s,
+        "tokens_per_s": n / gen_s if gen_s > 0 else 0.0,
+        "tokens": tokens,
+        "prompt_logprobs": logprobs,
+    }
     print(MARKER + json.dumps(result), flush=True)
 
 

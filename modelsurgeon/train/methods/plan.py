@@ -38,7 +38,8 @@ def new_layers(model_dir: Path) -> list[int]:
     if manifest is None:
         raise MissingManifestError(
             f"{model_dir}: no {MANIFEST}, so there is no record of which layers are new",
-            hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use --method lora/full",
+            hint="methods new and lora-new train the layers a `surgeon grow` added; grow the model first, or use "
+            "--method lora/full",
         )
     layers = manifest.new_layers
     if not layers:
@@ -79,7 +80,8 @@ def resolve_targets(spec: ArchSpec, layout: Layout, targets: list[str] | None) -
     if unknown:
         raise TrainError(
             f"--targets {', '.join(unknown)}: not a linear role or module of this {spec.model_type} model",
-            hint=f"valid roles: {', '.join(roles) or 'none known'}; modules: {', '.join(sorted(n for n in names if n not in roles))}",
+            hint=f"valid roles: {', '.join(roles) or 'none known'}; modules: "
+            f"{', '.join(sorted(n for n in names if n not in roles))}",
         )
     return sorted({m for t in targets for m in names[t]})
 
@@ -92,8 +94,10 @@ def plan_method(options: TrainOptions, model_dir: Path, spec: ArchSpec, layout: 
     if method.layers == "new":
         layers = new_layers(model_dir)
         if max(layers) >= n:
-            raise TrainError(f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
-                             hint="surgeon.json belongs to another checkpoint; regrow the model")  # fmt: skip
+            raise TrainError(
+                f"{model_dir / MANIFEST}: its layer map has layer {max(layers)} but the model has {n} layers",
+                hint="surgeon.json belongs to another checkpoint; regrow the model",
+            )
     elif method.layers == "chosen" and options.layers is not None:
         try:
             layers = resolve_selection(options.layers, n)
