@@ -98,8 +98,39 @@ def test_one_row_per_run_and_the_statistics_come_from_them(micro):
         assert float(first["nll:arith:extrapolation"]) == pytest.approx(sum(extra) / len(extra))
         assert "arith:extrapolation" in summary["arms_stats"][arm]["answer_loss_by_length"]
     assert "answer loss arith:extrapolation" in (out / "report.md").read_text()
-    wall = summary["equal_wall_s"]  # every run has a loss at the common wall time, within its own curve
-    assert wall > 0 and all(r["loss_at_equal_wall"] not in ("", None) for r in table)
+    grown = next(r for r in table if r["arm"] == "operator=split" and r["seed"] == "0")
+    stages = json.loads((out / "runs/operator=split/seed-0/summary.json").read_text())["stages"]
+    jump = stages[2]["initial_eval_loss"] - stages[0]["final_eval_loss"]  # train, grow, train
+    assert float(grown["loss_jump_at_growth"]) == pytest.approx(jump)
+    assert next(r for r in table if r["arm"] == "scratch-4")["loss_jump_at_growth"] == ""  # never grew
+    # the common wall time is the earliest end of a run: that run's loss there is its last evaluation
+    # (a micro run may end before another's first evaluation: that one has no loss at that time)
+    wall = summary["equal_wall_s"]
+    shortest = min(table, key=lambda r: _last_eval_wall(out, r))
+    assert wall == pytest.approx(_last_eval_wall(out, shortest))
+    assert float(shortest["loss_at_equal_wall"]) == pytest.approx(_last_eval_loss(out, shortest))
+
+
+def _evals(out: Path, row: dict) -> list[tuple[float, float]]:
+    """(cumulative wall s, eval loss) of a run, from its stage records and metrics files."""
+    summary = json.loads((out / row["dir"] / "summary.json").read_text())
+    points, offset = [], 0.0
+    for s in summary["stages"]:
+        if s["kind"] == "train":
+            for line in (out / row["dir"] / s["model"] / "metrics.jsonl").read_text().splitlines():
+                m = json.loads(line)
+                if "eval_loss" in m:
+                    points.append((offset + m["elapsed_s"], m["eval_loss"]))
+        offset += s["wall_s"]
+    return points
+
+
+def _last_eval_wall(out: Path, row: dict) -> float:
+    return _evals(out, row)[-1][0]
+
+
+def _last_eval_loss(out: Path, row: dict) -> float:
+    return _evals(out, row)[-1][1]
 
 
 def test_different_seeds_differ(micro):

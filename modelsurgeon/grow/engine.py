@@ -187,7 +187,7 @@ def account(
     return out
 
 
-def _widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) -> None:
+def widen_config(config: dict, spec: ArchSpec, width: WidthPlan, untied: bool) -> None:
     """Write every width dimension explicitly (a derived or null value, e.g. GPT-2's n_inner,
     would otherwise be re-derived from the new hidden size)."""
     keys, d = spec.config_keys, width.dst
@@ -307,7 +307,7 @@ def prepare(model: str | Path, plan: str | Path | LoadedPlan, max_shard_size: in
         sources, spec, compiled.layer_map, compiled.width, loaded.origin, compiled.moe, taken
     )
     if compiled.width is not None:
-        _widen_config(config, spec, compiled.width, untied)
+        widen_config(config, spec, compiled.width, untied)
         if untied:
             warnings.append("hidden size is not a multiple: tied embeddings were untied (lm_head written)")
     if compiled.moe is not None:

@@ -13,9 +13,10 @@ import yaml
 
 from modelsurgeon.arch.registry import load_specs
 from modelsurgeon.errors import RecipeError, SurgeonError
-from modelsurgeon.grow.engine import prepare
+from modelsurgeon.grow.engine import prepare, widen_config
 from modelsurgeon.io.hub import resolve_model
 from modelsurgeon.ops.compile import compile_plan
+from modelsurgeon.ops.width import model_dims
 from modelsurgeon.plan.load import load_plan, parse_plan
 from modelsurgeon.plan.schema import Widen
 from modelsurgeon.plan.selection import resolve_selection
@@ -38,6 +39,8 @@ class PlannedStage:
     trained_layers: int | None = None
     plan: object = None  # LoadedPlan (grow)
     new_layers: int = 0  # layers the growth added (grow)
+    widened: bool = False  # the growth changed the layers' shape (grow)
+    config: dict | None = None  # the model's config.json after the stage (grow; train keeps it)
 
     @property
     def name(self) -> str:
@@ -62,6 +65,7 @@ class RecipePlan:
     stages: list[PlannedStage] = field(default_factory=list)
     baselines: list[PlannedBaseline] = field(default_factory=list)
     start_dir: Path | None = None  # the `start:` checkpoint's directory (a hub id resolved)
+    start_config: dict = field(default_factory=dict)  # the start model's config.json
 
     @property
     def total_flops(self) -> int:
@@ -75,22 +79,28 @@ class RecipePlan:
     def final_counts(self) -> ArchCounts:
         return self.stages[-1].counts if self.stages else self.start_counts
 
+    @property
+    def config(self) -> dict:
+        """The current model's config: the start's, as the last growth rewrote it."""
+        return next((s.config for s in reversed(self.stages) if s.config is not None), self.start_config)
 
-def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None, int, Path | None]:
-    """The start model's counts and positions, and its directory (`start:` may be a hub id)."""
+
+def _start(loaded: LoadedRecipe, problems: list[str]) -> tuple[ArchCounts | None, int, Path | None, dict]:
+    """The start model's counts, positions, directory (`start:` may be a hub id) and config."""
     r = loaded.recipe
     try:
         if r.init is not None:
             config = init_config(r.init, load_tokenizer(r.init.tokenizer, Path.cwd()))
-            return counts_of_config(config), getattr(config, "max_position_embeddings", None) or 1024, None
+            positions = getattr(config, "max_position_embeddings", None) or 1024
+            return counts_of_config(config), positions, None, config.to_dict()
         start = resolve_model(r.start)
         counts = counts_of_checkpoint(start)
         cfg = json.loads((start / "config.json").read_text())
-        return counts, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024, start
+        return counts, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024, start, cfg
     except (SurgeonError, ValueError, OSError) as exc:
         key = "init" if r.init is not None else "start"
         problems.append(f"{loaded.where(key)}: {exc}")
-        return None, 0, None
+        return None, 0, None, {}
 
 
 def _options(fields: dict, where: str, problems: list[str]):
@@ -129,6 +139,11 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             )
             return None
         trained = prev.new_layers
+        if not trained:
+            problems.append(
+                f"{where}: method {options.method} trains the layers a growth added, and this growth added none"
+            )
+            return None
     elif options.layers is not None:
         try:
             trained = len(resolve_selection(options.layers, counts.n_layers))
@@ -146,6 +161,8 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
             f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that "
             f"follows a train stage"
         )
+    if options.carry_optimizer not in (None, "reset") and prev is not None and prev.widened:
+        problems.append(f"{where}: carry_optimizer maps AdamW state through a layer map, not a widen; use reset")
     seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:
         problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
@@ -172,35 +189,52 @@ def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: Pla
 
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):
-
     loaded, r = plan.loaded, plan.loaded.recipe
     where = loaded.where("stages", i, "grow")
     g = stage.grow
+    config = plan.config
+    spec = load_specs().get(config.get("model_type", ""))
     try:
         if g.plan is not None:
             lp = load_plan(g.plan)
         else:
-            lp = parse_plan(
-                yaml.safe_dump({"name": f"stage-{i + 1:02d}", **g.model_extra}), f"{loaded.origin}: stages[{i}].grow"
-            )
-        if any(isinstance(s, Widen) for s in lp.plan.steps):
-            problems.append(
-                f"{where}: recipes grow depth only (FLOPs assume layers keep their shape); remove the widen step"
-            )
-            return None
-        first_grow = not any(s.kind == "grow" for s in plan.stages)
-        if first_grow and r.start is not None and not plan.stages:
-            layer_map = prepare(r.start, lp).layer_map  # checks branch scaling against the real checkpoint
+            text = yaml.safe_dump({"name": f"stage-{i + 1:02d}", **g.model_extra})
+            lp = parse_plan(text, f"{loaded.origin}: stages[{i}].grow")
+        widens = any(isinstance(s, Widen) for s in lp.plan.steps)
+        if not any(s.kind == "grow" for s in plan.stages) and r.start is not None and not plan.stages:
+            compiled = prepare(r.start, lp).compiled  # checks branch scaling against the real checkpoint
         else:
-            family = r.init.family if r.init is not None else None
-            spec = load_specs().get(family) if family else None
-            layer_map = compile_plan(lp.plan, counts.n_layers, lp.origin, spec).layer_map
+            dims = _dims(spec, config) if widens and spec is not None else None
+            compiled = compile_plan(lp.plan, counts.n_layers, lp.origin, spec, dims)
     except SurgeonError as exc:
         detail = "; ".join(getattr(exc, "problems", [])) or exc.message
         problems.append(f"{where}: the plan does not fit the {counts.n_layers}-layer model at this point: {detail}")
         return None
+    layer_map, width = compiled.layer_map, compiled.width
+    new_config = dict(config, **{spec.num_layers_key: len(layer_map)}) if spec is not None else None
+    if width is None:
+        after = counts.with_layers(len(layer_map))
+    else:  # the layers change shape: count the grown model's config afresh
+        tied = bool(getattr(_config_object(config), spec.tie_key, False))
+        widen_config(new_config, spec, width, untied=tied and width.dst.hidden % width.src.hidden != 0)
+        after = counts_of_config(_config_object(new_config))
     new = sum(1 for e in layer_map if e.new)
-    return PlannedStage(i + 1, "grow", len(layer_map), counts.with_layers(len(layer_map)), plan=lp, new_layers=new)
+    return PlannedStage(i + 1, "grow", len(layer_map), after, plan=lp, new_layers=new, widened=width is not None,
+                        config=new_config)  # fmt: skip
+
+
+def _dims(spec, config: dict):
+    """The width dimensions of a config (the FFN width from its key, GPT-2's null n_inner = 4x)."""
+    keys = spec.config_keys
+    ffn = config.get(keys.ffn) if keys.ffn else None
+    return model_dims(spec, config, ffn or 4 * config[keys.hidden])
+
+
+def _config_object(config: dict):
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    return AutoConfig.for_model(config["model_type"], **fields)
 
 
 def _baseline(plan: RecipePlan, b: Baseline, i: int, problems: list[str]) -> PlannedBaseline | None:
@@ -251,10 +285,10 @@ def match_steps(match: str, flops: int, tokens: int, per_step_flops: int, tokens
 def plan_recipe(loaded: LoadedRecipe) -> RecipePlan:
     """Raises RecipeError listing every problem; nothing is trained or written."""
     problems: list[str] = []
-    counts, max_positions, start_dir = _start(loaded, problems)
+    counts, max_positions, start_dir, config = _start(loaded, problems)
     if counts is None:
         raise RecipeError(loaded.origin, problems, hint="fix the start model")
-    plan = RecipePlan(loaded, counts, max_positions, start_dir=start_dir)
+    plan = RecipePlan(loaded, counts, max_positions, start_dir=start_dir, start_config=config)
     for i, stage in enumerate(loaded.recipe.stages):
         prev = plan.stages[-1] if plan.stages else None
         current = plan.final_counts

@@ -18,7 +18,16 @@ from modelsurgeon.sweep.stats import (
     verdict_words,
 )
 
-SCALARS = ("final_eval_loss", "flops_to_target", "tokens", "flops", "wall_s", "wall_to_target", "loss_at_equal_wall")
+SCALARS = (
+    "final_eval_loss",
+    "flops_to_target",
+    "tokens",
+    "flops",
+    "wall_s",
+    "wall_to_target",
+    "loss_at_equal_wall",
+    "loss_jump_at_growth",
+)
 
 
 def default_target(results: list[RunResult]) -> float | None:
@@ -57,6 +66,8 @@ def run_values(r: RunResult, target: float | None, wall: float | None = None) ->
         "flops": r.flops,
         "wall_s": r.wall_s,
     }
+    if r.growth_jumps:
+        out["loss_jump_at_growth"] = sum(r.growth_jumps) / len(r.growth_jumps)
     if r.wall_curve:
         out["wall_to_target"] = to_target(r.wall_curve)
         out["loss_at_equal_wall"] = loss_at(r.wall_curve, wall)

@@ -34,6 +34,7 @@ class RunResult(BaseModel):
     n: dict[str, int]
     curve: list[tuple[float, float]]  # (cumulative FLOPs, eval loss) at every evaluation
     wall_curve: list[tuple[float, float]] = []  # (cumulative wall seconds, eval loss), same points
+    growth_jumps: list[float] = []  # eval loss right after each growth minus right before it
     correct: dict[str, dict[str, int]]  # "bench:set" -> problem id -> 0/1
     lengths: dict[str, dict[str, int]]  # "bench:set" -> problem id -> chain length
     nll: dict[str, dict[str, float]] = {}  # "bench:set" -> problem id -> answer loss (runs before it: none)
@@ -63,6 +64,21 @@ def _curves(run_dir: Path, stages: list[dict]) -> tuple[list, list]:
                     wall.append((offset + float(row.get("elapsed_s", 0.0)), float(row["eval_loss"])))
         offset += float(s.get("wall_s", 0.0))
     return points, wall
+
+
+def _growth_jumps(stages: list[dict]) -> list[float]:
+    """How much each growth cost: the grown model's eval loss before it trains (its stage's
+    step-0 evaluation) minus the parent's at the end of its training, on the same held-out text."""
+    jumps, before, grew = [], None, False
+    for s in stages:
+        if s["kind"] == "grow":
+            grew = True
+        elif s["kind"] == "train":
+            after = s.get("initial_eval_loss")
+            if grew and before is not None and after is not None:
+                jumps.append(float(after) - float(before))
+            before, grew = s.get("final_eval_loss"), False
+    return jumps
 
 
 def _problems(run_dir: Path, stages: list[dict]) -> tuple[dict, dict, dict]:
@@ -103,6 +119,7 @@ def read_run(run_dir: Path, arm: str, seed: int, rel: str) -> RunResult | None:
         n={k: len(v) for k, v in correct.items()},
         curve=curve,
         wall_curve=wall_curve,
+        growth_jumps=_growth_jumps(stages),
         correct=correct,
         lengths=lengths,
         nll=nll,

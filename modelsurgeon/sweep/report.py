@@ -92,6 +92,7 @@ def _rows(manifest: SweepManifest, results, target, wall) -> list[dict]:
             "flops_to_target": v["flops_to_target"],
             "wall_to_target": v.get("wall_to_target"),
             "loss_at_equal_wall": v.get("loss_at_equal_wall"),
+            "loss_jump_at_growth": v.get("loss_jump_at_growth"),
         }
         row.update({f"acc:{k}": r.accuracy.get(k) for k in keys})
         row.update({f"nll:{k}": r.answer_loss.get(k) for k in keys})

@@ -14,6 +14,7 @@ LABELS = {
     "wall_s": "wall time (s)",
     "wall_to_target": "wall time to target (s)",
     "loss_at_equal_wall": "eval loss at equal wall time",
+    "loss_jump_at_growth": "eval-loss jump at growth",
 }
 
 
@@ -24,7 +25,7 @@ def _num(x, fmt: str) -> str:
 def _fmt_for(key: str) -> str:
     if key.startswith("acc:"):
         return ".3f"
-    if key in ("final_eval_loss", "loss_at_equal_wall") or key.startswith("nll:"):
+    if key in ("final_eval_loss", "loss_at_equal_wall", "loss_jump_at_growth") or key.startswith("nll:"):
         return ".4f"
     return ".1f" if key in ("wall_s", "wall_to_target") else ".3e"
 
