@@ -138,20 +138,27 @@ def _reply(text: str) -> str:
     return re.split(r"[;\n]", text, maxsplit=1)[0].strip()
 
 
+def left_padded(tokenizer, rows: list[list[int]]):
+    """(input_ids, attention_mask, width, pad) of token rows padded on the left, so that every
+    row's continuation starts at column `width` of a batched generate."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, width, pad
+
+
 def greedy_replies(model, tokenizer, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
     """Greedy continuations of `prompts` in one left-padded batch, each cut at EOS, ';' or newline.
 
     Each prompt is preceded by EOS, because in packed training data every document follows the
     previous one's EOS; the model sees the same context at evaluation.
     """
-    import torch
-
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows = [[eos, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts]
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids, mask, width, pad = left_padded(tokenizer, rows)
     device = getattr(model, "device", None)
     if device is not None:
         ids, mask = ids.to(device), mask.to(device)

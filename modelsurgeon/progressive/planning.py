@@ -219,8 +219,9 @@ def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: 
         widen_config(new_config, spec, width, untied=tied and width.dst.hidden % width.src.hidden != 0)
         after = counts_of_config(_config_object(new_config))
     new = sum(1 for e in layer_map if e.new)
-    return PlannedStage(i + 1, "grow", len(layer_map), after, plan=lp, new_layers=new, widened=width is not None,
-                        config=new_config)  # fmt: skip
+    return PlannedStage(
+        i + 1, "grow", len(layer_map), after, plan=lp, new_layers=new, widened=width is not None, config=new_config
+    )
 
 
 def _dims(spec, config: dict):

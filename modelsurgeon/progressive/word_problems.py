@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelsurgeon.data.arith import left_padded
 from modelsurgeon.errors import DataError
 
 BENCH = "word_problems"
@@ -108,12 +109,8 @@ def _replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
     import torch
     from transformers import StoppingCriteriaList
 
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # left padding: replies start together
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids, mask, width, pad = left_padded(tokenizer, rows)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
@@ -122,7 +119,7 @@ def _replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
             do_sample=False,
             num_beams=1,
             pad_token_id=pad,
-            eos_token_id=eos,
+            eos_token_id=tokenizer.eos_token_id,
             stopping_criteria=StoppingCriteriaList([_stopper(tokenizer, width)]),
         )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
