@@ -411,6 +411,7 @@ def train_stage(
 
     # lazy: modelsurgeon.train.shared imports torch/transformers
     from modelsurgeon.train import train_stage as train_fn
+    from modelsurgeon.train.sharded import close_process_group
 
     options = load_options(config, fields)
     try:
@@ -426,6 +427,7 @@ def train_stage(
     except TrainInterrupted as exc:
         exc.hint = "continue with: " + shlex.join(["surgeon", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise
+    close_process_group()
     if result.written:  # under `accelerate launch`, one process reports
         out.print(result.table())
         out.print(f"[green]wrote[/] {output}", highlight=False)

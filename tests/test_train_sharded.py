@@ -1,7 +1,8 @@
 """train-stage under `accelerate launch` with FSDP2, two processes on CPU (gloo): the written
 checkpoint and AdamW moments equal those of the same run under DDP (the gathering is what is
-tested), a LoRA stage writes peft's adapter, and a run stopped by SIGTERM resumes. DeepSpeed
-is not installable here (no CUDA toolchain): asking for it fails early with a clear error."""
+tested), a LoRA stage writes peft's adapter, and a run stopped by SIGTERM resumes; DeepSpeed
+ZeRO-2 and ZeRO-3 on CPU likewise write what DDP writes (skipped where deepspeed is not
+installed; .ci/run installs it). Without the package, asking for it fails early with a clear error."""
 
 from __future__ import annotations
 
@@ -29,12 +30,18 @@ CONFIGS = {  # DDP on CPU runs under torchrun: accelerate's MULTI_CPU needs mpir
     "fsdp2": COMMON + "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
     "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
     "  fsdp_reshard_after_forward: true\n",
+    "zero2": COMMON + "distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 2\n"
+    "  offload_optimizer_device: none\n  offload_param_device: none\n",
+    "zero3": COMMON + "distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 3\n"
+    "  offload_optimizer_device: none\n  offload_param_device: none\n  zero3_init_flag: false\n"
+    "  zero3_save_16bit_model: true\n",
 }
 ARGS = ["--data", "synthetic:arith:n=200", "--seq-len", "32", "--batch-size", "2", "--log-every", "1", "--lr", "3e-3"]
 
 
 def launch(tmp: Path, engine: str, model: Path, out: Path, *args: str, wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     if engine == "ddp":
         runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     else:
@@ -97,9 +104,30 @@ def test_fsdp2_sigterm_then_resume(tiny, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not work.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_deepspeed_writes_what_ddp_writes(tiny, tmp_path, stage, method):
+    """The gathered weights (ZeRO-3: the consolidated 16-bit state dict, float32 here) equal DDP's;
+    OUT/optimizer/ is not written under DeepSpeed (its partitioned AdamW state is not gathered)."""
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (.ci/run installs it: DS_BUILD_OPS=0, no build isolation)")
+    model = tiny("llama")
+    for engine in ("ddp", stage):
+        launch(tmp_path, engine, model, tmp_path / engine, "--steps", "4", "--method", method)
+    ddp, ds = tmp_path / "ddp", tmp_path / stage
+    assert_same_tensors(ddp / "model.safetensors", ds / "model.safetensors", 1e-5)
+    changed = load_file(ds / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.equal(changed, load_file(model / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"])
+    assert not (ds / "optimizer").exists()
+    if method == "lora":
+        adapter = Path("adapter") / "adapter_model.safetensors"  # ZeRO reduces gradients in another order
+        assert_same_tensors(ddp / adapter, ds / adapter, 1e-5)
+
+
 def test_deepspeed_without_the_package_is_a_clear_error(monkeypatch):
-    if importlib.util.find_spec("deepspeed") is not None:
-        pytest.skip("deepspeed is installed here")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(TrainError, match="deepspeed package is not installed") as info:
         check_engine(share_duplicates=False)

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,21 @@ def _fsdp_moments(trainer) -> Moments:
     return {name: (s["exp_avg"], s["exp_avg_sq"]) for name, s in state.items() if "exp_avg" in s}
 
 
+@contextmanager
+def _plain_construction():
+    """Build a model unpartitioned even while a ZeRO-3 Trainer is alive: transformers otherwise
+    wraps from_pretrained in deepspeed.zero.Init, a collective that only the main process would
+    enter here (a deadlock: seen with 2 CPU processes, DeepSpeed 0.19.8)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
+
+
 def gather(trainer, rebuild: Callable[[], torch.nn.Module]) -> Gathered | None:
     """The full model (and, under FSDP, the AdamW moments) on the main process; None elsewhere.
     `rebuild()` makes a fresh unsharded model of the same structure to load the values into."""
@@ -77,7 +93,8 @@ def gather(trainer, rebuild: Callable[[], torch.nn.Module]) -> Gathered | None:
     moments = _fsdp_moments(trainer) if trainer.is_fsdp_enabled else None
     if not accelerator.is_main_process:
         return None
-    model = rebuild()
+    with _plain_construction():
+        model = rebuild()
     result = model.load_state_dict({k: v.to("cpu") for k, v in state.items()}, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise TrainError(
@@ -91,3 +108,13 @@ def gather(trainer, rebuild: Callable[[], torch.nn.Module]) -> Gathered | None:
             "(--carry-optimizer needs it; the Trainer checkpoints for --resume are unaffected)"
         )
     return Gathered(model, moments)
+
+
+def close_process_group() -> None:
+    """Tear down the process group `accelerate launch` set up, before the interpreter exits: left
+    to exit, a DeepSpeed ZeRO-3 worker on CPU intermittently aborted ("terminate called without
+    an active exception", SIGABRT) after OUT was written, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
