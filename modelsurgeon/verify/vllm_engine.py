@@ -89,15 +89,23 @@ def _save_log(log: list[str]) -> str:
 
 
 def run_vllm(
-    model: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str, python: str, max_model_len: int
+    model: Path,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    dtype: str,
+    python: str,
+    max_model_len: int,
+    text_only: bool = False,
 ) -> VllmRun:
-    """Greedy tokens for each prompt from vLLM on `model`; failures come back as ok=False."""
+    """Greedy tokens for each prompt from vLLM on `model`; failures come back as ok=False.
+    `text_only`: a vision-language model, run without its vision tower."""
     request = {
         "model": str(Path(model).resolve()),
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
         "max_model_len": max_model_len,
+        "text_only": text_only,
     }
     start = time.perf_counter()
     try:
