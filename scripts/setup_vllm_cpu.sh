@@ -30,8 +30,14 @@ fi
 # two op schemas torchvision's import needs, is enough for text-only generation.
 if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
   TV=$("$VENV/bin/python" -c "import torch; m = int(torch.__version__.split('.')[1]); print(f'0.{m + 15}.0')")
-  "$VENV/bin/python" -m pip install -q --no-deps "torchvision==$TV" --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENV/bin/python" -m pip install -q --no-deps "torchvision==$TV"
+  # probe first: pip retries an unreachable index for over a minute before giving up
+  if "$VENV/bin/python" -c "import socket; socket.create_connection(('download.pytorch.org', 443), timeout=5)" \
+    2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "torchvision==$TV" \
+      --index-url https://download.pytorch.org/whl/cpu
+  else
+    "$VENV/bin/python" -m pip install -q --no-deps "torchvision==$TV"
+  fi
   SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   cp scripts/torchvision_cpu_shim.py "$SITE/"
   echo "import torchvision_cpu_shim" > "$SITE/torchvision_cpu_shim.pth"

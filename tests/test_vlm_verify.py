@@ -5,7 +5,9 @@ byte check naming the tensor."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import stat
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from modelsurgeon.plan import load_plan, parse_plan
 from modelsurgeon.tiny_vlm import VLM_FAMILIES, build_tiny_vlm
 from modelsurgeon.verify import verify_checkpoint
 from modelsurgeon.verify.claims import read_structure
+from modelsurgeon.verify.vllm_engine import SETUP
 
 DEEP = "name: deep\nsteps:\n  - op: interpolate\n    factor: 2\n    new: zero\n"
 WIDE = (
@@ -121,3 +124,23 @@ def test_cli_verify_exit_code_and_report(grown, tmp_path):
     fail = CliRunner().invoke(app, ["verify", str(src), str(bad), "--expect", "exact"])
     assert fail.exit_code != 0
     assert "grown layer 0 (copy of source layer 0" in " ".join(fail.output.split())
+
+
+def test_vllm_runs_vision_language_models_text_only(grown, tmp_path):
+    """The worker is asked for a text-only run (no vision tower, no image profiling), and a vLLM
+    venv without torchvision, whose error vLLM buries in a subprocess traceback, is named with
+    the fix. A stand-in for vLLM's python records the request and logs that error."""
+    request = tmp_path / "request.json"
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!/bin/sh\ncat > {request}\n"
+        'echo "ERROR [registry.py:1] subprocess.CalledProcessError: Command returned non-zero exit status 1."\n'
+        "echo \"ERROR [registry.py:1] ModuleNotFoundError: No module named 'torchvision'\"\n"
+        "exit 1\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    src, out = grown("llava", "interpolate-zero")
+    report = verify_checkpoint(src, out, engine="vllm", vllm_python=fake, max_new_tokens=2)
+    assert json.loads(request.read_text())["text_only"] is True
+    loads = _check(report, "vLLM loads GROWN")
+    assert not loads.passed and "cannot import torchvision" in loads.detail and SETUP in loads.detail
