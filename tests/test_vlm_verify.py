@@ -77,6 +77,17 @@ def test_exact_growth_passes_exact(grown, family, plan):
     assert _check(report, "transformers load warnings").value == "0"  # vision tower and projector loaded
 
 
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_layerwise_mode_runs_the_text_tower_one_layer_at_a_time(grown, family):
+    """--layerwise builds the whole model on meta and loads the text decoder's layers from the
+    checkpoint's legacy names: the same numbers as the whole-model run."""
+    src, out = grown(family, "widen-2x-then-stack-zero")
+    whole, layerwise = verify_checkpoint(src, out), verify_checkpoint(src, out, layerwise=True)
+    assert layerwise.passed, [c for c in layerwise.checks if not c.passed]
+    assert layerwise.metrics["logits"] == whole.metrics["logits"]
+    assert _check(layerwise, "transformers load warnings").value == "0"
+
+
 def test_approx_growth_equals_its_layer_map_program(grown):
     """Gemma 3's text tower has per-layer attention kinds: the program check runs SOURCE with
     the grown layer_types, and the approx model (split branches) equals it to rounding."""
