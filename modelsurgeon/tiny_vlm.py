@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from modelsurgeon.tiny import _no_progress_bars, _randomise
+from modelsurgeon.tiny import _no_progress_bars, _randomise, tiny_tokenizer
 
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "gemma3", "llava")
 IMAGE, START, END = 250, 251, 252  # image placeholder, vision start / begin-of-image, end-of-image
@@ -34,7 +34,8 @@ def tiny_vlm_config(family: str, n_layers: int = 2, hidden: int = 32):
     from transformers import Gemma3Config, LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
 
     text = _text(n_layers, hidden)
-    mrope = {"rope_type": "default", "mrope_section": [1, 1, 2]}  # sums to head_dim / 2
+    quarter = hidden // 32  # head_dim / 8: the section sums to head_dim / 2 (4 heads)
+    mrope = {"rope_type": "default", "mrope_section": [quarter, quarter, 2 * quarter]}
     qwen = dict(image_token_id=IMAGE, vision_start_token_id=START, vision_end_token_id=END, video_token_id=253)
     if family == "qwen2_vl":
         vision = dict(depth=1, embed_dim=16, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=PATCH)
@@ -78,15 +79,21 @@ def tiny_vlm_config(family: str, n_layers: int = 2, hidden: int = 32):
     raise ValueError(f"unknown vision-language family {family!r}; expected one of {', '.join(VLM_FAMILIES)}")
 
 
-def build_tiny_vlm(family: str, out_dir: str | Path, n_layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+def build_tiny_vlm(
+    family: str, out_dir: str | Path, n_layers: int = 2, hidden: int = 32, seed: int = 0, with_tokenizer: bool = True
+) -> Path:
     """Write a random tiny `family` vision-language checkpoint to `out_dir` and return its path."""
     from transformers import AutoModelForImageTextToText
 
     out = Path(out_dir)
-    model = AutoModelForImageTextToText.from_config(tiny_vlm_config(family, n_layers, hidden))
-    # The text tower as every tiny model; the vision tower keeps transformers' own random init
-    # (its convolutions and probes have no rule in tiny._randomise); the projector, which some
-    # families initialise to zeros, is re-drawn so that image features reach the stream.
+    # Seeded, so the same arguments give the same bytes: the vision tower and an untied head
+    # keep transformers' own random init (tiny._randomise has no rule for the tower's
+    # convolutions and probes, and sees only the text model, not the head beside it).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(tiny_vlm_config(family, n_layers, hidden))
+    # The text tower as every tiny model; the projector, which some families initialise to
+    # zeros, is re-drawn so that image features reach the stream.
     _randomise(model.model.language_model, "gemma3_text" if family == "gemma3" else "llama", seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -98,6 +105,8 @@ def build_tiny_vlm(family: str, out_dir: str | Path, n_layers: int = 2, hidden: 
             p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.ndim == 1 and family != "gemma3" else 0.0))
     with _no_progress_bars():
         model.save_pretrained(out)
+    if with_tokenizer:  # ids below IMAGE only: text never contains an image placeholder
+        tiny_tokenizer(IMAGE).save_pretrained(out)
     return out
 
 

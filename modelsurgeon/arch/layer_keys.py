@@ -84,10 +84,11 @@ def sync_layer_keys(old: dict, new: dict, spec: ArchSpec, sources: list[int], n_
     return warnings
 
 
-def layer_key_findings(config: dict, spec: ArchSpec) -> list[tuple[str, bool]]:
-    """(problem, fixable) for every scalar that disagrees with its list in CONFIG: fixable when
-    another value would agree at more layers (a config that was not re-derived: a defect), not
-    fixable when the scalar already is the best any value can do (reported, not a failure)."""
+def layer_key_findings(config: dict, spec: ArchSpec, where: str = "config.json") -> list[tuple[str, bool]]:
+    """(problem, fixable) for every scalar that disagrees with its list in CONFIG (named `where` in
+    the text): fixable when another value would agree at more layers (a config that was not
+    re-derived: a defect), not fixable when the scalar already is the best any value can do
+    (reported, not a failure)."""
     found = []
     for rule in spec.layer_keys:
         marks = _marks(rule, config)
@@ -103,7 +104,7 @@ def layer_key_findings(config: dict, spec: ArchSpec) -> list[tuple[str, bool]]:
         got = sum(a == b for a, b in zip(have, marks))
         wrong = [i for i, (a, b) in enumerate(zip(have, marks)) if a != b]
         text = (
-            f"config.json '{rule.key}' is {value}, so readers that ignore '{rule.list}' (vLLM, older transformers) "
+            f"{where} '{rule.key}' is {value}, so readers that ignore '{rule.list}' (vLLM, older transformers) "
             f"use the wrong attention at layers {wrong} ('{rule.list}' has {_describe(marks, rule)})"
         )
         if right > got:

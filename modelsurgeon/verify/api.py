@@ -31,6 +31,7 @@ from modelsurgeon.verify.program import can_run, run_program
 from modelsurgeon.verify.prompts import DEFAULT_PROMPTS, MIN_TOKENS, read_prompts, tokenize
 from modelsurgeon.verify.report import Check, VerifyReport, render
 from modelsurgeon.verify.runner import DTYPES, ModelRun, pick_device, run_full
+from modelsurgeon.verify.vision import vision_check
 from modelsurgeon.verify.vllm_engine import find_vllm_python, run_vllm
 
 if TYPE_CHECKING:
@@ -42,9 +43,7 @@ DEFAULT_POSITIONS = 2048  # when config.json names no limit
 
 
 def _positions(s: Structure) -> int:
-    return next(
-        (int(s.ckpt.config[k]) for k in POSITION_KEYS if isinstance(s.ckpt.config.get(k), int)), DEFAULT_POSITIONS
-    )
+    return next((int(s.config[k]) for k in POSITION_KEYS if isinstance(s.config.get(k), int)), DEFAULT_POSITIONS)
 
 
 def _prompt_texts(prompts: str | Path | Sequence[str] | None) -> list[str]:
@@ -74,7 +73,7 @@ def _diagnosis_map(claims: Claims, src: Structure, out: Structure, notes: list[s
     if not _mappable(claims, src, out):
         return None
     key = src.spec.config_keys.hidden
-    a, b = src.ckpt.config.get(key), out.ckpt.config.get(key)
+    a, b = src.config.get(key), out.config.get(key)
     if isinstance(a, int) and isinstance(b, int) and b % a:
         # Uneven replication (bert2BERT) gives norms other statistics: approximate by design, and
         # no fold reads GROWN's stream back at SOURCE's width, so only the logits can be compared.
@@ -137,7 +136,7 @@ def _vllm_checks(report: VerifyReport, runs: dict[str, ModelRun], out: Structure
 
     b = BOUNDS[report.dtype]
     max_len = min(_positions(out), max(len(i) for i in ids) + report.max_new_tokens)
-    run = run_vllm(out.ckpt.path, ids, report.max_new_tokens, report.dtype, python, max_len)
+    run = run_vllm(out.ckpt.path, ids, report.max_new_tokens, report.dtype, python, max_len, bool(out.spec.wrapper))
     report.vllm = {k: v for k, v in dataclasses.asdict(run).items() if k not in ("tokens", "prompt_logprobs")}
     report.timings["vllm_subprocess"] = run.wall_s
     loaded = run.ok and not run.weight_warnings
@@ -273,7 +272,7 @@ def verify_checkpoint(
     runs = _run_models(report, src, out, ids, dev, problems, layer_map)
     report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
     report.checks.append(
-        layer_key_check(layer_key_findings(out.ckpt.config, out.spec), gating=claims.equivalence != "none")
+        layer_key_check(layer_key_findings(out.config, out.spec, out.config_name), gating=claims.equivalence != "none")
     )
     if out.spec.moe is not None and claims.equivalence == "exact":
         report.checks.append(
@@ -286,6 +285,8 @@ def verify_checkpoint(
                 "; ".join(experts),
             )
         )
+    if out.spec.wrapper and src.spec.wrapper:  # text-only prompts never run the vision side
+        report.checks.append(vision_check(src, out, gating=claims.equivalence != "none"))
     report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
     report.checks.append(
         finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()})

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelsurgeon.arch.registry import layout_of, resolve_spec
+from modelsurgeon.arch.registry import layout_of, resolve_spec, text_config_of
 from modelsurgeon.arch.spec import ArchSpec, Layout
 from modelsurgeon.errors import MissingManifestError, VerifyError
 from modelsurgeon.io.hf_files import headers_sha256
@@ -33,7 +33,19 @@ class Structure:
 
     @property
     def layers_module(self) -> str:
+        """Where the layers sit in the checkpoint's tensor names (runner.layers_path: in the model)."""
         return self.spec.layer_prefix.rstrip(".")
+
+    @property
+    def config(self) -> dict:
+        """The config holding the layer count, widths and per-layer lists: a vision-language
+        model's text_config, else config.json itself."""
+        return text_config_of(self.ckpt.config)
+
+    @property
+    def config_name(self) -> str:
+        """How reports name `config`: where a user finds these keys."""
+        return "config.json text_config" if self.spec.wrapper else "config.json"
 
 
 def read_structure(path: Path) -> Structure:
@@ -127,7 +139,7 @@ def structure_problems(source: Structure, grown: Structure, layer_map: list[tupl
     if bad:
         return [f"{MANIFEST} names source layers {sorted(set(bad))} but SOURCE has {source.num_layers}"]
     problems = []
-    src_cfg, out_cfg = source.ckpt.config, grown.ckpt.config
+    src_cfg, out_cfg = source.config, grown.config
     n = source.num_layers
     dropped = grown.spec.moe.drop_config if grown.spec.moe and source.spec.moe is None else []  # upcycled
     for key, values in src_cfg.items():
@@ -136,20 +148,18 @@ def structure_problems(source: Structure, grown: Structure, layer_map: list[tupl
         want = [values[s] for s, _ in layer_map]
         got = out_cfg.get(key)
         if got != want:
-            problems.append(_list_problem(key, got, want, layer_map))
+            problems.append(_list_problem(grown.config_name, key, got, want, layer_map))
     return problems
 
 
-def _list_problem(key: str, got, want: list, layer_map: list[tuple[int, float]]) -> str:
+def _list_problem(where: str, key: str, got, want: list, layer_map: list[tuple[int, float]]) -> str:
     if not isinstance(got, list) or len(got) != len(want):
         size = len(got) if isinstance(got, list) else "no"
-        return (
-            f"config.json '{key}' has {size} entries, expected {len(want)} (one per grown layer, remapped from SOURCE)"
-        )
+        return f"{where} '{key}' has {size} entries, expected {len(want)} (one per grown layer, remapped from SOURCE)"
     bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
     j = bad[0]
     return (
-        f"config.json '{key}' differs at grown layers {bad}: e.g. '{key}'[{j}] is {got[j]!r} but grown layer {j} "
+        f"{where} '{key}' differs at grown layers {bad}: e.g. '{key}'[{j}] is {got[j]!r} but grown layer {j} "
         f"is a copy of source layer {layer_map[j][0]}, whose entry is {want[j]!r}; the list was not remapped "
         f"through the layer map"
     )

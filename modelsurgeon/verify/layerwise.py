@@ -19,7 +19,7 @@ from torch import nn
 
 from modelsurgeon.errors import VerifyError
 from modelsurgeon.verify.claims import Structure
-from modelsurgeon.verify.runner import ModelRun, captured_warnings, load_failure, run_failure
+from modelsurgeon.verify.runner import ModelRun, auto_class, captured_warnings, layers_path, load_failure, run_failure
 
 
 class _Stop(Exception):
@@ -79,17 +79,18 @@ class LayerwiseModel:
     def __init__(
         self, path: Path, structure: Structure, dtype: torch.dtype, device: torch.device, problems: list[str] = ()
     ) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         self.structure, self.dtype, self.device = structure, dtype, device
         with captured_warnings() as self.warnings:
             try:
                 config = AutoConfig.from_pretrained(path)
                 with torch.device("meta"):
-                    self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+                    self.model = auto_class(structure).from_config(config, dtype=dtype).eval()
             except Exception as exc:  # transformers raises many kinds; all mean "does not load"
                 raise load_failure(path, exc, problems) from None
-        layers = self.model.get_submodule(structure.layers_module)
+        self.layers_path = layers_path(self.model, structure)
+        layers = self.model.get_submodule(self.layers_path)
         self.layers = list(layers)  # the real layers stay on meta until they run
         if len(self.layers) != structure.num_layers:
             raise VerifyError(
@@ -138,7 +139,7 @@ class LayerwiseModel:
     def _materialize(self, i: int) -> nn.Module:
         layer = self.layers[i]
         ckpt = self.structure.ckpt
-        prefix = f"{self.structure.layers_module}.{i}."
+        prefix = f"{self.layers_path}.{i}."  # module names: checkpoint names pass through rename
         state = {
             self.rename(name).removeprefix(prefix): self._cast(ckpt.load(name))
             for name in self.structure.layout.layers[i].values()

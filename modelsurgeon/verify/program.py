@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modelsurgeon.verify.claims import Structure
-from modelsurgeon.verify.runner import layer_outputs
+from modelsurgeon.verify.runner import layer_outputs, layers_path
 
 LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -52,7 +52,7 @@ def can_run(structure: Structure, model: nn.Module) -> str:
     """Why the program cannot run on `model` ('' when it can)."""
     if not structure.spec.branches:
         return f"the architecture table has no residual branches for {structure.spec.model_type}"
-    layer = model.get_submodule(structure.layers_module)[0]
+    layer = model.get_submodule(layers_path(model, structure))[0]
     missing = [m for m in branch_modules(structure) if not _has(layer, m)]
     return f"decoder layers have no module {missing}" if missing else ""
 
@@ -68,7 +68,7 @@ def _has(module: nn.Module, path: str) -> bool:
 @contextmanager
 def as_program(model: nn.Module, structure: Structure, layer_map: list[tuple[int, float]]):
     """Turn SOURCE's loaded model into the layer-map program for the duration of the block."""
-    owner_path, _, attr = structure.layers_module.rpartition(".")
+    owner_path, _, attr = layers_path(model, structure).rpartition(".")
     owner = model.get_submodule(owner_path) if owner_path else model
     layers = getattr(owner, attr)
     current: list[float] = []
@@ -80,7 +80,8 @@ def as_program(model: nn.Module, structure: Structure, layer_map: list[tuple[int
     hooks = []
     for layer in layers:
         hooks += [layer.get_submodule(m).register_forward_hook(scale_output) for m in branch_modules(structure)]
-    config, saved = model.config, dict(model.config.__dict__)
+    config = model.config.get_text_config()  # a vision-language model's text tower reads its text_config
+    saved = dict(config.__dict__)
     setattr(owner, attr, nn.ModuleList(_Scaled(layers[s], k, current) for s, k in layer_map))
     for key in LAYER_COUNT_ATTRS:
         if isinstance(getattr(config, key, None), int):

@@ -85,16 +85,35 @@ def load_failure(path: Path, exc: Exception, problems: list[str] = ()) -> Verify
     return _failure(path, "does not load", first, problems, hint)
 
 
-def load_model(path: Path, dtype: torch.dtype, device: torch.device, problems: list[str] = ()):
+def auto_class(structure: Structure):
+    """The transformers auto class that builds the whole checkpoint. A vision-language model is
+    loaded whole (vision tower and projector too, so a key they lost is reported) and run on
+    text-only prompts, which go through the text tower alone: the same function as its
+    language model, and the class users deploy."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if structure.spec.wrapper else AutoModelForCausalLM
+
+
+def layers_path(model: torch.nn.Module, structure: Structure) -> str:
+    """Module path of the decoder layers in the loaded model. A vision-language checkpoint keeps
+    its legacy tensor names (`language_model.model.layers.N`) while transformers' modules moved
+    (`model.language_model.layers.N`), so the model names its own text decoder."""
+    if not structure.spec.wrapper:
+        return structure.layers_module
+    decoder = model.get_decoder()
+    return next(name for name, m in model.named_modules() if m is decoder) + ".layers"
+
+
+def load_model(path: Path, structure: Structure, dtype: torch.dtype, device: torch.device, problems: list[str] = ()):
     """(model, load warnings); any load exception becomes a VerifyError naming `problems`,
     the header-level findings that usually explain it."""
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     with captured_warnings() as messages:
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            model, info = auto_class(structure).from_pretrained(path, dtype=dtype, output_loading_info=True)
         except Exception as exc:  # transformers raises many kinds; all mean "does not load"
             raise load_failure(path, exc, problems) from None
     return model.to(device).eval(), _loading_problems(info) + messages
@@ -103,7 +122,7 @@ def load_model(path: Path, dtype: torch.dtype, device: torch.device, problems: l
 @contextmanager
 def layer_outputs(model: torch.nn.Module, structure: Structure, sink: list[torch.Tensor]):
     """Record the input of the first decoder layer and every layer's output into `sink`."""
-    layers = model.get_submodule(structure.layers_module)
+    layers = model.get_submodule(layers_path(model, structure))
 
     def grab(t):
         return (t[0] if isinstance(t, tuple) else t)[0].detach().float().cpu()
@@ -160,7 +179,7 @@ def run_full(
     """Load the whole model, run the prompts, free it. `also(model)`, when given, runs on the
     loaded model before it is freed; its result lands in run.extra."""
     start = time.perf_counter()
-    model, load_warnings = load_model(path, dtype, device, problems)
+    model, load_warnings = load_model(path, structure, dtype, device, problems)
     load_s = time.perf_counter() - start
     run = ModelRun(path, [], [], [], [], load_s=load_s, load_warnings=load_warnings)
     for ids in prompts:

