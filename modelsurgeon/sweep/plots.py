@@ -67,7 +67,7 @@ def _by_length(arms: dict[str, dict], field: str, ylabel: str, path: Path) -> No
             ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("chain length")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{key}: {ylabel} by chain length (dots: seeds; bars: 95% t interval)", fontsize=9)
+        ax.set_title(f"{key}: {ylabel} by chain length\n(dots: seeds; bars: 95% t interval)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
