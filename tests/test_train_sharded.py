@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,15 +40,23 @@ CONFIGS = {  # DDP on CPU runs under torchrun: accelerate's MULTI_CPU needs mpir
 ARGS = ["--data", "synthetic:arith:n=200", "--seq-len", "32", "--batch-size", "2", "--log-every", "1", "--lr", "3e-3"]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(tmp: Path, engine: str, model: Path, out: Path, *args: str, wait: bool = True):
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    port = str(free_port())  # not the default 29500: another job (a vLLM engine, a second suite) may hold it
     if engine == "ddp":
-        runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     else:
         config = tmp / f"{engine}.yaml"
         config.write_text(CONFIGS[engine])
         runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        runner += ["--main_process_port", port]
     cmd = [*runner, "-m", "modelsurgeon", "train-stage", str(model), "-o", str(out), *ARGS, *args]
     child = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
