@@ -486,13 +486,20 @@ def sweep(
             help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.",
         ),
     ] = False,
+    compare_to: Annotated[
+        str | None,
+        typer.Option(
+            "--compare-to",
+            help="With `sweep report`: also compare every arm with this one, paired by seed (e.g. arm=full).",
+        ),
+    ] = None,
 ) -> None:
     """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
 
     if spec == "report":
         if run_dir is None:
             raise typer.BadParameter("`surgeon sweep report DIR` needs the sweep directory")
-        summary = report_dir(run_dir)
+        summary = report_dir(run_dir, compare_to)
         out.print(
             f"[green]wrote[/] {run_dir / 'report.md'} ({summary['finished']} of {summary['expected']} runs finished)",
             highlight=False,

@@ -234,3 +234,12 @@ def test_grid_centres_on_the_method_default_when_the_recipe_sets_no_lr(tmp_path,
     m = _expand(_sweep(tmp_path, recipe, SWEEP.split("axes:")[0], baselines="tuned"))
     job = next(j for j in m.jobs if j.phase == "tuning" and j.multipliers == [3.0])
     assert job_recipe(m, job, {})["stages"][0]["train"]["lr"] == pytest.approx(3 * METHODS["full"].default_lr)
+
+
+def test_compare_to_names_an_arm_and_is_not_part_of_what_resume_checks(tmp_path, recipe):
+    from modelsurgeon.sweep.execute import _same
+
+    with pytest.raises(SweepError, match="compare_to 'arm=nope' is not an arm of this sweep"):
+        _expand(_sweep(tmp_path, recipe, compare_to="arm=nope"))
+    named = _expand(_sweep(tmp_path, recipe, compare_to="operator=split,lr=base"))
+    assert named.compare_to == "operator=split,lr=base" and _same(named, _expand(_sweep(tmp_path, recipe)))

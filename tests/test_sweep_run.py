@@ -227,3 +227,28 @@ def test_shipped_smoke_sweep(tmp_path):
     assert set(summary["comparisons"]) == {"operator=split vs scratch-12", "operator=zero vs scratch-12"}
     assert summary["tuning"]["scratch-12"]["chosen"] is not None
     assert len(rows(out)) == 6 and (out / "report.md").is_file()
+
+
+def test_report_compares_every_arm_with_a_reference_arm(micro, tmp_path):
+    """`sweep report DIR --compare-to ARM`: each other arm gets a paired comparison with ARM,
+    its numbers the same paired t intervals as against a baseline; an unknown arm is refused."""
+    import shutil
+
+    from modelsurgeon.errors import SweepError
+    from modelsurgeon.sweep.report import write_sweep_report
+    from modelsurgeon.sweep.stats import paired_difference
+
+    _, out, _ = micro
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    summary = write_sweep_report(copy, compare_to="operator=split")
+    c = summary["comparisons"]["scratch-4 vs operator=split"]
+    assert summary["compared_to"] == "operator=split" and c["baseline"] == "operator=split"
+    loss = {
+        a: {int(r["seed"]): float(r["final_eval_loss"]) for r in rows(copy) if r["arm"] == a}
+        for a in ("scratch-4", "operator=split")
+    }
+    want = paired_difference(loss["scratch-4"], loss["operator=split"])
+    assert c["t"]["final_eval_loss"]["estimate"] == pytest.approx(want.estimate)
+    with pytest.raises(SweepError, match="not an arm of this sweep"):
+        write_sweep_report(copy, compare_to="arm=nope")

@@ -154,15 +154,20 @@ def compare(
     return out
 
 
-def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
-    """summary.json's statistics: per arm over seeds, and each grown arm against its baselines."""
+def aggregate(manifest: SweepManifest, results: list[RunResult], compare_to: str | None = None) -> dict:
+    """summary.json's statistics: per arm over seeds, each grown arm against its baselines, and
+    every other arm against the reference arm `compare_to` (default: the sweep's `compare_to`)."""
     target = manifest.target_loss if manifest.target_loss is not None else default_target(results)
     by_arm = {a.name: [r for r in results if r.arm == a.name] for a in manifest.arms}
     wall = equal_wall(results)
     arms = {name: arm_stats(runs, target, manifest.bootstrap_samples, wall) for name, runs in by_arm.items() if runs}
     comparisons = {}
+    reference = compare_to or manifest.compare_to
     for arm in manifest.arms:
-        for base in arm.pairs if arm.kind == "grown" else []:
+        pairs = list(arm.pairs) if arm.kind == "grown" else []
+        if reference and arm.name != reference and reference not in pairs:
+            pairs.append(reference)
+        for base in pairs:
             if by_arm[arm.name] and by_arm.get(base):
                 comparisons[f"{arm.name} vs {base}"] = {
                     "arm": arm.name,
@@ -173,6 +178,7 @@ def aggregate(manifest: SweepManifest, results: list[RunResult]) -> dict:
         "target_loss": target,
         "target_loss_source": "sweep" if manifest.target_loss is not None else "default",
         "equal_wall_s": wall,
+        "compared_to": reference,
         "arms_stats": arms,
         "comparisons": comparisons,
     }

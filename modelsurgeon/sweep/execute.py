@@ -41,7 +41,8 @@ def read_manifest(out_dir: Path) -> SweepManifest:
 
 
 def _same(a: SweepManifest, b: SweepManifest) -> bool:
-    return a.model_dump(exclude={"sweep_file"}) == b.model_dump(exclude={"sweep_file"})
+    analysis = {"sweep_file", "compare_to"}  # how results are read, not what runs
+    return a.model_dump(exclude=analysis) == b.model_dump(exclude=analysis)
 
 
 def claim(out_dir: Path, source_text: str, manifest: SweepManifest, reuse: bool, force: bool) -> None:

@@ -70,6 +70,7 @@ class SweepManifest(BaseModel):
     bootstrap_samples: int
     arms: list[Arm]
     jobs: list[Job]
+    compare_to: str | None = None  # analysis only: not part of what --resume checks
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -235,6 +236,13 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
         raise SweepError(
             loaded.origin, list(dict.fromkeys(problems)), hint="fix these before anything trains; nothing was written"
         )
+    if s.compare_to is not None and s.compare_to not in {a.name for a in arms}:
+        names = ", ".join(a.name for a in arms)
+        raise SweepError(
+            loaded.origin,
+            [f"{loaded.where('compare_to')}: compare_to {s.compare_to!r} is not an arm of this sweep ({names})"],
+            hint="name one of the arms, e.g. compare_to: arm=full",
+        )
     jobs = [j for arm in arms for j in _jobs(arm, s.seeds, s.tuning)]
     return SweepManifest(
         name=s.name,
@@ -247,4 +255,5 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
         bootstrap_samples=s.bootstrap_samples,
         arms=arms,
         jobs=jobs,
+        compare_to=s.compare_to,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from modelsurgeon.errors import SweepError
 from modelsurgeon.sweep import plots
 from modelsurgeon.sweep.aggregate import aggregate, run_values
 from modelsurgeon.sweep.collect import DONE, is_done, read_run
@@ -109,8 +110,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
 
 
-def write_sweep_report(out_dir: Path) -> dict:
-    """Aggregate every finished run of DIR; write results.csv, summary.json, report.md, plots."""
+def write_sweep_report(out_dir: Path, compare_to: str | None = None) -> dict:
+    """Aggregate every finished run of DIR; write results.csv, summary.json, report.md, plots.
+    `compare_to`: an arm every other arm is compared with, paired by seed (over the sweep's own)."""
     # lazy: import cycle (modelsurgeon.sweep.execute imports modelsurgeon.sweep.report)
     from modelsurgeon.sweep.execute import read_manifest
 
@@ -118,7 +120,14 @@ def write_sweep_report(out_dir: Path) -> dict:
     manifest = read_manifest(out_dir)
     runs = [j for j in manifest.jobs if j.phase == "run"]
     results = [r for j in runs if (r := read_run(out_dir / j.dir, j.arm, j.seed, j.dir)) is not None]
-    stats = aggregate(manifest, results)
+    if compare_to is not None and compare_to not in {a.name for a in manifest.arms}:
+        names = ", ".join(a.name for a in manifest.arms)
+        raise SweepError(
+            str(out_dir),
+            [f"--compare-to {compare_to!r} is not an arm of this sweep ({names})"],
+            hint="name one of the arms listed",
+        )
+    stats = aggregate(manifest, results, compare_to)
     rows = _rows(manifest, results, stats["target_loss"], stats["equal_wall_s"])
     summary = {
         "sweep": manifest.name,

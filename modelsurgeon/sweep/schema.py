@@ -68,6 +68,7 @@ class Sweep(_Strict):
     tuning: Tuning = Tuning()
     target_loss: float | None = Field(None, gt=0)
     bootstrap_samples: int = Field(2000, ge=100)
+    compare_to: str | None = None  # an arm every other arm is also compared with, paired by seed
 
     @field_validator("seeds")
     @classmethod
