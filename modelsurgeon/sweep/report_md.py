@@ -94,7 +94,10 @@ def _stat_rows(summary: dict) -> list[str]:
 def _diff_rows(summary: dict) -> list[str]:
     if not summary["comparisons"]:
         return ["No baseline in this sweep, so there is no paired comparison."]
-    out = ["| comparison | number | difference (arm - baseline or reference) [95% CI] | seeds | verdict |", "|---|---|---|---|---|"]
+    out = [
+        "| comparison | number | difference (arm - baseline or reference) [95% CI] | seeds | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in summary["comparisons"].items():
         for k, d in c["t"].items():
             out.append(
