@@ -232,6 +232,25 @@ def test_holdout_is_deterministic_whole_documents_and_sized():
     assert tiny_share.eval.shape[0] == 1  # at least one eval block, whatever the fraction
 
 
+def test_a_fixed_eval_set_is_the_same_documents_whatever_the_budget():
+    """With eval_tokens, a short and a long run of the same seed score the same eval documents,
+    and neither trains on any of them; without it the eval set moves with the budget (which made
+    eval losses of runs of different lengths incomparable, and let a later, shorter stage of a
+    progressive run score documents an earlier stage had trained on)."""
+    tok = arith_tokenizer()
+    data = [parse_data_spec("synthetic:arith:n=3000")]
+    short, long = (build_blocks(data, tok, seq_len=32, max_tokens=n, eval_tokens=1500, seed=3) for n in (4000, 20000))
+    assert torch.equal(short.eval, long.eval) and 1500 <= short.eval.numel() < 1500 + 32 * 4
+    eos = tok.eos_token_id
+    held = {tuple(p) for p in pieces(short.eval, eos)}
+    for packed in (short, long):
+        trained = {tuple(p) for p in pieces(packed.train, eos)}
+        assert not held & trained
+    assert long.train.shape[0] > 4 * short.train.shape[0]
+    moving = [build_blocks(data, tok, seq_len=32, max_tokens=n, seed=3).eval for n in (4000, 20000)]
+    assert moving[0].shape != moving[1].shape or not torch.equal(*moving)
+
+
 @pytest.fixture
 def two_sources(tmp_path):
     for name in ("alpha", "beta"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,8 @@ def build_blocks(
     seed: int = 0,
     text_field: str | None = None,
     max_positions: int | None = None,
+    eval_tokens: int | None = None,
+    skip_docs: int = 0,
 ) -> PackedData:
     """Read, mix, tokenize and pack `specs` into train and eval blocks of `seq_len` tokens.
 
@@ -54,6 +57,15 @@ def build_blocks(
     documents, chosen from `seed`, totalling about `eval_fraction` of the tokens and at least one
     block.
 
+    With `eval_tokens`, the held-out documents no longer depend on the budget: each document of
+    the (seeded) stream is marked for eval or not by its position alone (about `eval_fraction`
+    of them), the first marked ones up to `eval_tokens` are the eval set and the others are never
+    trained on; training takes the unmarked ones up to `max_tokens - eval_tokens`. Runs with
+    different budgets and the same seed and data then score the very same documents, which is
+    what comparing their eval losses needs. `skip_docs` (with `eval_tokens`) passes over the first
+    documents of the stream for training, so a later stage continues where an earlier one stopped;
+    the eval set stays the same.
+
     Raises:
         DataError: bad arguments (seq_len above max_positions, a hub source without max_tokens,
             a tokenizer without EOS, ...), a source with no non-empty document, or too few tokens
@@ -61,12 +73,22 @@ def build_blocks(
     """
     _check_args(specs, tokenizer, seq_len, max_tokens, eval_fraction, max_positions)
     streams = [SourceStream(spec, text_field) for spec in specs]
-    docs, owners = _read(streams, [s.weight for s in specs], tokenizer, max_tokens, seed)
-    held = _hold_out(docs, ", ".join(s.source for s in specs), seq_len, eval_fraction, seed)
+    if eval_tokens is None:
+        docs, owners = _read(streams, [s.weight for s in specs], tokenizer, max_tokens, seed)
+        held = _hold_out(docs, ", ".join(s.source for s in specs), seq_len, eval_fraction, seed)
+    else:
+        weights = [s.weight for s in specs]
+        docs, owners, held, end = _read_marked(
+            streams, weights, tokenizer, max_tokens, eval_tokens, eval_fraction, seed, skip_docs
+        )
+        _check_split(docs, held, ", ".join(s.source for s in specs), seq_len)
     train = _pack([d for i, d in enumerate(docs) if i not in held], seq_len)
     eval_ = _pack([d for i, d in enumerate(docs) if i in held], seq_len)
     stats = _stats(streams, docs, owners, held, train, eval_)
-    stats["settings"] = {"seq_len": seq_len, "max_tokens": max_tokens, "eval_fraction": eval_fraction, "seed": seed}
+    stats["settings"] = {"seq_len": seq_len, "max_tokens": max_tokens, "eval_fraction": eval_fraction, "seed": seed,
+                         "eval_tokens": eval_tokens}
+    if eval_tokens is not None:  # where the next stage of a run continues (its skip_docs)
+        stats["settings"].update(skip_docs=skip_docs, end_position=end)
     return PackedData(train=train, eval=eval_, seq_len=seq_len, stats=stats)
 
 
@@ -162,6 +184,54 @@ def _read(streams, weights, tokenizer, max_tokens, seed) -> tuple[list[np.ndarra
             break
     mixed.close()  # stop the sources: a hub stream is not read further than the budget
     return docs, owners
+
+
+def is_marked(seed: int, position: int, eval_fraction: float) -> bool:
+    """Whether the document at `position` of the seed's stream is an eval document (budget-free)."""
+    return zlib.crc32(f"holdout:{seed}:{position}".encode()) % 1_000_000 < eval_fraction * 1_000_000
+
+
+def _read_marked(streams, weights, tokenizer, max_tokens, eval_tokens, eval_fraction, seed, skip_docs=0):
+    """Documents in stream order until the train budget and the eval set are both full: marked
+    ones to eval (whole) while it is short of `eval_tokens`, unmarked ones from position
+    `skip_docs` on to train (the last cut to fit); marked documents past a full eval set are
+    skipped, so none trains in any run. Also returns the position after the last one read."""
+    import numpy as np
+
+    train_budget = None if max_tokens is None else max(max_tokens - eval_tokens, 0)
+    docs, owners, held = [], [], set()
+    train_total = eval_total = 0
+    end = 0
+    mixed = _mix(streams, weights, seed)
+    for position, (owner, ids) in enumerate(_tokenized(mixed, tokenizer)):
+        end = position + 1
+        train_full = train_budget is not None and train_total >= train_budget
+        if train_full and eval_total >= eval_tokens:
+            break
+        if is_marked(seed, position, eval_fraction):
+            if eval_total >= eval_tokens:
+                continue
+            held.add(len(docs))
+            eval_total += len(ids)
+        else:
+            if train_full or position < skip_docs:
+                continue
+            ids = ids if train_budget is None else ids[: train_budget - train_total]
+            train_total += len(ids)
+        docs.append(np.asarray(ids, dtype=np.int32))
+        owners.append(owner)
+    mixed.close()
+    return docs, owners, held, end
+
+
+def _check_split(docs, held, sources: str, seq_len: int) -> None:
+    eval_total = sum(len(docs[i]) for i in held)
+    train_total = sum(len(d) for d in docs) - eval_total
+    if eval_total < seq_len or train_total < seq_len:
+        raise DataError(
+            f"{sources}: {train_total} train and {eval_total} eval tokens; one block of {seq_len} each is the least",
+            hint="add data, lower --seq-len, or raise --eval-tokens / --max-tokens",
+        )
 
 
 def _hold_out(docs: list[np.ndarray], sources: str, seq_len: int, eval_fraction: float, seed: int) -> set[int]:

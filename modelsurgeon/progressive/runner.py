@@ -200,6 +200,18 @@ def _grow_one(st: PlannedStage, model: Path, sdir: Path) -> dict:
     return record
 
 
+def continued(options, model: Path):
+    """A stage's options, its data continuing where the run's previous train stage stopped (with a
+    fixed eval set, the same data and seed), so that a grown model meets new documents rather
+    than those its parent trained on; other stages unchanged."""
+    manifest = read_manifest(model) if options.eval_tokens is not None else None
+    last = next((s for s in reversed(manifest.lineage) if isinstance(s, TrainStage)), None) if manifest else None
+    settings = last.data_stats.get("settings", {}) if last is not None else {}
+    if last is None or last.data != list(options.data) or last.seed != options.seed or "end_position" not in settings:
+        return options
+    return options.model_copy(update={"skip_docs": settings["end_position"]})
+
+
 def _run_stage(st: PlannedStage, model: Path, sdir: Path, plan: RecipePlan, console) -> dict:
     if (sdir / STAGE_RECORD).is_file():
         _say(console, f"[bold]{st.name}[/]: done, skipped (--resume)")
@@ -213,7 +225,7 @@ def _run_stage(st: PlannedStage, model: Path, sdir: Path, plan: RecipePlan, cons
     return train_one(
         model,
         sdir,
-        st.options,
+        continued(st.options, model),
         st.counts,
         st.seq_len,
         spec.trigger,

@@ -84,6 +84,18 @@ class TrainOptions(BaseModel):
     layers: Selection | None = Field(None, description=f"Layers LoRA adapts (method lora): {SELECTION_FORMS}.")
     text_field: str | None = Field(None, description="Record field holding the text (default: detected).")
     eval_fraction: float = Field(0.05, gt=0, lt=1, description="Share of documents held out for eval.")
+    eval_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="A fixed eval set of about this many tokens, the same documents whatever the budget "
+        "(compare runs of different lengths on it); default: eval_fraction of what is read.",
+    )
+    skip_docs: int = Field(
+        0,
+        ge=0,
+        description="With eval_tokens: train from this document of the data stream on (a later stage "
+        "continues where an earlier one stopped; progressive sets it).",
+    )
     share_duplicates: bool = Field(
         False, description="LoRA on a grown model: copies of one layer share one frozen base tensor."
     )
@@ -151,6 +163,8 @@ class TrainOptions(BaseModel):
             problems.append(f"--carry-optimizer copies AdamW moments of whole tensors: use it with method {whole}")
         if self.optimizer_from is not None and self.carry_optimizer is None:
             problems.append("--optimizer-from needs --carry-optimizer")
+        if self.skip_docs and self.eval_tokens is None:
+            problems.append("--skip-docs needs --eval-tokens (a fixed eval set that skipping cannot move)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -180,6 +194,8 @@ class TrainOptions(BaseModel):
         """Tokens to read: one pass of the budget plus the eval share, and slack for the
         partial blocks packing drops. Weights then set the mix; a smaller corpus repeats."""
         train = self.total_steps(seq_len, world_size) * self.tokens_per_step(seq_len, world_size)
+        if self.eval_tokens is not None:
+            return train + self.eval_tokens + 2 * seq_len
         return math.ceil(train / (1 - self.eval_fraction)) + 2 * seq_len
 
     def warmup_steps(self, total: int) -> int:

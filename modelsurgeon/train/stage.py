@@ -195,6 +195,8 @@ def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: in
         seq_len,
         max_tokens=max_tokens,
         eval_fraction=options.eval_fraction,
+        eval_tokens=options.eval_tokens,
+        skip_docs=options.skip_docs,
         seed=options.seed,
         text_field=options.text_field,
         max_positions=_max_positions(ckpt.config),
