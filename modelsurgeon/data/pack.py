@@ -85,8 +85,13 @@ def build_blocks(
     train = _pack([d for i, d in enumerate(docs) if i not in held], seq_len)
     eval_ = _pack([d for i, d in enumerate(docs) if i in held], seq_len)
     stats = _stats(streams, docs, owners, held, train, eval_)
-    stats["settings"] = {"seq_len": seq_len, "max_tokens": max_tokens, "eval_fraction": eval_fraction, "seed": seed,
-                         "eval_tokens": eval_tokens}
+    stats["settings"] = {
+        "seq_len": seq_len,
+        "max_tokens": max_tokens,
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "eval_tokens": eval_tokens,
+    }
     if eval_tokens is not None:  # where the next stage of a run continues (its skip_docs)
         stats["settings"].update(skip_docs=skip_docs, end_position=end)
     return PackedData(train=train, eval=eval_, seq_len=seq_len, stats=stats)
