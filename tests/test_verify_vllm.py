@@ -11,24 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from modelsurgeon.cli import app
-from modelsurgeon.errors import VerifyError
 from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.verify import verify_checkpoint
-from modelsurgeon.verify.vllm_engine import SETUP, find_vllm_python
+from modelsurgeon.verify.vllm_engine import NO_VLLM, vllm_python_or_none
 
-
-def _vllm_python() -> str | None:
-    try:
-        return find_vllm_python()
-    except VerifyError:
-        return None
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(_vllm_python() is None, reason=f"no Python with vLLM: run {SETUP} or set SURGEON_VLLM_PYTHON"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(vllm_python_or_none() is None, reason=NO_VLLM)]
 # vLLM's CPU attention rejects the tiny models' head_dim of 8 ("Unsupported CPU attention
 # configuration: head_dim=8"); hidden 256 over 4 heads gives head_dim 64, which it accepts.
 VLLM_SIZE = dict(hidden=256, heads=4, kv_heads=2)

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from modelsurgeon.errors import VerifyError
 from modelsurgeon.grow.engine import grow
 from modelsurgeon.plan import parse_plan
 from modelsurgeon.tiny_vlm import VLM_FAMILIES, build_tiny_vlm
 from modelsurgeon.verify import verify_checkpoint
-from modelsurgeon.verify.vllm_engine import SETUP, find_vllm_python
+from modelsurgeon.verify.vllm_engine import NO_VLLM, vllm_python_or_none
 
-
-def _vllm_python() -> str | None:
-    try:
-        return find_vllm_python()
-    except VerifyError:
-        return None
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(_vllm_python() is None, reason=f"no Python with vLLM: run {SETUP} or set SURGEON_VLLM_PYTHON"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(vllm_python_or_none() is None, reason=NO_VLLM)]
 # vLLM's CPU attention needs head_dim >= 32: hidden 128 over 4 heads, then 256 over 8.
 HIDDEN = 128
 WIDE = parse_plan(

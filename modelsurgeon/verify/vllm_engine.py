@@ -52,6 +52,17 @@ def _has_vllm(python: Path) -> bool:
     return python.is_file() and os.access(python, os.X_OK)
 
 
+def vllm_python_or_none() -> str | None:
+    """find_vllm_python, or None where no Python with vLLM is found (tests skip on it)."""
+    try:
+        return find_vllm_python()
+    except VerifyError:
+        return None
+
+
+NO_VLLM = f"no Python with vLLM: run {SETUP} or set SURGEON_VLLM_PYTHON"
+
+
 def find_vllm_python(explicit: str | Path | None = None) -> str:
     """--vllm-python, else $SURGEON_VLLM_PYTHON, else .vllm-venv/bin/python (in the working
     directory or the source checkout), else this Python if it can import vllm."""
