@@ -144,13 +144,16 @@ NOTES = """## How to read this report
   are the same for every run, so differences between arms compare the same problems.
 - Means come with a 95% Student-t interval over seeds (mean +- t(0.975, n-1) sd / sqrt(n)); with
   one seed there is no interval. Differences against a baseline are paired by seed (arm minus
-  baseline, same seed) and get the same t interval; exact-match differences also get a paired
-  two-way bootstrap interval (the same seeds and test problems resampled on both sides), which
-  accounts for the finite test set too. **"not resolved"**: the interval contains 0, so this sweep
+  baseline, same seed) and get the same t interval, except exact match: its differences get a
+  paired two-way bootstrap interval (the same seeds and test problems resampled on both sides),
+  which accounts for the finite test set too (a t interval over 3 seeds of a score near 0 can
+  have zero width by chance). **"not resolved"**: the interval contains 0, so this sweep
   cannot tell the two apart; "higher"/"lower": the interval excludes 0.
-- Final eval loss is the validation loss: train-stage's held-out share of the run's own training
-  draw (the last stage's). Exact match is on the test sets (never trained on): interpolation
-  (chain lengths or modules as in training) and extrapolation (longer chains). Answer loss is
+- Final eval loss is the validation loss on train-stage's held-out documents: with `eval_tokens`
+  in the recipe, one fixed set per seed for every stage, arm and baseline; without it, a share
+  of each run's own draw (then runs of different budgets score different documents). Exact
+  match is on the test sets (never trained on): interpolation (chain lengths or modules as in
+  training) and extrapolation (longer chains). Answer loss is
   the mean teacher-forced loss (nats per token) of each test answer and its end, given the
   question: lower is better, and it still ranks models whose exact match is at the floor.
 - Baselines are trained from scratch with their steps matched to the grown arm's planned FLOPs
