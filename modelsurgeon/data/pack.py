@@ -73,15 +73,8 @@ def build_blocks(
     """
     _check_args(specs, tokenizer, seq_len, max_tokens, eval_fraction, max_positions)
     streams = [SourceStream(spec, text_field) for spec in specs]
-    if eval_tokens is None:
-        docs, owners = _read(streams, [s.weight for s in specs], tokenizer, max_tokens, seed)
-        held = _hold_out(docs, ", ".join(s.source for s in specs), seq_len, eval_fraction, seed)
-    else:
-        weights = [s.weight for s in specs]
-        docs, owners, held, end = _read_marked(
-            streams, weights, tokenizer, max_tokens, eval_tokens, eval_fraction, seed, skip_docs
-        )
-        _check_split(docs, held, ", ".join(s.source for s in specs), seq_len)
+    split = _Split(seq_len, max_tokens, eval_fraction, seed, eval_tokens, skip_docs)
+    docs, owners, held, end = _documents(streams, specs, tokenizer, split)
     train = _pack([d for i, d in enumerate(docs) if i not in held], seq_len)
     eval_ = _pack([d for i, d in enumerate(docs) if i in held], seq_len)
     stats = _stats(streams, docs, owners, held, train, eval_)
@@ -171,6 +164,30 @@ def _encode(batch: list[tuple[int, str]], tokenizer) -> Iterator[tuple[int, list
         yield owner, [*row, tokenizer.eos_token_id]
 
 
+@dataclass(frozen=True)
+class _Split:
+    """How build_blocks divides the stream between train and eval."""
+
+    seq_len: int
+    max_tokens: int | None
+    eval_fraction: float
+    seed: int
+    eval_tokens: int | None
+    skip_docs: int
+
+
+def _documents(streams, specs, tokenizer, split: _Split):
+    """(documents, their sources, indices held out for eval, stream position after the last one
+    read: None where the eval share is drawn from what was read, the default)."""
+    weights, sources = [s.weight for s in specs], ", ".join(s.source for s in specs)
+    if split.eval_tokens is None:
+        docs, owners = _read(streams, weights, tokenizer, split.max_tokens, split.seed)
+        return docs, owners, _hold_out(docs, sources, split.seq_len, split.eval_fraction, split.seed), None
+    docs, owners, held, end = _read_marked(streams, weights, tokenizer, split)
+    _check_split(docs, held, sources, split.seq_len)
+    return docs, owners, held, end
+
+
 def _read(streams, weights, tokenizer, max_tokens, seed) -> tuple[list[np.ndarray], list[int]]:
     """Token arrays of the drawn documents (each ending in EOS but a cut last one) and their sources."""
     import numpy as np
@@ -196,13 +213,14 @@ def is_marked(seed: int, position: int, eval_fraction: float) -> bool:
     return zlib.crc32(f"holdout:{seed}:{position}".encode()) % 1_000_000 < eval_fraction * 1_000_000
 
 
-def _read_marked(streams, weights, tokenizer, max_tokens, eval_tokens, eval_fraction, seed, skip_docs=0):
+def _read_marked(streams, weights, tokenizer, split: _Split):
     """Documents in stream order until the train budget and the eval set are both full: marked
     ones to eval (whole) while it is short of `eval_tokens`, unmarked ones from position
     `skip_docs` on to train (the last cut to fit); marked documents past a full eval set are
     skipped, so none trains in any run. Also returns the position after the last one read."""
     import numpy as np
 
+    max_tokens, eval_tokens, seed = split.max_tokens, split.eval_tokens, split.seed
     train_budget = None if max_tokens is None else max(max_tokens - eval_tokens, 0)
     docs, owners, held = [], [], set()
     train_total = eval_total = 0
@@ -213,13 +231,13 @@ def _read_marked(streams, weights, tokenizer, max_tokens, eval_tokens, eval_frac
         train_full = train_budget is not None and train_total >= train_budget
         if train_full and eval_total >= eval_tokens:
             break
-        if is_marked(seed, position, eval_fraction):
+        if is_marked(seed, position, split.eval_fraction):
             if eval_total >= eval_tokens:
                 continue
             held.add(len(docs))
             eval_total += len(ids)
         else:
-            if train_full or position < skip_docs:
+            if train_full or position < split.skip_docs:
                 continue
             ids = ids if train_budget is None else ids[: train_budget - train_total]
             train_total += len(ids)
