@@ -5,9 +5,13 @@ recipes back `--emit-commands`, so a cluster runs exactly what this process woul
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shlex
 import shutil
+import signal
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -111,12 +115,47 @@ def command(out_dir: Path, job: Job, threads: int | None) -> str:
     return f"{env}surgeon progressive {shlex.quote(str(run_dir / RECIPE_FILE))} -o {shlex.quote(str(run_dir))} --resume"
 
 
+_SWEEP_PID: int | None = None  # in a worker: the sweep process that started it
+
+
 def run_job(recipe: str, run_dir: str) -> float:
     """One run (in a worker or in this process): `surgeon progressive RECIPE -o RUN_DIR --resume`."""
 
     start = time.perf_counter()
-    run_recipe(recipe, run_dir, resume=True)
+    try:
+        run_recipe(recipe, run_dir, resume=True)
+    finally:
+        if _SWEEP_PID is not None and os.getppid() != _SWEEP_PID:
+            # orphaned (the run stopped on the kernel's SIGTERM, checkpoint saved): the pool's task
+            # queue would block this worker forever, since the worker holds its write end too
+            os._exit(128 + signal.SIGTERM)
     return time.perf_counter() - start
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker's set-up: its share of the threads, and on Linux SIGTERM when the sweep process
+    dies, however it dies (SIGKILL, OOM): an orphaned worker would train on for hours beside the
+    next sweep. SIGTERM lets a training worker save a resumable checkpoint first."""
+    global _SWEEP_PID
+    _SWEEP_PID = parent
+    pin_threads(threads)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1  # <linux/prctl.h>
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent:  # the sweep died before prctl took effect
+        os._exit(128 + signal.SIGTERM)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every live worker (a training run checkpoints at the end of its step) and wait for
+    them: leaving the pool's `with` on an exception would otherwise wait for every running job."""
+    # the executor's own process table: Python < 3.14 has no public terminate_workers()
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            if proc.is_alive():
+                proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _say(console, text: str) -> None:
@@ -141,22 +180,30 @@ def execute(out_dir: Path, jobs: list[Job], workers: int, threads: int, console=
                     failures.append(f"{job.dir}: {type(exc).__name__}: {exc}")
     else:
         with ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=pin_threads, initargs=(threads,)
+            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads, os.getpid())
         ) as pool:
-            futures = {pool.submit(run_job, *args[j.dir]): j for j in todo}
-            pending, done_n = set(futures), 0
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    done_n += 1
-                    job = futures[f]
-                    if f.exception() is not None:
-                        failures.append(f"{job.dir}: {type(f.exception()).__name__}: {f.exception()}")
-                    _say(console, f"[{done_n}/{len(todo)}] {job.dir}: {'failed' if f.exception() else 'done'}")
+            try:
+                _collect(pool, todo, args, failures, console)
+            except BaseException:  # a stop signal (Interrupted) or a bug here: no worker may outlive the sweep
+                _stop_workers(pool)
+                raise
     if failures:
         raise SweepError(
             str(out_dir), failures, hint="fix the cause, then rerun with --resume (finished runs are kept)"
         )
+
+
+def _collect(pool, todo: list[Job], args: dict, failures: list[str], console) -> None:
+    futures = {pool.submit(run_job, *args[j.dir]): j for j in todo}
+    pending, done_n = set(futures), 0
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in finished:
+            done_n += 1
+            job = futures[f]
+            if f.exception() is not None:
+                failures.append(f"{job.dir}: {type(f.exception()).__name__}: {f.exception()}")
+            _say(console, f"[{done_n}/{len(todo)}] {job.dir}: {'failed' if f.exception() else 'done'}")
 
 
 def tuning_choices(out_dir: Path, manifest: SweepManifest) -> dict[str, list[float]]:
