@@ -135,3 +135,48 @@ def test_equal_wall_is_the_earliest_end_of_any_run():
         )
 
     assert equal_wall([run(50.0), run(20.0), run(70.0)]) == 20.0
+
+
+def _curve_run(arm: str, seed: int, curve: list, wall_curve: list):
+    from modelsurgeon.sweep.collect import RunResult
+
+    return RunResult(
+        arm=arm,
+        seed=seed,
+        dir="d",
+        flops=int(curve[-1][0]),
+        tokens=1,
+        wall_s=wall_curve[-1][0],
+        layers=1,
+        params=1,
+        final_train_loss=None,
+        final_eval_loss=curve[-1][1],
+        accuracy={},
+        n={},
+        curve=curve,
+        wall_curve=wall_curve,
+        correct={},
+        lengths={},
+    )
+
+
+def test_saving_to_the_baselines_final_loss_per_seed():
+    """Baseline seed s ends at loss 1.0 after 100 FLOPs (200 s); the arm crosses 1.0 at 40, 50 and
+    60 FLOPs (linear between its evaluations) and at 150 s: saved 60 / 50 / 40 % of the FLOPs and
+    25 % of the wall time; a seed that never reaches the loss withholds the interval."""
+    from modelsurgeon.sweep.aggregate import savings
+
+    base = [_curve_run("b", s, [(0, 3.0), (100, 1.0)], [(0.0, 3.0), (200.0, 1.0)]) for s in range(3)]
+    arm = [
+        _curve_run("a", s, [(0, 3.0), (x - 10, 1.5), (x + 10, 0.5), (100, 0.4)], [(0.0, 3.0), (150.0, 1.0)])
+        for s, x in enumerate((40, 50, 60))
+    ]
+    out = savings(arm, base)
+    assert out["flops"]["per_seed"] == pytest.approx({0: 0.6, 1: 0.5, 2: 0.4})
+    assert out["flops"]["interval"]["estimate"] == pytest.approx(0.5)
+    assert out["flops"]["interval"]["low"] < 0.5 < out["flops"]["interval"]["high"]
+    assert out["flops"]["interval"]["verdict"] == "saves"
+    assert out["wall"]["per_seed"] == pytest.approx({0: 0.25, 1: 0.25, 2: 0.25})
+    worse = [_curve_run("a", 2, [(0, 3.0), (100, 1.2)], [(0.0, 3.0), (200.0, 1.2)]), *arm[:2]]
+    partial = savings(worse, base)["flops"]
+    assert partial["per_seed"][2] is None and partial["reached"] == 2 and partial["interval"] is None

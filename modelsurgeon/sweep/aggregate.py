@@ -127,6 +127,42 @@ def arm_stats(runs: list[RunResult], target: float | None, samples: int, wall: f
     }
 
 
+def _saved(curve: list, base_curve: list) -> float | None:
+    """1 - (x where `curve` first reaches the last loss of `base_curve`) / (base_curve's last x):
+    the share of the baseline's FLOPs (or wall time) the arm needed less to reach the loss the
+    baseline ended at. None when the arm never reaches it."""
+    if not curve or not base_curve or base_curve[-1][0] <= 0:
+        return None
+    reached = flops_to_target([x for x, _ in curve], [y for _, y in curve], base_curve[-1][1])
+    return None if reached is None else 1.0 - reached / base_curve[-1][0]
+
+
+def savings(arm: list[RunResult], base: list[RunResult]) -> dict:
+    """The published anchors' measure (G_stack: "54.6% fewer FLOPs to the same loss"), per seed
+    against that seed's baseline run, on the FLOP and the wall-clock axis. The interval is over
+    the seeds only when the arm reached the baseline's final loss in every one of them: a mean
+    over the seeds that reached it would hide the ones that did not."""
+    b = {r.seed: r for r in base}
+    out = {}
+    for axis, get in (("flops", lambda r: r.curve), ("wall", lambda r: r.wall_curve)):
+        per_seed = {r.seed: _saved(get(r), get(b[r.seed])) for r in arm if r.seed in b}
+        reached = [v for v in per_seed.values() if v is not None]
+        interval = t_interval(reached) if per_seed and len(reached) == len(per_seed) else None
+        out[axis] = {
+            "per_seed": per_seed,
+            "reached": len(reached),
+            "seeds": len(per_seed),
+            "interval": None if interval is None else {**interval.as_dict(), "verdict": _saving_words(interval)},
+        }
+    return out
+
+
+def _saving_words(saved) -> str:
+    if saved.contains_zero:
+        return "not resolved"
+    return "saves" if saved.estimate > 0 else "costs more"
+
+
 def compare(
     arm: list[RunResult], base: list[RunResult], target: float | None, samples: int, wall: float | None = None
 ) -> dict:
@@ -135,7 +171,7 @@ def compare(
     a = {r.seed: run_values(r, target, wall) for r in arm}
     b = {r.seed: run_values(r, target, wall) for r in base}
     keys = list(dict.fromkeys(k for v in a.values() for k in v if any(k in w for w in b.values())))
-    out = {"seeds": sorted(a.keys() & b.keys()), "t": {}, "bootstrap": {}}
+    out = {"seeds": sorted(a.keys() & b.keys()), "t": {}, "bootstrap": {}, "savings": savings(arm, base)}
     for k in keys:
         if k.startswith("acc:"):
             # Exact match is compared by the paired bootstrap below (seeds and problems): a t

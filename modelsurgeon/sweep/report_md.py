@@ -162,6 +162,31 @@ NOTES = """## How to read this report
 """
 
 
+def _saving_cell(axis: dict) -> str:
+    if axis["interval"] is None:
+        return f"- (reached in {axis['reached']} of {axis['seeds']} seeds)"
+    i = axis["interval"]
+    pct = {k: (None if i[k] is None else 100 * i[k]) for k in ("estimate", "low", "high")}
+    return f"{_ci({**i, **pct}, '.1f')} % ({i['verdict']})"
+
+
+def _saving_rows(summary: dict) -> list[str]:
+    rows = [(n, c["savings"]) for n, c in summary["comparisons"].items() if c.get("savings")]
+    if not rows:
+        return []
+    out = [
+        "Saving to the baseline's final loss (the published anchors' measure): per seed, 1 - (FLOPs, or"
+        " wall time, at which the arm first reaches the final eval loss of that seed's baseline or"
+        " reference run) / (that run's FLOPs, or wall time); mean [95% t CI] over seeds, given only"
+        " when the arm reached that loss in every seed.",
+        "",
+        "| comparison | FLOPs saved | wall time saved |",
+        "|---|---|---|",
+    ]
+    out += [f"| {name} | {_saving_cell(s['flops'])} | {_saving_cell(s['wall'])} |" for name, s in rows]
+    return out
+
+
 def render(summary: dict, out_dir: str) -> str:
     made = (
         f"Produced by: `surgeon sweep {summary['sweep_file']} -o {out_dir}` (base recipe `{summary['recipe_file']}`); "
@@ -189,6 +214,7 @@ def render(summary: dict, out_dir: str) -> str:
         "",
         *_diff_rows(summary),
         "",
+        *(rows + [""] if (rows := _saving_rows(summary)) else []),
         "## Tuning",
         "",
         *_tuning_rows(summary),
