@@ -48,9 +48,9 @@ def start_writeback(fd: int, offset: int, n: int) -> None:
     dirty_background threshold nothing flushes them), which then writes the whole shard after
     the copy. Started per kernel copy (256 MB), writeback overlaps the copying: on the 2-core
     VM, the 3.4 GB ext4 splice waited 0.3-0.9 s in fsync instead of 1.1-1.5 s (summed over the
-    writer threads) and took 4-12% less wall time (medians of 5-8 alternating rounds, machine
-    loaded). Only a head start: fsync still makes the data durable, so a refusal (a pipe, an
-    old kernel) is ignored."""
+    writer threads), and was faster in 26 of 41 alternating rounds (by a few percent: that
+    machine was loaded, so the copy itself was CPU-bound). Only a head start: fsync still makes
+    the data durable, so a refusal (a pipe, an old kernel) is ignored."""
     fn = _sync_file_range()
     if fn is not None and n > 0:
         fn(fd, offset, n, SYNC_FILE_RANGE_WRITE)
