@@ -2,8 +2,9 @@
 
 Each command imports its implementation inside its body: every invocation builds all commands
 (for --help), so a module-level import is paid by every command. `surgeon grow` of a depth plan
-runs at disk speed, and `progressive` alone pulls in torch (about 0.5 s of CPU before a byte
-moves); tests/test_cli_imports.py keeps the pure-copy grow free of torch, transformers, numpy."""
+runs at disk speed, and `progressive` alone pulled in torch (importing cli.py took 1.1 s on the
+loaded 2-core VM, 0.19 s without it); tests/test_cli_imports.py keeps the pure-copy grow free of
+torch, transformers and numpy."""
 
 from __future__ import annotations
 
