@@ -1,4 +1,10 @@
-"""The `surgeon` command line: thin commands that parse, call one library function, render."""
+"""The `surgeon` command line: thin commands that parse, call one library function, render.
+
+Each command imports its implementation inside its body: every invocation builds all commands
+(for --help), so a module-level import is paid by every command. `surgeon grow` of a depth plan
+runs at disk speed, and `progressive` alone pulled in torch (importing cli.py took 1.1 s on the
+loaded 2-core VM, 0.19 s without it); tests/test_cli_imports.py keeps the pure-copy grow free of
+torch, transformers and numpy."""
 
 from __future__ import annotations
 
@@ -13,23 +19,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 from modelsurgeon.cli_options import flag, with_model_options
 from modelsurgeon.errors import SurgeonError, TrainInterrupted
-from modelsurgeon.grow.engine import grow as grow_fn
+from modelsurgeon.grow.engine import grow as grow_fn  # the package's __init__ imports it anyway
 from modelsurgeon.grow.engine import prepare
-from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
 from modelsurgeon.io.atomic import Interrupted, exit_on_signals
 from modelsurgeon.io.atomic import clean as clean_fn
 from modelsurgeon.io.hub import resolve_model
 from modelsurgeon.plan import load_plan
-from modelsurgeon.plan.shipped import shipped_table
 from modelsurgeon.progress import Progress
-from modelsurgeon.progressive import run_recipe
-from modelsurgeon.sweep import emit, report_dir, run_sweep
-from modelsurgeon.train.merge import merge_lora as merge_fn
-from modelsurgeon.train.options import TrainOptions, load_options
-from modelsurgeon.verify.report import render
+from modelsurgeon.train.options import TrainOptions, load_options  # train-stage's flags, built for --help
 
 # Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
 app = typer.Typer(
@@ -141,6 +140,8 @@ def grow(
     ] = False,
 ) -> None:
     """Apply a growth plan to a checkpoint."""
+    from modelsurgeon.grow.tables import layer_map_table, summary_table, width_table
+
     model = resolve(model)
 
     shard = parse_byte_size(max_shard_size)
@@ -184,8 +185,9 @@ def inspect(
     as_json: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a checkpoint's family, layers, parameters, dtypes, shards and per-layer config lists."""
-    model = resolve(model)
+    from modelsurgeon.checkpoint_summary import checkpoint_table, summarize_checkpoint
 
+    model = resolve(model)
     info = summarize_checkpoint(model)
     if as_json:
         print(json.dumps(info, indent=2))
@@ -221,6 +223,7 @@ def plan_check(
 @plan_app.command("list")
 def plan_list() -> None:
     """List the shipped plans, recipes and sweeps: pass a name where a file is taken (`--plan double`)."""
+    from modelsurgeon.plan.shipped import shipped_table
 
     out.print(shipped_table(), highlight=False)
 
@@ -335,6 +338,7 @@ def verify(
     source, grown = resolve(source), resolve(grown)
     # lazy: modelsurgeon.verify.runner imports torch/transformers
     from modelsurgeon.verify import verify_checkpoint
+    from modelsurgeon.verify.report import render
 
     with Progress("verify", unit="", console=err, heartbeat=True):  # a log line every interval while models run
         report = verify_checkpoint(
@@ -370,8 +374,9 @@ def merge_lora(
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
 ) -> None:
     """Merge a LoRA adapter into BASE one tensor at a time (memory does not grow with the model)."""
-    base, adapter = resolve(base), resolve(adapter)
+    from modelsurgeon.train.merge import merge_lora as merge_fn
 
+    base, adapter = resolve(base), resolve(adapter)
     shard = parse_byte_size(max_shard_size)
     s = _with_progress(
         lambda advance: merge_fn(base, adapter, output, force=force, max_shard_size=shard, progress=advance),
@@ -452,6 +457,8 @@ def progressive(
     force: Annotated[bool, flag("--force", help="Delete OUTPUT and start over.")] = False,
 ) -> None:
     """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
+    # lazy: modelsurgeon.progressive.planning imports torch (ops.width)
+    from modelsurgeon.progressive import run_recipe
 
     summary = run_recipe(recipe, output, resume=resume, force=force, console=err)
     for line in summary["verdict"]:
@@ -495,6 +502,7 @@ def sweep(
     ] = None,
 ) -> None:
     """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
+    from modelsurgeon.sweep import emit, report_dir, run_sweep
 
     if spec == "report":
         if run_dir is None:

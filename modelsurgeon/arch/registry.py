@@ -15,6 +15,9 @@ from modelsurgeon.arch.vlm import text_family, tower_spec, vlm_of
 from modelsurgeon.errors import CheckpointError
 
 SPEC_DIR = Path(__file__).parent / "specs"
+# libyaml's loader when PyYAML was built with it: the table is parsed on every `surgeon` start,
+# 15 files in ~12 ms with the pure-Python loader, ~2 ms with this one (same values).
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Config keys that hold the layer count in families outside the table.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
@@ -33,7 +36,7 @@ def _merge(base: dict, child: dict) -> dict:
 
 @cache
 def _load_raw(name: str) -> dict:
-    raw = yaml.safe_load((SPEC_DIR / f"{name}.yaml").read_text())
+    raw = yaml.load((SPEC_DIR / f"{name}.yaml").read_text(), Loader=YAML_LOADER)
     if "extends" in raw:
         return _merge(_load_raw(raw["extends"]), raw)
     return raw

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import struct
 import sys
@@ -24,6 +25,35 @@ COPY_CHUNK = 64 * 1024 * 1024  # per pread in the fallback
 # Per pwrite: on the development VM, writing 64 MB blocks in 1 MB calls took a quarter of the
 # system time and wall time of 4-64 MB calls (page-cache writes; copy_file_range was unaffected).
 WRITE_CHUNK = 1 << 20
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
+
+
+@functools.cache
+def _sync_file_range():
+    """libc's sync_file_range (Linux; os has no binding), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # only here: nothing else needs it
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if fn is not None:  # CDLL calls release the GIL: the shard writers keep running meanwhile
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    """Ask the kernel to start writing bytes [offset, offset + n) of fd to disk now, without
+    waiting. Copied pages otherwise stay dirty until the shard's fsync (below the
+    dirty_background threshold nothing flushes them), which then writes the whole shard after
+    the copy. Started per kernel copy (256 MB), writeback overlaps the copying: on the 2-core
+    VM, the 3.4 GB ext4 splice waited 0.3-0.9 s in fsync instead of 1.1-1.5 s (summed over the
+    writer threads), and was faster in 26 of 41 alternating rounds (by a few percent: that
+    machine was loaded, so the copy itself was CPU-bound). Only a head start: fsync still makes
+    the data durable, so a refusal (a pipe, an old kernel) is ignored."""
+    fn = _sync_file_range()
+    if fn is not None and n > 0:
+        fn(fd, offset, n, SYNC_FILE_RANGE_WRITE)
 
 
 class Stopped(Exception):
@@ -97,6 +127,7 @@ class Copier:
                     raise OSError(errno.EIO, f"unexpected end of file after byte {offset}")
                 pwrite_all(dst, memoryview(chunk), dst_offset)
                 done = len(chunk)
+            start_writeback(dst, dst_offset, done)
             offset, dst_offset, n = offset + done, dst_offset + done, n - done
 
     def _kernel_copy(self, src: int, dst: int, offset: int, n: int, dst_offset: int) -> int:
