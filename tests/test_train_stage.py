@@ -331,6 +331,21 @@ def test_new_without_surgeon_json(tiny, tmp_path):
     )
 
 
+def test_failure_after_the_work_dir_exists_leaves_nothing(tiny, tmp_path):
+    """--carry-optimizer finds no parent only once the model is loaded, after the work directory
+    was created: with no checkpoint in it there is nothing to resume, so it is removed too."""
+    out = tmp_path / "out"
+    assert_fails(
+        run_cli(
+            tiny("llama"), "--data", DATA, "-o", out, "--steps", 2, "--method", "full", "--carry-optimizer", "copy"
+        ),
+        MissingManifestError.exit_code,
+        "--carry-optimizer",
+        "no surgeon.json naming the checkpoint it was grown from",
+        out=out,
+    )
+
+
 def test_new_without_new_layers(tiny, tmp_path):
     model = tmp_path / "model"
     grow(tiny("llama"), write_plan(tmp_path, "name: d\nsteps:\n  - op: drop\n    layers: [0]\n"), model)

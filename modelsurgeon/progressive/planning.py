@@ -119,73 +119,98 @@ def lora_targets(options, counts: ArchCounts) -> list[str] | None:
     return [m for m, _, _ in counts.linears if m in options.targets or m.rsplit(".", 1)[-1] in options.targets] or None
 
 
-def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: PlannedStage | None, problems: list[str]):
-    loaded, r = plan.loaded, plan.loaded.recipe
-    where = loaded.where("stages", i, "train")
+def _train_options(plan: RecipePlan, stage: Stage, where: str, problems: list[str]):
+    """The stage's TrainOptions; a `flops` budget sets steps later, so steps/tokens must be absent."""
+    r = plan.loaded.recipe
     fields = stage.train.options(r.defaults, r.data)
     if stage.train.flops is not None:
         if {"steps", "tokens"} & set(stage.train.model_extra or {}):
             problems.append(f"{where}: give one budget: flops, or steps/tokens, not both")
             return None
         fields = {k: v for k, v in fields.items() if k not in ("steps", "tokens")} | {"steps": 1}
-    options = _options(fields, where, problems)
-    if options is None:
-        return None
-    trained = None
+    return _options(fields, where, problems)
+
+
+def _trained_layers(
+    options, counts: ArchCounts, prev: PlannedStage | None, where: str, problems: list[str]
+) -> tuple[bool, int | None]:
+    """Whether the stage can train, and how many layers it trains (None: all) for FLOP counting."""
     if options.train_method.layers == "new":
         if prev is None or prev.kind != "grow":
             problems.append(
                 f"{where}: method {options.method} trains the layers a growth added; put it right after a grow stage"
             )
-            return None
-        trained = prev.new_layers
-        if not trained:
+            return False, None
+        if not prev.new_layers:
             problems.append(
                 f"{where}: method {options.method} trains the layers a growth added, and this growth added none"
             )
-            return None
-    elif options.layers is not None:
+            return False, None
+        return True, prev.new_layers
+    if options.layers is not None:
         try:
-            trained = len(resolve_selection(options.layers, counts.n_layers))
+            return True, len(resolve_selection(options.layers, counts.n_layers))
         except ValueError as exc:
             problems.append(f"{where}: layers: {exc}")
-    if options.train_method.adapter and r.init is not None and not any(s.kind == "train" for s in plan.stages):
-        problems.append(
-            f"{where}: the start model is randomly initialised, so its first train stage must be method full (not "
+    return True, None
+
+
+def _placement_problems(plan: RecipePlan, options, prev: PlannedStage | None, i: int) -> list[str]:
+    """Options that only make sense at some points of the recipe, checked against this point."""
+    found = []
+    first_train = not any(s.kind == "train" for s in plan.stages)
+    if options.train_method.adapter and plan.loaded.recipe.init is not None and first_train:
+        found.append(
+            "the start model is randomly initialised, so its first train stage must be method full (not "
             f"{options.method})"
         )
     if options.ramp_new is not None and (prev is None or prev.kind != "grow"):
-        problems.append(f"{where}: ramp_new fades in the layers a growth added; put the stage right after a grow stage")
+        found.append("ramp_new fades in the layers a growth added; put the stage right after a grow stage")
     if options.carry_optimizer not in (None, "reset") and (prev is None or prev.kind != "grow" or i < 2):
-        problems.append(
-            f"{where}: carry_optimizer carries AdamW state across a growth; the stage must follow a grow that "
-            f"follows a train stage"
+        found.append(
+            "carry_optimizer carries AdamW state across a growth; the stage must follow a grow that "
+            "follows a train stage"
         )
     if options.carry_optimizer not in (None, "reset") and prev is not None and prev.widened:
-        problems.append(f"{where}: carry_optimizer maps AdamW state through a layer map, not a widen; use reset")
+        found.append("carry_optimizer maps AdamW state through a layer map, not a widen; use reset")
+    return found
+
+
+def _cost(options, counts: ArchCounts, seq_len: int, trained: int | None, steps: int) -> StageFlops:
+    """What `steps` steps of the stage cost."""
+    return stage_flops(
+        counts,
+        steps * options.tokens_per_step(seq_len),
+        seq_len,
+        options.method,
+        lora_r=options.lora_r,
+        lora_targets=lora_targets(options, counts),
+        trained_layers=trained,
+    )
+
+
+def _train(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, prev: PlannedStage | None, problems: list[str]):
+    where = plan.loaded.where("stages", i, "train")
+    options = _train_options(plan, stage, where, problems)
+    if options is None:
+        return None
+    ok, trained = _trained_layers(options, counts, prev, where, problems)
+    if not ok:
+        return None
+    problems += [f"{where}: {p}" for p in _placement_problems(plan, options, prev, i)]
     seq_len = options.sequence_length(plan.max_positions)
     if seq_len > plan.max_positions:
         problems.append(f"{where}: seq_len {seq_len} exceeds the model's {plan.max_positions} positions")
-
-    def cost(steps: int):
-        return stage_flops(
-            counts,
-            steps * options.tokens_per_step(seq_len),
-            seq_len,
-            options.method,
-            lora_r=options.lora_r,
-            lora_targets=lora_targets(options, counts),
-            trained_layers=trained,
-        )
-
     steps = options.total_steps(seq_len)
     if stage.train.flops is not None:
-        steps = round(stage.train.flops / cost(1).total)
+        step_flops = _cost(options, counts, seq_len, trained, 1).total
+        steps = round(stage.train.flops / step_flops)
         if steps < 1:
-            problems.append(f"{where}: flops {stage.train.flops:.3g} buy less than one {cost(1).total:.3g}-FLOP step")
+            problems.append(f"{where}: flops {stage.train.flops:.3g} buy less than one {step_flops:.3g}-FLOP step")
             return None
         options = options.model_copy(update={"steps": steps})
-    return PlannedStage(i + 1, "train", counts.n_layers, counts, options, seq_len, steps, cost(steps), trained)
+    cost = _cost(options, counts, seq_len, trained, steps)
+    return PlannedStage(i + 1, "train", counts.n_layers, counts, options, seq_len, steps, cost, trained)
 
 
 def _grow(plan: RecipePlan, stage: Stage, i: int, counts: ArchCounts, problems: list[str]):

@@ -105,47 +105,44 @@ def _last_train_stage(out: Path) -> TrainStage:
     return stage
 
 
-def train_one(
+def _run_training(
     model: Path,
+    out: Path,
     sdir: Path,
     options,
-    counts,
     seq_len: int,
     triggers: list,
     cap: int,
     du_defaults: tuple[float, float],
-    eval_fn,
     console,
-    extra: dict,
-    flops_kw: dict | None = None,
-) -> dict:
-    """One train stage in `sdir` (resumable); returns its record, also written to stage.json.
-    `flops_kw`: stage_flops' lora_targets / trained_layers; `extra`: fields added to the record."""
+) -> None:
+    """Train (or resume) the stage into `out`, then write run.json: its wall time and what stopped it."""
     # lazy: modelsurgeon.train.shared imports torch/transformers
     from modelsurgeon.train import train_stage, work_dir
 
     # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import last_checkpoint
 
+    stop: dict = {}
+    decider = StopDecider(list(triggers), cap, options.tokens_per_step(seq_len), du_defaults)
+    callbacks = (make_callback(decider, stop), grad_norm_callback(sdir / "grad_norms.jsonl", _layer_prefix(model)))
+    start = time.perf_counter()
+    train_stage(
+        model, out, options, resume=last_checkpoint(work_dir(out)) is not None, console=console, callbacks=callbacks
+    )
+    _write_json(sdir / "run.json", {"wall_s": round(time.perf_counter() - start, 2), "stop": stop})
+
+
+def _train_record(sdir: Path, out: Path, options, counts, seq_len: int, cap: int, flops_kw: dict | None) -> dict:
+    """The trained stage's record, from its surgeon.json, run.json and metrics."""
     # lazy: modelsurgeon.train.callbacks imports torch/transformers
     from modelsurgeon.train.callbacks import read_metrics
 
-    out = sdir / "model"
-    sdir.mkdir(parents=True, exist_ok=True)
-    stop: dict = {}
-    if not (out / MANIFEST).is_file():
-        decider = StopDecider(list(triggers), cap, options.tokens_per_step(seq_len), du_defaults)
-        callbacks = (make_callback(decider, stop), grad_norm_callback(sdir / "grad_norms.jsonl", _layer_prefix(model)))
-        start = time.perf_counter()
-        train_stage(
-            model, out, options, resume=last_checkpoint(work_dir(out)) is not None, console=console, callbacks=callbacks
-        )
-        _write_json(sdir / "run.json", {"wall_s": round(time.perf_counter() - start, 2), "stop": stop})
     stage = _last_train_stage(out)
     run = json.loads((sdir / "run.json").read_text()) if (sdir / "run.json").is_file() else {}
     rows = read_metrics(out / "metrics.jsonl")
     flops = stage_flops(counts, stage.tokens, seq_len, options.method, lora_r=options.lora_r, **(flops_kw or {}))
-    record = {
+    return {
         "kind": "train",
         "method": options.method,
         "layers": counts.n_layers,
@@ -164,6 +161,31 @@ def train_one(
         "lr": options.learning_rate,
         "schedule": options.schedule,
         "warmup": options.warmup_steps(cap),
+    }
+
+
+def train_one(
+    model: Path,
+    sdir: Path,
+    options,
+    counts,
+    seq_len: int,
+    triggers: list,
+    cap: int,
+    du_defaults: tuple[float, float],
+    eval_fn,
+    console,
+    extra: dict,
+    flops_kw: dict | None = None,
+) -> dict:
+    """One train stage in `sdir` (resumable); returns its record, also written to stage.json.
+    `flops_kw`: stage_flops' lora_targets / trained_layers; `extra`: fields added to the record."""
+    out = sdir / "model"
+    sdir.mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST).is_file():
+        _run_training(model, out, sdir, options, seq_len, triggers, cap, du_defaults, console)
+    record = {
+        **_train_record(sdir, out, options, counts, seq_len, cap, flops_kw),
         **eval_fn(out),
         "model": str(out),
         **extra,

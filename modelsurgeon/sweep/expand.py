@@ -195,11 +195,9 @@ def _jobs(arm: Arm, seeds: list[int], tuning: Tuning) -> list[Job]:
     return jobs
 
 
-def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
-    """Every arm, grid and run of the sweep, each expanded recipe validated (schema and stage plan,
-    baselines FLOP-matched). Raises SweepError listing every problem; nothing is written."""
-    s, problems = loaded.sweep, []
-    base_dir = base_dir or Path.cwd()
+def _base_recipe(loaded: LoadedSweep, base_dir: Path) -> dict:
+    """The sweep's recipe as data, its paths made absolute; its baselines dropped with `baselines: none`."""
+    s = loaded.sweep
     recipe_path = resolve_shipped(s.recipe, "recipe")
     if recipe_path is None:
         raise SweepError(
@@ -212,18 +210,25 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
     )
     if s.baselines == "none":
         data = _without_baselines(data)
-    grown = _grown_arms(loaded, absolute_paths(data, base_dir), problems)
+    return absolute_paths(data, base_dir)
+
+
+def _check_grown(loaded: LoadedSweep, grown: list[Arm], problems: list[str]) -> dict:
+    """Check every grown arm at every seed; return each arm's plan (at the first seed), which
+    sizes its baselines."""
     plans = {}
     for arm in grown:
         problems += _seed_problems(arm.template, f"arm {arm.name}")
-        for seed in s.seeds:
+        for seed in loaded.sweep.seeds:
             plan = _check(seeded(arm.template, seed), f"arm {arm.name}, seed {seed}", problems)
             plans.setdefault(arm.name, plan)
         _check_data_specs(arm.template, f"arm {arm.name}", problems)
-    if problems:
-        raise SweepError(loaded.origin, problems, hint="fix these before anything trains; nothing was written")
-    grown, baselines = _baseline_arms(loaded, grown, plans, problems)
-    arms = grown + baselines
+    return plans
+
+
+def _check_derived(loaded: LoadedSweep, arms: list[Arm], problems: list[str]) -> None:
+    """Check what expansion derived from the checked arms: baseline recipes and tuning grids."""
+    s = loaded.sweep
     for arm in arms:
         if arm.kind == "baseline":
             for seed in s.seeds:
@@ -232,10 +237,10 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
             data = tuned_recipe(arm, list(mults), problems)
             if data is not None:
                 _check(seeded(data, s.tuning.seed), f"arm {arm.name}, grid {grid_label(mults)}", problems)
-    if problems:
-        raise SweepError(
-            loaded.origin, list(dict.fromkeys(problems)), hint="fix these before anything trains; nothing was written"
-        )
+
+
+def _check_compare_to(loaded: LoadedSweep, arms: list[Arm]) -> None:
+    s = loaded.sweep
     if s.compare_to is not None and s.compare_to not in {a.name for a in arms}:
         names = ", ".join(a.name for a in arms)
         raise SweepError(
@@ -243,6 +248,25 @@ def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
             [f"{loaded.where('compare_to')}: compare_to {s.compare_to!r} is not an arm of this sweep ({names})"],
             hint="name one of the arms, e.g. compare_to: arm=full",
         )
+
+
+def expand(loaded: LoadedSweep, base_dir: Path | None = None) -> SweepManifest:
+    """Every arm, grid and run of the sweep, each expanded recipe validated (schema and stage plan,
+    baselines FLOP-matched). Raises SweepError listing every problem; nothing is written."""
+    s, problems = loaded.sweep, []
+    grown = _grown_arms(loaded, _base_recipe(loaded, base_dir or Path.cwd()), problems)
+    plans = _check_grown(loaded, grown, problems)
+    if problems:
+        raise SweepError(loaded.origin, problems, hint="fix these before anything trains; nothing was written")
+    grown, baselines = _baseline_arms(loaded, grown, plans, problems)
+    arms = grown + baselines
+    _check_derived(loaded, arms, problems)
+    if problems:
+        # every grid point of an arm reports the same tune problem: list it once
+        raise SweepError(
+            loaded.origin, list(dict.fromkeys(problems)), hint="fix these before anything trains; nothing was written"
+        )
+    _check_compare_to(loaded, arms)
     jobs = [j for arm in arms for j in _jobs(arm, s.seeds, s.tuning)]
     return SweepManifest(
         name=s.name,

@@ -8,10 +8,14 @@ def __getattr__(name: str):
         from modelsurgeon.train import options
 
         return getattr(options, name)
-    if name in ("train_stage", "StageResult", "work_dir"):
+    if name in ("train_stage", "StageResult"):
         from modelsurgeon.train import stage
 
         return getattr(stage, name)
+    if name == "work_dir":
+        from modelsurgeon.train import workdir
+
+        return workdir.work_dir
     raise AttributeError(name)
 
 

@@ -14,23 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modelsurgeon.arch.registry import layout_of, resolve_spec
-from modelsurgeon.arch.spec import ArchSpec, Layout
-from modelsurgeon.data import build_blocks, parse_data_spec
-from modelsurgeon.errors import MissingManifestError, TrainError, TrainInterrupted
-from modelsurgeon.io.reader import Checkpoint, open_checkpoint
+from modelsurgeon.errors import MissingManifestError, TrainInterrupted
 from modelsurgeon.io.writer import DEFAULT_MAX_SHARD, atomic_directory, check_free_space, check_output_path
 from modelsurgeon.manifest import read_manifest
 from modelsurgeon.threads import pin_for_launcher
-from modelsurgeon.train.methods import MethodPlan, changed_tensors, plan_method, trainable_params
+from modelsurgeon.train.inputs import Setup, check_inputs, load_data, max_positions, read_setup
+from modelsurgeon.train.methods import changed_tensors, trainable_params
 from modelsurgeon.train.options import TrainOptions
-from modelsurgeon.train.ramp import BranchRamp, RampPlan, plan_ramp
+from modelsurgeon.train.ramp import BranchRamp
 from modelsurgeon.train.sharded import adam_moments, check_engine, gather, is_sharded
-
-# Options that may change between an interrupted run and its --resume (intervals only).
-RESUMABLE_CHANGES = {"eval_every", "save_every", "log_every"}
-# Any one of these lets AutoTokenizer build a tokenizer (fast, sentencepiece or BPE files).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+from modelsurgeon.train.workdir import claim_work, removed_unless_resumable, run_record, work_dir
 
 
 @dataclass
@@ -98,116 +91,20 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def work_dir(out: Path) -> Path:
-    """Where the Trainer checkpoints while OUT does not exist yet: a hidden sibling of OUT."""
-    out = out.resolve()
-    return out.parent / f".{out.name}.work"
-
-
 @dataclass
-class _Setup:
-    ckpt: Checkpoint
-    spec: ArchSpec
-    layout: Layout
-    plan: MethodPlan
-    ramp: RampPlan | None = None  # ramp_new: the new layers' branch modules and tensors
+class _Run:
+    """The stage as this process runs it (one of several under `accelerate launch`)."""
+
+    work: Path
+    owner: bool  # process 0: it creates, and on failure removes, the work directory
+    seq_len: int
+    total: int  # optimizer steps
+    per_step: int  # tokens per optimizer step, all processes together
+    data: object  # the train and eval blocks
+    resume_from: Path | None  # the Trainer checkpoint --resume continues from
 
 
-def _setup(model: Path, options: TrainOptions) -> _Setup:
-    """Everything checkable from headers and surgeon.json, before tokenizer, data or weights."""
-    ckpt = open_checkpoint(model)
-    spec = resolve_spec(ckpt.config, ckpt.names)
-    layout = layout_of(spec, ckpt.config, ckpt.names, str(model))
-    ramp = plan_ramp(options.ramp_new and options.ramp_new.steps, model, spec, layout)
-    return _Setup(ckpt, spec, layout, plan_method(options, model, spec, layout), ramp)
-
-
-def _run_record(model: Path, options: TrainOptions, world_size: int) -> dict:
-    """What must not change between an interrupted run and its --resume."""
-    return {"model": str(model.resolve()), "world_size": world_size, "options": options.model_dump(mode="json")}
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    opts = [
-        f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}"
-        for k in sorted(set(old["options"]) | set(new["options"]))
-        if old["options"].get(k) != new["options"].get(k) and k not in RESUMABLE_CHANGES
-    ]
-    return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in ("model", "world_size") if old.get(k) != new[k]] + opts
-
-
-def _open_work(work: Path, record: dict, resume: bool, force: bool) -> Path | None:
-    """Create or reuse the work directory; return the checkpoint to resume from (or None)."""
-    # lazy: modelsurgeon.train.backend imports torch/transformers
-    from modelsurgeon.train.backend import last_checkpoint
-
-    if resume:
-        found = last_checkpoint(work)
-        if found is None or not (work / "run.json").is_file():
-            raise TrainError(
-                f"--resume: no Trainer checkpoint in {work}", hint="run without --resume to start the stage"
-            )
-        changed = _differences(json.loads((work / "run.json").read_text()), record)
-        if changed:
-            raise TrainError(
-                f"--resume: this command differs from the interrupted run ({', '.join(changed)})",
-                hint="resume with the same model, data, options and number of processes, or start over with --force",
-            )
-        return found
-    if last_checkpoint(work) is not None and not force:
-        raise TrainError(
-            f"an interrupted run of this stage left checkpoints in {work}",
-            hint="continue it with --resume, or start over with --force (deletes them)",
-        )
-    shutil.rmtree(work, ignore_errors=True)  # no checkpoint (a run that failed early), or --force
-    work.mkdir(parents=True)
-    (work / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    return None
-
-
-def _check_inputs(model: Path, options: TrainOptions) -> None:
-    """What can be checked without the training stack: every --data spec (local paths exist,
-    options parse) and that MODEL has tokenizer files."""
-
-    for spec in options.data:
-        parse_data_spec(spec)
-    if not any((model / name).is_file() for name in TOKENIZER_FILES):
-        raise TrainError(
-            f"{model}: no tokenizer files ({', '.join(TOKENIZER_FILES)})",
-            hint="copy the tokenizer files of the model MODEL was made from into MODEL",
-        )
-
-
-def _load_data(model: Path, ckpt: Checkpoint, options: TrainOptions, seq_len: int, max_tokens: int):
-    from transformers import AutoTokenizer
-
-    specs = [parse_data_spec(s) for s in options.data]
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise TrainError(
-            f"{model}: no usable tokenizer ({exc})",
-            hint="copy the tokenizer files of the model MODEL was made from into MODEL",
-        ) from None
-    return build_blocks(
-        specs,
-        tokenizer,
-        seq_len,
-        max_tokens=max_tokens,
-        eval_fraction=options.eval_fraction,
-        eval_tokens=options.eval_tokens,
-        skip_docs=options.skip_docs,
-        seed=options.seed,
-        text_field=options.text_field,
-        max_positions=_max_positions(ckpt.config),
-    )
-
-
-def _max_positions(config: dict) -> int | None:
-    return config.get("max_position_embeddings") or config.get("n_positions")
-
-
-def _load_model(model: Path, options: TrainOptions, setup: _Setup):
+def _load_model(model: Path, options: TrainOptions, setup: Setup):
     """The model in float32 for training (a LoRA base in bfloat16 with --bf16: it stays frozen),
     seeded so that LoRA initialisation is reproducible, with the method applied."""
     import torch
@@ -250,7 +147,7 @@ def _carried(model_dir: Path, options: TrainOptions, net) -> dict | None:
     return carry_state(Path(parent), model_dir, names, options.carry_optimizer)
 
 
-def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, resumed: bool) -> dict:
+def _stage_record(options: TrainOptions, setup: Setup, result: StageResult, resumed: bool) -> dict:
     return {
         "kind": "train",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -275,7 +172,7 @@ def _stage_record(options: TrainOptions, setup: _Setup, result: StageResult, res
 
 def _write(
     out: Path,
-    setup: _Setup,
+    setup: Setup,
     net,
     trainer,
     options: TrainOptions,
@@ -320,28 +217,31 @@ def _write(
         )
 
 
-def _claim_work(probe, work: Path, record: dict, resume: bool, force: bool) -> Path | None:
-    """One process creates or checks the work directory; all learn the checkpoint to resume from."""
+def _prepare_run(model: Path, out: Path, options: TrainOptions, setup: Setup, resume: bool, force: bool) -> _Run:
+    """Budget the stage for this world size, tokenize its data, then claim the work directory."""
     # lazy: modelsurgeon.train.backend imports torch/transformers
-    from modelsurgeon.train.backend import last_checkpoint
+    from modelsurgeon.train.backend import training_arguments
 
-    with probe.main_process_first(local=False):
-        if probe.process_index == 0:
-            return _open_work(work, record, resume, force)
-        return last_checkpoint(work) if resume else None
+    seq_len = options.sequence_length(max_positions(setup.ckpt.config))
+    work = work_dir(out)
+    probe = training_arguments(options, work, 1)  # world size and rank under `accelerate launch`
+    total, per_step = options.total_steps(seq_len, probe.world_size), options.tokens_per_step(seq_len, probe.world_size)
+    data = load_data(model, setup.ckpt, options, seq_len, options.data_tokens(seq_len, probe.world_size))
+    resume_from = claim_work(probe, work, run_record(model, options, probe.world_size), resume, force)
+    return _Run(work, probe.process_index == 0, seq_len, total, per_step, data, resume_from)
 
 
-def _train(
-    net,
-    data,
-    options: TrainOptions,
-    work: Path,
-    resume_from: Path | None,
-    total: int,
-    carried: dict | None,
-    callbacks: list,
-    overrides: dict,
-):
+def _callbacks(run: _Run, extra: tuple, ramp: BranchRamp | None, console) -> list:
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
+    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback
+
+    cbs = [MetricsCallback(run.work / "metrics.jsonl", run.per_step), *extra, *([ramp.callback()] if ramp else [])]
+    if console is not None:
+        cbs.append(RichProgressCallback(console, run.per_step))
+    return cbs
+
+
+def _train(net, options: TrainOptions, run: _Run, carried: dict | None, callbacks: list, overrides: dict):
     """Run the Trainer (a stop signal: checkpoint and TrainInterrupted); return it and the seconds it ran."""
     # lazy: modelsurgeon.train.backend imports torch/transformers
     from modelsurgeon.train.backend import make_trainer, training_arguments
@@ -350,22 +250,45 @@ def _train(
     from modelsurgeon.train.callbacks import InterruptCallback
 
     interrupt = InterruptCallback()
-    args = training_arguments(options, work, total, eval_on_start=resume_from is None, **overrides)
-    trainer = make_trainer(net, data.train, data.eval, args, [interrupt, *callbacks], carried)
+    args = training_arguments(options, run.work, run.total, eval_on_start=run.resume_from is None, **overrides)
+    trainer = make_trainer(net, run.data.train, run.data.eval, args, [interrupt, *callbacks], carried)
     start = time.perf_counter()
     with interrupt.installed(), quiet():
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     if interrupt.stopped_at is not None:
         import signal
 
         name = signal.Signals(interrupt.signum).name
         raise TrainInterrupted(
-            f"training interrupted by {name} at step {interrupt.stopped_at} of {total}; "
-            f"a resumable checkpoint is in {work}",
+            f"training interrupted by {name} at step {interrupt.stopped_at} of {run.total}; "
+            f"a resumable checkpoint is in {run.work}",
             hint="run the same command again with --resume to continue",
             signum=interrupt.signum,
         )
     return trainer, time.perf_counter() - start
+
+
+def _result(out: Path, options: TrainOptions, run: _Run, trainer, net, seconds: float, shared: dict | None):
+    # lazy: modelsurgeon.train.callbacks imports torch/transformers
+    from modelsurgeon.train.callbacks import read_metrics
+
+    # tokens/s over the steps this call ran: a resumed checkpoint's steps took none of `seconds`
+    done = trainer.state.global_step - (int(run.resume_from.name.rsplit("-", 1)[1]) if run.resume_from else 0)
+    trainable, total_params = trainable_params(net)
+    return StageResult(
+        out,
+        options.method,
+        trainer.state.global_step,
+        trainer.state.global_step * run.per_step,
+        run.seq_len,
+        trainable,
+        total_params,
+        seconds,
+        done * run.per_step / max(seconds, 1e-9),
+        read_metrics(run.work / "metrics.jsonl"),
+        dict(run.data.stats),
+        shared,
+    )
 
 
 def train_stage(
@@ -387,69 +310,37 @@ def train_stage(
     CheckpointError/OutputError (MODEL/OUT), TrainInterrupted (Ctrl-C, SIGTERM, SIGHUP; checkpoint saved)."""
     model, out = Path(model), Path(out)
     check_output_path(out, model, force)
-    setup = _setup(model, options)
-    _check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
+    setup = read_setup(model, options)
+    check_inputs(model, options)  # a typo in --data fails in a second, before torch and transformers load
     pin_for_launcher()  # N processes of a launcher share the cores instead of each taking all of them
-    # lazy: modelsurgeon.train.backend imports torch/transformers
-    from modelsurgeon.train.backend import last_checkpoint, training_arguments
-
-    # lazy: modelsurgeon.train.callbacks imports torch/transformers
-    from modelsurgeon.train.callbacks import MetricsCallback, RichProgressCallback, read_metrics
-
-    seq_len = options.sequence_length(_max_positions(setup.ckpt.config))
-    work = work_dir(out)
-    probe = training_arguments(options, work, 1)  # world size and rank under `accelerate launch`
-    total, per_step = options.total_steps(seq_len, probe.world_size), options.tokens_per_step(seq_len, probe.world_size)
-    data = _load_data(model, setup.ckpt, options, seq_len, options.data_tokens(seq_len, probe.world_size))
-    resume_from = _claim_work(probe, work, _run_record(model, options, probe.world_size), resume, force)
+    run = _prepare_run(model, out, options, setup, resume, force)
     ramp = BranchRamp(setup.ramp) if setup.ramp else None
-    cbs = [MetricsCallback(work / "metrics.jsonl", per_step), *callbacks, *([ramp.callback()] if ramp else [])]
-    if console is not None:
-        cbs.append(RichProgressCallback(console, per_step))
+    cbs = _callbacks(run, callbacks, ramp, console)
     check_engine(options.share_duplicates)
-    try:
+    with removed_unless_resumable(run.work, run.owner):
         net, shared = _load_model(model, options, setup)
         if ramp:
             ramp.attach(net)
-        carried = None if resume_from else _carried(model, options, net)
-        trainer, seconds = _train(net, data, options, work, resume_from, total, carried, cbs, trainer_overrides)
-    except BaseException:
-        if probe.process_index == 0 and last_checkpoint(work) is None:  # nothing to resume: leave nothing behind
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    done = trainer.state.global_step - (int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0)
-    trainable, total_params = trainable_params(net)
-    result = StageResult(
-        out,
-        options.method,
-        trainer.state.global_step,
-        trainer.state.global_step * per_step,
-        seq_len,
-        trainable,
-        total_params,
-        seconds,
-        done * per_step / max(seconds, 1e-9),
-        read_metrics(work / "metrics.jsonl"),
-        dict(data.stats),
-        shared,
-    )
+        carried = None if run.resume_from else _carried(model, options, net)
+        trainer, seconds = _train(net, options, run, carried, cbs, trainer_overrides)
+    result = _result(out, options, run, trainer, net, seconds, shared)
     gathered = gather(trainer, lambda: _load_model(model, options, setup)[0]) if is_sharded(trainer) else None
     if trainer.is_world_process_zero():
         check_output_path(out, model, force)
-        stage = _stage_record(options, setup, result, resume_from is not None)
+        stage = _stage_record(options, setup, result, run.resume_from is not None)
         _write(
             out,
             setup,
             gathered.model if gathered else net,
             trainer,
             options,
-            work,
+            run.work,
             stage,
             max_shard_size,
             ramp.folds() if ramp else None,
             gathered.moments if gathered else None,
         )
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run.work, ignore_errors=True)
         result.written = True
     trainer.accelerator.wait_for_everyone()
     return result

@@ -214,6 +214,63 @@ def _run_models(
     return runs
 
 
+def _prompt_ids(src: Structure, out: Structure, prompts, max_new_tokens: int) -> list[list[int]]:
+    """The prompts tokenized, each cut to leave room for `max_new_tokens` in both models' positions."""
+    max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
+    if max_prompt < MIN_TOKENS:
+        raise VerifyError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions"
+        )
+    return tokenize(src.ckpt.path, out.ckpt.path, _prompt_texts(prompts), max_prompt)
+
+
+def _static_checks(
+    report: VerifyReport, src: Structure, out: Structure, claims: Claims, problems: list[str], experts: list[str]
+) -> None:
+    """What GROWN's files promise whatever its outputs: shapes, layer keys, experts, vision side."""
+    gating = claims.equivalence != "none"
+    report.checks.append(structure_check(problems, gating=gating))
+    report.checks.append(layer_key_check(layer_key_findings(out.config, out.spec, out.config_name), gating=gating))
+    if out.spec.moe is not None and claims.equivalence == "exact":
+        report.checks.append(
+            Check(
+                "experts and router rows copied",
+                not experts,
+                "yes" if not experts else "no",
+                "every expert its source's",
+                True,
+                "; ".join(experts),
+            )
+        )
+    if out.spec.wrapper and src.spec.wrapper:  # text-only prompts never run the vision side
+        report.checks.append(vision_check(src, out, gating=gating))
+
+
+def _run_and_check(
+    report: VerifyReport,
+    src: Structure,
+    out: Structure,
+    claims: Claims,
+    problems: list[str],
+    experts: list[str],
+    ids: list[list[int]],
+    dev: torch.device,
+    vllm_python: str | Path | None,  # found already when an engine needs vLLM
+) -> None:
+    """Run the models and append every check, static ones first, then the run's, then each engine's."""
+    layer_map = _diagnosis_map(claims, src, out, report.notes)
+    runs = _run_models(report, src, out, ids, dev, problems, layer_map)
+    _static_checks(report, src, out, claims, problems, experts)
+    report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, report.strict))
+    report.checks.append(
+        finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()})
+    )
+    if report.engine != "vllm":
+        _torch_checks(report, runs, claims, src, layer_map, ids)
+    if report.engine != "torch":
+        _vllm_checks(report, runs, out, ids, vllm_python)
+
+
 def verify_checkpoint(
     source: str | Path,
     grown: str | Path,
@@ -246,12 +303,7 @@ def verify_checkpoint(
     dtype = dtype or compare_dtype(src, out, claims.notes)
     problems = structure_problems(src, out, claims.layer_map)
     experts = expert_problems(src, out, claims.layer_map, claims.equivalence)
-    max_prompt = min(_positions(src), _positions(out)) - max_new_tokens
-    if max_prompt < MIN_TOKENS:
-        raise VerifyError(
-            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_prompt + max_new_tokens} positions"
-        )
-    ids = tokenize(src.ckpt.path, out.ckpt.path, _prompt_texts(prompts), max_prompt)
+    ids = _prompt_ids(src, out, prompts, max_new_tokens)
     dev = pick_device(device)
     report = VerifyReport(
         str(source),
@@ -268,33 +320,7 @@ def verify_checkpoint(
         strict,
         notes=list(claims.notes),
     )
-    layer_map = _diagnosis_map(claims, src, out, report.notes)
-    runs = _run_models(report, src, out, ids, dev, problems, layer_map)
-    report.checks.append(structure_check(problems, gating=claims.equivalence != "none"))
-    report.checks.append(
-        layer_key_check(layer_key_findings(out.config, out.spec, out.config_name), gating=claims.equivalence != "none")
-    )
-    if out.spec.moe is not None and claims.equivalence == "exact":
-        report.checks.append(
-            Check(
-                "experts and router rows copied",
-                not experts,
-                "yes" if not experts else "no",
-                "every expert its source's",
-                True,
-                "; ".join(experts),
-            )
-        )
-    if out.spec.wrapper and src.spec.wrapper:  # text-only prompts never run the vision side
-        report.checks.append(vision_check(src, out, gating=claims.equivalence != "none"))
-    report.checks.append(load_check({n: r.load_warnings for n, r in runs.items()}, strict))
-    report.checks.append(
-        finite_check({n: all(bool(torch.isfinite(x).all()) for x in r.logits) for n, r in runs.items()})
-    )
-    if engine != "vllm":
-        _torch_checks(report, runs, claims, src, layer_map, ids)
-    if engine != "torch":
-        _vllm_checks(report, runs, out, ids, vllm_python)
+    _run_and_check(report, src, out, claims, problems, experts, ids, dev, vllm_python)
     report.timings["total"] = time.perf_counter() - start
     return report
 
