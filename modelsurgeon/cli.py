@@ -8,27 +8,20 @@ torch, transformers and numpy."""
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from modelsurgeon.cli_options import flag, with_model_options
-from modelsurgeon.errors import SurgeonError, TrainInterrupted
+from modelsurgeon.cli_common import err, handled, out, parse_byte_size, resolve
+from modelsurgeon.cli_options import flag
+from modelsurgeon.cli_train import train_app
 from modelsurgeon.grow.engine import grow as grow_fn  # the package's __init__ imports it anyway
 from modelsurgeon.grow.engine import prepare
-from modelsurgeon.io.atomic import Interrupted, exit_on_signals
 from modelsurgeon.io.atomic import clean as clean_fn
-from modelsurgeon.io.hub import resolve_model
 from modelsurgeon.plan import load_plan
 from modelsurgeon.progress import Progress
-from modelsurgeon.train.options import TrainOptions, load_options  # train-stage's flags, built for --help
 
 # Plain help (rich_markup_mode=None): typer's rich help shows a flag as `--dry-run <bool>`, as if it took a value.
 app = typer.Typer(
@@ -40,54 +33,7 @@ app = typer.Typer(
 )
 plan_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check growth plans; list the shipped ones.")
 app.add_typer(plan_app, name="plan")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # never wrap paths in error messages
-
-SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
-
-
-def parse_byte_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
-    if not m or m.group(2) not in SIZE_UNITS:
-        raise typer.BadParameter(f"{text!r} is not a size; use e.g. 5GB, 500MB, 2GiB or a byte count")
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
-
-
-def resolve(model: Path) -> Path:
-    """MODEL as a local directory, or a hub id (org/name[@revision]) from the hub cache or a download."""
-
-    return resolve_model(model, notify=lambda m: err.print(m, highlight=False, markup=False))
-
-
-def handled(fn):
-    """Turn SurgeonErrors into a message on stderr and the error's exit code, and SIGTERM,
-    SIGHUP and SIGINT into 128 + the signal number once the temporary output is removed."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            with exit_on_signals():
-                return fn(*args, **kwargs)
-        except SurgeonError as exc:
-            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
-            if exc.hint:  # escaped: a hint like `pip install modelsurgeon[gguf]` must print as written
-                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except Interrupted as exc:
-            err.print(f"[bold red]stopped:[/] {exc}; no partial output was left behind", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
+app.add_typer(train_app)  # train-stage, progressive, sweep (cli_train.py), listed after the commands here
 
 
 def _print_version(value: bool) -> None:
@@ -387,143 +333,6 @@ def merge_lora(
         f"{s['tensors']}"
     )
     out.print(f"[green]wrote[/] {output}", highlight=False)
-
-
-@app.command("train-stage")
-@handled
-@with_model_options(TrainOptions, panel="Training options (also accepted in --config)")
-def train_stage(
-    model: Annotated[Path, typer.Argument(help="Checkpoint directory to train (with its tokenizer).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created atomically).")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="YAML file of training options (names as below, e.g. lora_r: 8); flags override it."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, flag("--resume", help="Continue an interrupted run of this command from its last checkpoint.")
-    ] = False,
-    force: Annotated[
-        bool, flag("--force", help="Replace OUTPUT if it exists; discard an interrupted run's checkpoints.")
-    ] = False,
-    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB, 500MB.")] = "5GB",
-    **fields,
-) -> None:
-    """Train MODEL for one stage (LoRA, full, or the layers a grow added) and write the merged checkpoint."""
-    model = resolve(model)
-    import shlex
-
-    # lazy: modelsurgeon.train.shared imports torch/transformers
-    from modelsurgeon.train import train_stage as train_fn
-    from modelsurgeon.train.sharded import close_process_group
-
-    options = load_options(config, fields)
-    try:
-        result = train_fn(
-            model,
-            output,
-            options,
-            force=force,
-            resume=resume,
-            console=err,
-            max_shard_size=parse_byte_size(max_shard_size),
-        )
-    except TrainInterrupted as exc:
-        exc.hint = "continue with: " + shlex.join(["surgeon", *sys.argv[1:], *([] if resume else ["--resume"])])
-        raise
-    close_process_group()
-    if result.written:  # under `accelerate launch`, one process reports
-        out.print(result.table())
-        out.print(f"[green]wrote[/] {output}", highlight=False)
-
-
-@app.command()
-@handled
-def progressive(
-    recipe: Annotated[
-        Path,
-        typer.Argument(
-            help="Recipe YAML (start model, data, eval, train/grow stages, baselines) or a shipped recipe's name."
-        ),
-    ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Run directory: stages/, baselines/, report.md, summary.json, plots.")
-    ],
-    resume: Annotated[
-        bool,
-        flag("--resume", help="Continue the run in OUTPUT: finished stages are skipped, an interrupted one resumes."),
-    ] = False,
-    force: Annotated[bool, flag("--force", help="Delete OUTPUT and start over.")] = False,
-) -> None:
-    """Run a grow-train recipe and its FLOP-matched baselines; write a report with the verdict at equal compute."""
-    # lazy: modelsurgeon.progressive.planning imports torch (ops.width)
-    from modelsurgeon.progressive import run_recipe
-
-    summary = run_recipe(recipe, output, resume=resume, force=force, console=err)
-    for line in summary["verdict"]:
-        out.print(line, highlight=False)
-    out.print(f"[green]wrote[/] {output / 'report.md'}", highlight=False)
-
-
-@app.command()
-@handled
-def sweep(
-    spec: Annotated[
-        str, typer.Argument(help="Sweep YAML (base recipe, seeds, axes), or `report` to aggregate RUN_DIR.")
-    ],
-    run_dir: Annotated[Path | None, typer.Argument(help="With `report`: the sweep directory.")] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Sweep directory: runs/, tuning/, results.csv, summary.json, report.md."),
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at a time, each in its own process.")] = 1,
-    threads_per_run: Annotated[
-        int | None,
-        typer.Option("--threads-per-run", min=1, help="Torch threads per run (default: CPU cores / workers)."),
-    ] = None,
-    resume: Annotated[
-        bool, flag("--resume", help="Continue DIR: finished runs are kept, unfinished ones resume.")
-    ] = False,
-    force: Annotated[bool, flag("--force", help="Delete DIR and start over.")] = False,
-    emit_commands: Annotated[
-        bool,
-        flag(
-            "--emit-commands",
-            help="Write the runs' recipes into DIR and print one `surgeon progressive` command per run; run nothing.",
-        ),
-    ] = False,
-    compare_to: Annotated[
-        str | None,
-        typer.Option(
-            "--compare-to",
-            help="With `sweep report`: also compare every arm with this one, paired by seed (e.g. arm=full).",
-        ),
-    ] = None,
-) -> None:
-    """Run a recipe over axes x seeds (tuned baselines, statistics over seeds), or `sweep report DIR`."""
-    from modelsurgeon.sweep import emit, report_dir, run_sweep
-
-    if spec == "report":
-        if run_dir is None:
-            raise typer.BadParameter("`surgeon sweep report DIR` needs the sweep directory")
-        summary = report_dir(run_dir, compare_to)
-        out.print(
-            f"[green]wrote[/] {run_dir / 'report.md'} ({summary['finished']} of {summary['expected']} runs finished)",
-            highlight=False,
-        )
-        return
-    if output is None:
-        raise typer.BadParameter("give the sweep directory with -o DIR")
-    if emit_commands:
-        commands, note = emit(Path(spec), output, threads=threads_per_run, force=force)
-        typer.echo("\n".join(commands))  # plain: no markup or wrapping, one command per line
-        err.print(note, highlight=False)
-        return
-    summary = run_sweep(
-        Path(spec), output, workers=workers, threads=threads_per_run, resume=resume, force=force, console=err
-    )
-    out.print(f"[green]wrote[/] {output / 'report.md'} ({summary['finished']} runs)", highlight=False)
 
 
 @app.command()
