@@ -88,3 +88,25 @@ def test_the_number_check_finds_a_number_missing_from_the_results(tmp_path):
     readme = "loss `1.2345`<sup>ch1</sup>, accuracy `0.999`<sup>ch1</sup>, saving `12%`<sup>ch2</sup>"
     assert quoted_numbers(readme) == [("1.2345", 1), ("0.999", 1), ("12%", 2)]
     assert missing_numbers(readme, tmp_path) == ["0.999 (chapter 1)", "12% (chapter 2)"]
+
+
+def _committed_chapters() -> list[Path]:
+    return sorted(p for p in HANDBOOK.glob("ch*") if (p / "results.csv").is_file())
+
+
+@pytest.mark.parametrize("chapter", _committed_chapters(), ids=lambda p: p.name)
+def test_chapter_has_its_outputs_and_its_cost_adds_up_from_its_runs(chapter):
+    """report, results, summary, plots and cost.md; cost.md's sum of the runs' wall clocks is the
+    sum of results.csv's wall_s column (both from the same run directories)."""
+    import csv
+
+    for name in ("report.md", "summary.json", "cost.md", "loss_vs_flops.png"):
+        assert (chapter / name).is_file(), f"{chapter.name}/{name} missing"
+    with (chapter / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    total = sum(float(r["wall_s"]) for r in rows)
+    cost = (chapter / "cost.md").read_text()
+    m = re.search(r"summed: ([\d.]+) s over (\d+) runs", cost)
+    assert m, "cost.md does not state the runs' summed wall clock (scripts/handbook_cost.py writes it)"
+    assert int(m.group(2)) == len(rows)
+    assert float(m.group(1)) == pytest.approx(total, abs=0.06)
