@@ -7,12 +7,12 @@ alternate variants, several rounds, each from a warm page cache.
 (the model and the splice plan that scripts/bench_grow.py generates; NOCP=1 skips timing cp -r +
 sync between rounds, whose column then reads 1.00.)
 variants: fresh (grow into a new OUT), force (grow over an existing OUT: --force deletes the old),
-          w1 w2 w4 w8 (writer threads), sfr (sync_file_range(WRITE) after each kernel copy chunk)
+          w1 w2 w4 w8 (writer threads), c<MB> (kernel copy chunk), nosfr (no early writeback:
+          kcopy.start_writeback disabled)
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import statistics
@@ -28,18 +28,7 @@ M = Path(os.environ.get("AB_MODEL", "bench_out/synthetic/llama-h2048-l16-i8192-v
 PLAN = Path(os.environ.get("AB_PLAN", "bench_out/run/plan.yaml"))
 OUT = Path(os.environ.get("AB_OUT", "bench_out/ab-out"))
 CP = Path(os.environ.get("AB_CP", "bench_out/ab-cp"))
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
-libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-SYNC_FILE_RANGE_WRITE = 2
-ORIG_KERNEL_COPY = kcopy.Copier._kernel_copy
 ORIG_START = kcopy.start_writeback
-
-
-def kernel_copy_sfr(self, src, dst, offset, n, dst_offset):
-    done = ORIG_KERNEL_COPY(self, src, dst, offset, n, dst_offset)
-    if done:
-        libc.sync_file_range(dst, dst_offset, done, SYNC_FILE_RANGE_WRITE)
-    return done
 
 
 FSYNC = [0.0]
@@ -84,7 +73,6 @@ def cp_sync():
 
 
 def grow_variant(v: str):
-    kcopy.Copier._kernel_copy = ORIG_KERNEL_COPY
     kcopy.start_writeback = ORIG_START
     writer.WRITERS = 4
     kcopy.KERNEL_CHUNK = 256 * 1024 * 1024
@@ -97,8 +85,6 @@ def grow_variant(v: str):
             kcopy.KERNEL_CHUNK = int(part[1:]) * 1024 * 1024
         if part == "nosfr":
             kcopy.start_writeback = lambda *a: None
-        if part == "sfr":
-            kcopy.Copier._kernel_copy = kernel_copy_sfr
     warm(sorted(M.glob("*.safetensors")))
     FSYNC[0] = 0.0
     r = timed(lambda: grow(M, PLAN, OUT, force=True))

@@ -46,11 +46,11 @@ def start_writeback(fd: int, offset: int, n: int) -> None:
     """Ask the kernel to start writing bytes [offset, offset + n) of fd to disk now, without
     waiting. Copied pages otherwise stay dirty until the shard's fsync (below the
     dirty_background threshold nothing flushes them), which then writes the whole shard after
-    the copy. Started per kernel copy (256 MB), writeback overlaps the copying: on the 2-core
-    VM, the 3.4 GB ext4 splice waited 0.3-0.9 s in fsync instead of 1.1-1.5 s (summed over the
-    writer threads), and was faster in 26 of 41 alternating rounds (by a few percent: that
-    machine was loaded, so the copy itself was CPU-bound). Only a head start: fsync still makes
-    the data durable, so a refusal (a pipe, an old kernel) is ignored."""
+    the copy. Started per kernel copy (256 MB), writeback overlaps the copying: on the quiet 2-core
+    VM the 3.4 GB ext4 splice took 1.47 s instead of 1.63 s (medians, faster in 8 of 8
+    alternating rounds; scripts/ab_grow_writeback.py) and waited 0.4-0.6 s in fsync instead of
+    2.5-2.9 s (summed over the writer threads). Only a head start: fsync still makes the data
+    durable, so a refusal (a pipe, an old kernel) is ignored."""
     fn = _sync_file_range()
     if fn is not None and n > 0:
         fn(fd, offset, n, SYNC_FILE_RANGE_WRITE)

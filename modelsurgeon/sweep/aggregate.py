@@ -158,9 +158,7 @@ def savings(arm: list[RunResult], base: list[RunResult]) -> dict:
 
 
 def _saving_words(saved) -> str:
-    if saved.contains_zero:
-        return "not resolved"
-    return "saves" if saved.estimate > 0 else "costs more"
+    return {"higher": "saves", "lower": "costs more"}.get(verdict_words(saved), "not resolved")
 
 
 def compare(
